@@ -1,0 +1,1 @@
+"""actors: the chat node as supervised Trio actors and its WebSocket gateway."""

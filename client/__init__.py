@@ -1,0 +1,1 @@
+"""client: the Python client SDK (trio) and the terminal chat."""

@@ -1,0 +1,1 @@
+"""messenger: the command line."""

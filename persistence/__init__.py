@@ -1,0 +1,1 @@
+"""persistence: the Store contract, MongoStore on pymongo, the embedded SecantusDB launcher and the in-memory Store."""

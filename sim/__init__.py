@@ -1,0 +1,1 @@
+"""sim: the deterministic simulator of the chat node under faults."""
