@@ -1,0 +1,269 @@
+"""The JSON codec: wire text → frame values and back.
+
+Decoding never lets a ``KeyError``, ``TypeError`` or JSON error escape: anything malformed
+raises :class:`RemoteProtocolError` whose ``code`` is the wire error code to answer with and
+whose message names the problem. A ``send`` that carries a valid ``cmid`` but is otherwise
+bad sets ``error.cmid`` so the server can answer with a ``nack`` for that cmid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
+
+import attrs
+import orjson
+
+from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from ._frames import (
+    CLIENT_FRAMES,
+    SERVER_FRAMES,
+    ClientFrame,
+    ConvRow,
+    Frame,
+    MemberMarks,
+    Msg,
+    Result,
+    Send,
+    ServerFrame,
+)
+from ._limits import MAX_FRAME_BYTES, is_valid_id
+
+_T = TypeVar("_T")
+_Parser = Callable[[str, Any], Any]
+
+
+class SendError(RemoteProtocolError):
+    """A ``send`` frame with a valid ``cmid`` that is bad otherwise: answer with ``nack``."""
+
+    def __init__(self, code: ErrorCode, message: str, *, cmid: str, rid: str | None = None) -> None:
+        super().__init__(code, message, rid=rid)
+        self.cmid = cmid
+
+
+def _bad(name: str, reason: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.BAD_FRAME, f"field '{name}' {reason}")
+
+
+def _p_str(name: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        raise _bad(name, "must be a string")
+    return value
+
+
+def _p_int(name: str, value: Any) -> Any:
+    if type(value) is not int:
+        raise _bad(name, "must be an integer")
+    return value
+
+
+def _p_bool(name: str, value: Any) -> Any:
+    if type(value) is not bool:
+        raise _bad(name, "must be true or false")
+    return value
+
+
+def _optional(parse: _Parser) -> _Parser:
+    def parse_optional(name: str, value: Any) -> Any:
+        return None if value is None else parse(name, value)
+
+    return parse_optional
+
+
+def _p_str_tuple(name: str, value: Any) -> Any:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _bad(name, "must be a list of strings")
+    return tuple(value)
+
+
+def _one_of(*choices: str) -> _Parser:
+    def parse_choice(name: str, value: Any) -> Any:
+        if value not in choices:
+            raise _bad(name, "must be one of " + ", ".join(repr(c) for c in choices))
+        return value
+
+    return parse_choice
+
+
+def _p_error_code(name: str, value: Any) -> Any:
+    return ErrorCode(_one_of(*(c.value for c in ErrorCode))(name, value))
+
+
+def _nested(cls: type[_T]) -> _Parser:
+    def parse_list(name: str, value: Any) -> Any:
+        if not isinstance(value, list):
+            raise _bad(name, "must be a list")
+        return tuple(_build(cls, item, what=f"an item of '{name}'") for item in value)
+
+    return parse_list
+
+
+# Parsers by the (string) annotation of a frame field: one place says what each type means.
+_PARSERS: Final[dict[str, _Parser]] = {
+    "str": _p_str,
+    "str | None": _optional(_p_str),
+    "int": _p_int,
+    "int | None": _optional(_p_int),
+    "bool": _p_bool,
+    "tuple[str, ...]": _p_str_tuple,
+    "ErrorCode": _p_error_code,
+    "MessageKind": _one_of("text", "member"),
+    "ConvKind": _one_of("direct", "group"),
+    "PresenceStatus": _one_of("online", "offline"),
+    "tuple[MemberMarks, ...]": _nested(MemberMarks),
+}
+
+
+@attrs.frozen
+class _FieldSpec:
+    name: str
+    wire: str
+    parse: _Parser
+    required: bool
+    omit_none: bool
+
+
+def _specs(cls: type) -> tuple[_FieldSpec, ...]:
+    specs = []
+    for field in attrs.fields(cls):
+        if field.name == "fields":  # Result's free-form reply fields are handled apart
+            continue
+        specs.append(
+            _FieldSpec(
+                name=field.name,
+                wire=field.metadata.get("wire", field.name),
+                parse=_PARSERS[str(field.type)],
+                required=field.default is attrs.NOTHING,
+                omit_none=bool(field.metadata.get("omit_none")),
+            )
+        )
+    return tuple(specs)
+
+
+_SPECS: Final[dict[type, tuple[_FieldSpec, ...]]] = {
+    cls: _specs(cls) for cls in (*CLIENT_FRAMES, *SERVER_FRAMES, MemberMarks, ConvRow)
+}
+_CLIENT_BY_TYPE: Final[dict[str, type[ClientFrame]]] = {cls.TYPE: cls for cls in CLIENT_FRAMES}
+_SERVER_BY_TYPE: Final[dict[str, type[ServerFrame]]] = {cls.TYPE: cls for cls in SERVER_FRAMES}
+
+
+def _build(cls: type[_T], obj: Any, *, what: str = "a frame") -> _T:
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} must be a JSON object")
+    kwargs: dict[str, Any] = {}
+    for spec in _SPECS[cls]:
+        if spec.wire in obj:
+            kwargs[spec.name] = spec.parse(spec.wire, obj[spec.wire])
+        elif spec.required:
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"missing field '{spec.wire}'")
+    try:
+        return cls(**kwargs)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(exc.code, exc.message) from None
+
+
+def _load(data: str | bytes) -> dict[str, Any]:
+    if isinstance(data, bytes | bytearray | memoryview):
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, "binary frames are not accepted; send JSON as a text frame"
+        )
+    if len(data) > MAX_FRAME_BYTES // 4 and len(data.encode("utf-8", "replace")) > MAX_FRAME_BYTES:
+        raise RemoteProtocolError(
+            ErrorCode.TOO_LARGE, f"frame is over the {MAX_FRAME_BYTES} byte limit"
+        )
+    try:
+        obj = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
+    return obj
+
+
+def _read_rid(obj: Mapping[str, Any]) -> str | None:
+    rid = obj.get("rid")
+    return rid if is_valid_id(rid) else None
+
+
+def decode_client_frame(data: str | bytes) -> ClientFrame:
+    """Decode one frame a client sent. Raises :class:`RemoteProtocolError` (or its
+    subclass :class:`SendError` for a ``send`` with a usable ``cmid``)."""
+    obj = _load(data)
+    rid = _read_rid(obj)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame has no string field 'type'", rid=rid)
+    cls = _CLIENT_BY_TYPE.get(kind)
+    if cls is None:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {kind!r}", rid=rid)
+    try:
+        return _build(cls, obj)
+    except RemoteProtocolError as exc:
+        cmid = obj.get("cmid")
+        if cls is Send and isinstance(cmid, str) and is_valid_id(cmid):
+            raise SendError(exc.code, exc.message, cmid=cmid, rid=rid) from None
+        exc.rid = rid
+        raise
+
+
+def _build_result(obj: dict[str, Any]) -> Result:
+    fields: list[tuple[str, Any]] = []
+    for key, value in obj.items():
+        if key in ("type", "rid"):
+            continue
+        if key == "messages":
+            value = _nested(Msg)(key, value)
+        elif key == "convs" and isinstance(value, list):
+            value = _nested(ConvRow)(key, value)
+        fields.append((key, value))
+    rid = obj.get("rid")
+    return Result(rid=rid if is_valid_id(rid) else None, fields=tuple(fields))
+
+
+def decode_server_frame(data: str | bytes) -> ServerFrame:
+    """Decode one frame a server sent (the client's side of the codec)."""
+    obj = _load(data)
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame has no string field 'type'")
+    cls = _SERVER_BY_TYPE.get(kind)
+    if cls is None:
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {kind!r}")
+    if cls is Result:
+        return _build_result(obj)
+    return _build(cls, obj)
+
+
+def _wire_value(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_wire_value(v) for v in value]
+    if attrs.has(type(value)):
+        return _to_dict(value)
+    return value
+
+
+def _to_dict(value: Any) -> dict[str, Any]:
+    cls = type(value)
+    out: dict[str, Any] = {}
+    frame_type = getattr(cls, "TYPE", None)
+    if frame_type is not None:
+        out["type"] = frame_type
+    for spec in _SPECS[cls]:
+        item = getattr(value, spec.name)
+        if item is None and spec.omit_none:
+            continue
+        out[spec.wire] = _wire_value(item)
+    if isinstance(value, Result):
+        for key, item in value.fields:
+            out[key] = _wire_value(item)
+    return out
+
+
+def frame_to_dict(frame: Frame) -> dict[str, Any]:
+    """The JSON object of ``frame`` as it goes on the wire."""
+    return _to_dict(frame)
+
+
+def encode(frame: Frame) -> str:
+    """Encode a frame (either direction) as the text of one WebSocket message."""
+    return orjson.dumps(_to_dict(frame)).decode()
