@@ -1,20 +1,26 @@
-"""The ``messenger`` command line: one entry point dispatching to the packages that do the work."""
+"""The ``messenger`` command line: one entry point dispatching to the packages that do the work.
+
+Each subcommand is a ``main(argv) -> int`` function in the package that owns it; this module
+only picks the function and hands it the rest of the command line.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+#: subcommand → (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "serve": ("actors", "serve_main", "run a chat node (embedded store unless --mongo-uri)"),
+    "token": ("actors", "token_main", "mint access tokens for user ids, one per line"),
+    "chat": ("client", "chat_main", "the terminal chat client"),
+    "sim": ("sim", "main", "the deterministic simulator (run, explore, mutants)"),
+    "bench": ("messenger._bench", "main", "benchmarks: load, conns, store"),
+}
+
 _NOT_BUILT = 2
-
-
-def _not_built(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(_args: argparse.Namespace) -> int:
-        print(f"messenger {name}: not built yet", file=sys.stderr)
-        return _NOT_BUILT
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,23 +29,31 @@ def build_parser() -> argparse.ArgumentParser:
         description="An instant-messaging node with a provable acknowledgement protocol.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, help_text in [
-        ("serve", "run a chat node (embedded store unless --mongo-uri)"),
-        ("token", "mint access tokens for user ids"),
-        ("chat", "the terminal chat client"),
-        ("sim", "the deterministic simulator"),
-        ("bench", "load, capacity and store benchmarks"),
-    ]:
-        cmd = sub.add_parser(name, help=help_text)
-        cmd.set_defaults(func=_not_built(name))
+    for name, (_module, _function, help_text) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, add_help=False)
+        cmd.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
+def _resolve(name: str) -> Callable[[list[str]], int] | None:
+    module_name, function_name = COMMANDS[name][:2]
+    module = importlib.import_module(module_name)
+    function: Callable[[list[str]], int] | None = getattr(module, function_name, None)
+    return function
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # prints help or a usage error and exits
+        return _NOT_BUILT
+    command, rest = argv[0], argv[1:]
+    function = _resolve(command)
+    if function is None:
+        print(f"messenger {command}: not built yet", file=sys.stderr)
+        return _NOT_BUILT
+    return function(rest)
 
 
 if __name__ == "__main__":

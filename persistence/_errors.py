@@ -27,7 +27,7 @@ class StoreError(Exception):
 
     def __eq__(self, other: object) -> bool:
         # Value semantics, so append() results compare equal across Store implementations.
-        return type(other) is type(self) and other.message == self.message  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.message == self.message
 
     def __hash__(self) -> int:
         return hash((type(self), self.message))

@@ -1,4 +1,4 @@
-"""Value types that go in and out of the Store: frozen attrs classes, no behaviour beyond queries."""
+"""Value types that go in and out of the Store: frozen attrs classes with small queries."""
 
 from __future__ import annotations
 
@@ -63,10 +63,8 @@ class Conversation:
     kind: ConvKind
     title: str | None = None
     creator: str | None = None
-    members: Mapping[str, int] = attrs.field(converter=_frozen_map)  # type: ignore[misc]
-    departed: Mapping[str, tuple[int, int]] = attrs.field(  # type: ignore[misc]
-        factory=dict, converter=_frozen_map
-    )
+    members: Mapping[str, int] = attrs.field(converter=_frozen_map)
+    departed: Mapping[str, tuple[int, int]] = attrs.field(factory=dict, converter=_frozen_map)
 
     def is_member(self, user: str) -> bool:
         """True if ``user`` is a current member."""

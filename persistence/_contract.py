@@ -1,0 +1,252 @@
+"""The Store contract: everything the chat node asks of persistent storage, as one async ABC.
+
+Two implementations pass the same contract suite (``tests/persistence``): :class:`MongoStore`
+(production, pymongo through worker threads) and :class:`MemoryStore` (the simulator: plain
+Python, deterministic, fault hooks).
+
+Conventions shared by every method:
+
+* Timestamps are integers, milliseconds since the epoch, chosen by the caller (the node's
+  clock), so the simulator's virtual clock governs them.
+* User ids, device ids and cmids are checked with :func:`protocol.is_valid_id`; an invalid one
+  raises :class:`BadInput`. Conversation ids are opaque; an unknown one raises
+  :class:`NotFound`.
+* Every error is a :class:`StoreError` subclass carrying its wire code. :class:`Unavailable`
+  means "storage down or overloaded, retry"; after it, a write may or may not have happened,
+  and retrying with the same cmid is always safe.
+* A write returns only after it is durable (MongoDB: write concern majority, journaled).
+  Watermarks, presence facts and the device registry are the exception: nothing is
+  acknowledged on them, so they may be written with a lighter write concern.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Sequence
+
+from ._errors import StoreError
+from ._types import (
+    Conversation,
+    ConvRow,
+    Draft,
+    MemberMarks,
+    NotificationJob,
+    ReadMark,
+    RecvMark,
+    StoredMessage,
+)
+
+
+class Store(abc.ABC):
+    """Persistent state of the messenger: conversations, messages, watermarks, presence, outbox.
+
+    Safe to share between many tasks; several Store instances (several nodes) may use one
+    database at once and every guarantee below still holds across them.
+    """
+
+    # -- conversations -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def direct_conversation(self, a: str, b: str) -> Conversation:
+        """Get or create the 1:1 conversation of ``a`` and ``b``.
+
+        Its id is ``"d:" + min(a, b) + ":" + max(a, b)``, so concurrent first messages from
+        both sides (on any node) meet in one conversation. Idempotent. ``a == b`` →
+        :class:`Forbidden`; invalid ids → :class:`BadInput`.
+        """
+
+    @abc.abstractmethod
+    async def create_group(
+        self, creator: str, title: str, members: Iterable[str], ts: int
+    ) -> tuple[Conversation, StoredMessage]:
+        """Create a group with ``creator`` and ``members`` (duplicates ignored).
+
+        Returns the conversation (id ``"g:" + random hex``) and its creation event at seq 1
+        (``kind="member"``, body ``{"op":"create","by":creator,"users":[creator, ...]}``).
+        Title of 1..100 characters and valid ids, else :class:`BadInput`; more than 256
+        members in all → :class:`Forbidden` ("group is full").
+        """
+
+    @abc.abstractmethod
+    async def get_conversation(self, conv: str) -> Conversation:
+        """The conversation ``conv`` with its current membership; :class:`NotFound` if none."""
+
+    @abc.abstractmethod
+    async def add_member(self, conv: str, actor: str, user: str, ts: int) -> StoredMessage | None:
+        """``actor`` adds ``user`` to group ``conv``; returns the ``add`` event.
+
+        Any current member may add. Already a member → ``None``, no event. Direct conversation
+        or non-member actor → :class:`Forbidden`; group of 256 → :class:`Forbidden`.
+        """
+
+    @abc.abstractmethod
+    async def remove_member(
+        self, conv: str, actor: str, user: str, ts: int
+    ) -> StoredMessage | None:
+        """``actor`` removes ``user`` from group ``conv``; returns the ``remove`` event.
+
+        Only the creator (while a member) may remove others — checked before whether ``user``
+        is a member, so a non-creator gets :class:`Forbidden` either way. Removing a
+        non-member → :class:`NotFound`. ``actor == user`` is a leave. Direct conversation →
+        :class:`Forbidden`. The ``None`` return is reserved for an idempotent replay and is
+        not produced today.
+        """
+
+    @abc.abstractmethod
+    async def leave(self, conv: str, user: str, ts: int) -> StoredMessage:
+        """``user`` leaves group ``conv``; returns the ``leave`` event (the last one they see).
+
+        Not a member → :class:`Forbidden`; direct conversation → :class:`Forbidden`.
+        """
+
+    @abc.abstractmethod
+    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+        """The ``convs`` listing: one row per conversation ``user`` is a member of, by id."""
+
+    @abc.abstractmethod
+    async def contacts(self, user: str) -> set[str]:
+        """Users who share at least one conversation with ``user`` (both current members)."""
+
+    @abc.abstractmethod
+    async def shares_conversation(self, a: str, b: str) -> bool:
+        """True if ``a`` and ``b`` are both current members of some conversation."""
+
+    # -- messages ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def append(self, conv: str, drafts: Sequence[Draft]) -> list[StoredMessage | StoreError]:
+        """Store a batch of text messages in one durable write (group commit).
+
+        Returns one result per draft, in input order: the stored message, or the error of
+        that slot. Seqs are assigned gap-free and increasing in input order, also when other
+        Store instances append to ``conv`` at the same time.
+
+        Per slot, in this order: invalid sender/device/cmid → :class:`BadInput`; body over
+        16 KiB of UTF-8 → :class:`TooLarge`; ``(sender, device, cmid)`` seen before (forever,
+        even in another conversation or earlier in this batch) → the original message if the
+        conversation and body match (even if the sender has left since), else
+        :class:`Conflict`; sender not a current member → :class:`Forbidden`.
+
+        Raises :class:`NotFound` for an unknown ``conv`` and :class:`Unavailable` when storage
+        fails (then nothing or a prefix of the batch is stored; resending the same drafts is
+        safe and returns the original results).
+        """
+
+    @abc.abstractmethod
+    async def history(
+        self, conv: str, user: str, before: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        """A page of the messages ``user`` may see, oldest first, with seq < ``before``.
+
+        Returns ``(messages, more)`` where ``more`` says that older visible messages exist.
+        ``limit`` outside 1..200 → :class:`BadInput`; a user who cannot see ``conv`` at all →
+        :class:`Forbidden`.
+        """
+
+    @abc.abstractmethod
+    async def range(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
+        """Messages with ``lo <= seq <= hi`` in seq order (gap fill, fan-out).
+
+        No authorization: the caller filters with :meth:`Conversation.can_see`.
+        """
+
+    @abc.abstractmethod
+    async def last_seq(self, conv: str) -> int:
+        """The highest seq stored in ``conv`` (0 if empty); :class:`NotFound` if unknown."""
+
+    # -- watermarks ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def merge_recv(self, marks: Sequence[RecvMark]) -> None:
+        """Max-merge device ``recv`` watermarks, in one write.
+
+        Each mark is clamped to the conversation's last seq and to the end of what the user
+        may see; it never moves a watermark backwards. Marks for unknown conversations or
+        for users who never belonged to them are ignored (the node validates requests).
+        """
+
+    @abc.abstractmethod
+    async def merge_read(self, marks: Sequence[ReadMark]) -> None:
+        """Max-merge user ``read`` watermarks, in one write; clamped like :meth:`merge_recv`."""
+
+    @abc.abstractmethod
+    async def marks(self, conv: str) -> dict[str, MemberMarks]:
+        """Watermarks of every current and former member of ``conv``, by user.
+
+        ``delivered`` is the max ``recv`` over the user's devices; 0 when nothing is known.
+        """
+
+    @abc.abstractmethod
+    async def device_recv(self, user: str, device: str, conv: str) -> int:
+        """The ``recv`` watermark of one device in ``conv`` (0 if none)."""
+
+    @abc.abstractmethod
+    async def unsynced(
+        self, user: str, device: str
+    ) -> list[tuple[Conversation, list[StoredMessage]]]:
+        """Every message ``user`` may see above ``device``'s recv mark, per conversation.
+
+        Conversations in id order, messages in seq order; conversations with nothing to push
+        are left out. This is what the node pushes after ``welcome`` and before ``synced``.
+        """
+
+    # -- presence and devices ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def set_last_seen(self, user: str, ts: int) -> None:
+        """Record that ``user``'s last device disconnected at ``ts`` (never moves back)."""
+
+    @abc.abstractmethod
+    async def last_seen(self, users: Iterable[str]) -> dict[str, int | None]:
+        """``last_seen`` of each user, ``None`` for users never seen offline."""
+
+    @abc.abstractmethod
+    async def register_device(self, user: str, device: str, ts: int) -> None:
+        """Record that ``device`` of ``user`` connected at ``ts``."""
+
+    @abc.abstractmethod
+    async def devices(self, user: str) -> list[str]:
+        """The devices ever registered for ``user``, sorted."""
+
+    # -- notification outbox ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def notify_offline(self, user: str, conv: str, seq: int, ts: int) -> None:
+        """Record that a message ``(conv, seq)`` arrived while ``user`` had no connection.
+
+        Creates one job per offline period; later calls in the same period only update the
+        job's count and latest (conv, seq), whether or not it was delivered already.
+        """
+
+    @abc.abstractmethod
+    async def user_online(self, user: str) -> None:
+        """End ``user``'s offline period: the next :meth:`notify_offline` opens a new job."""
+
+    @abc.abstractmethod
+    async def claim_notifications(
+        self, owner: str, now_ms: int, lease_ms: int, limit: int
+    ) -> list[NotificationJob]:
+        """Lease up to ``limit`` pending jobs to ``owner`` until ``now_ms + lease_ms``.
+
+        Jobs never claimed or whose lease expired are eligible, oldest first.
+        """
+
+    @abc.abstractmethod
+    async def complete_notification(self, job_id: str) -> None:
+        """Mark a job done (idempotent); :class:`NotFound` for an unknown id."""
+
+    @abc.abstractmethod
+    async def pending_notifications(self) -> int:
+        """The number of jobs not yet completed."""
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release connections; further calls are an error. Idempotent."""
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
