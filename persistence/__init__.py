@@ -1,6 +1,8 @@
 """persistence: the Store contract, MongoStore, the embedded SecantusDB launcher, MemoryStore."""
 
 from ._contract import Store as Store
+from ._embedded import EmbeddedServer as EmbeddedServer
+from ._embedded import EmbeddedServerError as EmbeddedServerError
 from ._errors import BadInput as BadInput
 from ._errors import Conflict as Conflict
 from ._errors import Forbidden as Forbidden
@@ -8,6 +10,9 @@ from ._errors import NotFound as NotFound
 from ._errors import StoreError as StoreError
 from ._errors import TooLarge as TooLarge
 from ._errors import Unavailable as Unavailable
+from ._memory import MemoryStore as MemoryStore
+from ._memory import StoreFaults as StoreFaults
+from ._mongo import MongoStore as MongoStore
 from ._types import Conversation as Conversation
 from ._types import ConvKind as ConvKind
 from ._types import ConvRow as ConvRow

@@ -1,5 +1,28 @@
-"""protocol: the wire contract as a sans-IO library (frames, codec, session state machines)."""
+"""protocol: the wire contract as a sans-IO library (frames, codec, session state machines).
 
+Who owns what: frames (``_frames``) are immutable values anyone may build and share; the
+codec (``_codec``) is stateless; a :class:`ServerSession` belongs to the one connection actor
+of the node that created it. Nothing here does I/O or reads a clock: callers pass bytes or
+text in, get frames and text out, and pass the time as an argument.
+"""
+
+from ._client import Acked as Acked
+from ._client import ClientSession as ClientSession
+from ._client import ClientState as ClientState
+from ._client import ConvStatus as ConvStatus
+from ._client import Event as Event
+from ._client import GapDetected as GapDetected
+from ._client import NewMessage as NewMessage
+from ._client import PresenceChanged as PresenceChanged
+from ._client import ReceiptUpdated as ReceiptUpdated
+from ._client import RequestCompleted as RequestCompleted
+from ._client import RequestFailed as RequestFailed
+from ._client import RequestFrame as RequestFrame
+from ._client import SendFailed as SendFailed
+from ._client import ServerError as ServerError
+from ._client import StateChanged as StateChanged
+from ._client import TypingStarted as TypingStarted
+from ._client import history_messages as history_messages
 from ._codec import SendError as SendError
 from ._codec import decode_client_frame as decode_client_frame
 from ._codec import decode_server_frame as decode_server_frame
@@ -52,10 +75,19 @@ from ._limits import DEFAULT_PRESENCE_GRACE_S as DEFAULT_PRESENCE_GRACE_S
 from ._limits import HARD_FRAME_BYTES as HARD_FRAME_BYTES
 from ._limits import HELLO_TIMEOUT_S as HELLO_TIMEOUT_S
 from ._limits import MAX_BODY_BYTES as MAX_BODY_BYTES
+from ._limits import MAX_CONV_ID_LEN as MAX_CONV_ID_LEN
 from ._limits import MAX_FRAME_BYTES as MAX_FRAME_BYTES
 from ._limits import MAX_GROUP_MEMBERS as MAX_GROUP_MEMBERS
+from ._limits import MAX_HEARTBEAT_S as MAX_HEARTBEAT_S
 from ._limits import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
+from ._limits import MAX_ID_LEN as MAX_ID_LEN
+from ._limits import MAX_PRESENCE_USERS as MAX_PRESENCE_USERS
+from ._limits import MAX_SEQ as MAX_SEQ
 from ._limits import MAX_TITLE_LEN as MAX_TITLE_LEN
+from ._limits import MIN_HEARTBEAT_S as MIN_HEARTBEAT_S
+from ._limits import MIN_HISTORY_LIMIT as MIN_HISTORY_LIMIT
 from ._limits import body_size as body_size
 from ._limits import is_valid_conv_id as is_valid_conv_id
 from ._limits import is_valid_id as is_valid_id
+from ._server import ServerSession as ServerSession
+from ._server import ServerState as ServerState

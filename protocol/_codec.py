@@ -3,7 +3,9 @@
 Decoding never lets a ``KeyError``, ``TypeError`` or JSON error escape: anything malformed
 raises :class:`RemoteProtocolError` whose ``code`` is the wire error code to answer with and
 whose message names the problem. A ``send`` that carries a valid ``cmid`` but is otherwise
-bad sets ``error.cmid`` so the server can answer with a ``nack`` for that cmid.
+bad raises :class:`SendError`, whose ``cmid`` lets the server answer with a ``nack`` for it.
+
+Unknown fields are ignored in both directions, including unknown reply fields of ``result``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import orjson
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._frames import (
     CLIENT_FRAMES,
+    CODE,
     SERVER_FRAMES,
     ClientFrame,
     ConvRow,
@@ -37,12 +40,16 @@ class SendError(RemoteProtocolError):
     """A ``send`` frame with a valid ``cmid`` that is bad otherwise: answer with ``nack``."""
 
     def __init__(self, code: ErrorCode, message: str, *, cmid: str, rid: str | None = None) -> None:
-        super().__init__(code, message, rid=rid)
+        super().__init__(code, message, rid=rid, frame_type=Send.TYPE)
         self.cmid = cmid
 
 
 def _bad(name: str, reason: str) -> RemoteProtocolError:
     return RemoteProtocolError(ErrorCode.BAD_FRAME, f"field '{name}' {reason}")
+
+
+def _bad_frame(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(ErrorCode.BAD_FRAME, message)
 
 
 def _p_str(name: str, value: Any) -> Any:
@@ -107,9 +114,10 @@ _PARSERS: Final[dict[str, _Parser]] = {
     "bool": _p_bool,
     "tuple[str, ...]": _p_str_tuple,
     "ErrorCode": _p_error_code,
-    "MessageKind": _one_of("text", "member"),
-    "ConvKind": _one_of("direct", "group"),
-    "PresenceStatus": _one_of("online", "offline"),
+    # The frames' own validators check the choices of these.
+    "MessageKind": _p_str,
+    "ConvKind": _p_str,
+    "PresenceStatus": _p_str,
     "tuple[MemberMarks, ...]": _nested(MemberMarks),
 }
 
@@ -121,6 +129,7 @@ class _FieldSpec:
     parse: _Parser
     required: bool
     omit_none: bool
+    code: ErrorCode
 
 
 def _specs(cls: type) -> tuple[_FieldSpec, ...]:
@@ -135,6 +144,7 @@ def _specs(cls: type) -> tuple[_FieldSpec, ...]:
                 parse=_PARSERS[str(field.type)],
                 required=field.default is attrs.NOTHING,
                 omit_none=bool(field.metadata.get("omit_none")),
+                code=field.metadata.get(CODE, ErrorCode.BAD_FRAME),
             )
         )
     return tuple(specs)
@@ -149,13 +159,16 @@ _SERVER_BY_TYPE: Final[dict[str, type[ServerFrame]]] = {cls.TYPE: cls for cls in
 
 def _build(cls: type[_T], obj: Any, *, what: str = "a frame") -> _T:
     if not isinstance(obj, dict):
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"{what} must be a JSON object")
+        raise _bad_frame(f"{what} must be a JSON object")
     kwargs: dict[str, Any] = {}
     for spec in _SPECS[cls]:
         if spec.wire in obj:
-            kwargs[spec.name] = spec.parse(spec.wire, obj[spec.wire])
+            try:
+                kwargs[spec.name] = spec.parse(spec.wire, obj[spec.wire])
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(spec.code, exc.message) from None
         elif spec.required:
-            raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"missing field '{spec.wire}'")
+            raise RemoteProtocolError(spec.code, f"missing field '{spec.wire}'")
     try:
         return cls(**kwargs)
     except LocalProtocolError as exc:
@@ -163,10 +176,8 @@ def _build(cls: type[_T], obj: Any, *, what: str = "a frame") -> _T:
 
 
 def _load(data: str | bytes) -> dict[str, Any]:
-    if isinstance(data, bytes | bytearray | memoryview):
-        raise RemoteProtocolError(
-            ErrorCode.BAD_FRAME, "binary frames are not accepted; send JSON as a text frame"
-        )
+    if not isinstance(data, str):
+        raise _bad_frame("binary frames are not accepted; send JSON as a text frame")
     if len(data) > MAX_FRAME_BYTES // 4 and len(data.encode("utf-8", "replace")) > MAX_FRAME_BYTES:
         raise RemoteProtocolError(
             ErrorCode.TOO_LARGE, f"frame is over the {MAX_FRAME_BYTES} byte limit"
@@ -174,9 +185,9 @@ def _load(data: str | bytes) -> dict[str, Any]:
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"frame is not valid JSON: {exc}") from None
+        raise _bad_frame(f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame must be a JSON object")
+        raise _bad_frame("frame must be a JSON object")
     return obj
 
 
@@ -185,50 +196,63 @@ def _read_rid(obj: Mapping[str, Any]) -> str | None:
     return rid if is_valid_id(rid) else None
 
 
+def _read_type(obj: Mapping[str, Any], rid: str | None) -> str:
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame has no string field 'type'", rid=rid)
+    return kind
+
+
 def decode_client_frame(data: str | bytes) -> ClientFrame:
     """Decode one frame a client sent. Raises :class:`RemoteProtocolError` (or its
     subclass :class:`SendError` for a ``send`` with a usable ``cmid``)."""
     obj = _load(data)
     rid = _read_rid(obj)
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame has no string field 'type'", rid=rid)
-    cls = _CLIENT_BY_TYPE.get(kind)
+    cls = _CLIENT_BY_TYPE.get(_read_type(obj, rid))
     if cls is None:
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {kind!r}", rid=rid)
+        raise RemoteProtocolError(
+            ErrorCode.BAD_FRAME, f"unknown frame type {obj['type']!r}", rid=rid
+        )
     try:
         return _build(cls, obj)
     except RemoteProtocolError as exc:
         cmid = obj.get("cmid")
-        if cls is Send and isinstance(cmid, str) and is_valid_id(cmid):
+        if cls is Send and is_valid_id(cmid):
             raise SendError(exc.code, exc.message, cmid=cmid, rid=rid) from None
         exc.rid = rid
+        exc.frame_type = cls.TYPE
         raise
 
 
+# The reply fields a ``result`` may carry, by name; any other is ignored like any unknown field.
+_RESULT_FIELDS: Final[dict[str, _Parser]] = {
+    "messages": _nested(Msg),
+    "more": _p_bool,
+    "convs": _nested(ConvRow),
+    "conv": _p_str,
+}
+
+
 def _build_result(obj: dict[str, Any]) -> Result:
-    fields: list[tuple[str, Any]] = []
-    for key, value in obj.items():
-        if key in ("type", "rid"):
-            continue
-        if key == "messages":
-            value = _nested(Msg)(key, value)
-        elif key == "convs" and isinstance(value, list):
-            value = _nested(ConvRow)(key, value)
-        fields.append((key, value))
-    rid = obj.get("rid")
-    return Result(rid=rid if is_valid_id(rid) else None, fields=tuple(fields))
+    fields = tuple(
+        (key, _RESULT_FIELDS[key](key, value))
+        for key, value in obj.items()
+        if key in _RESULT_FIELDS
+    )
+    try:
+        return Result(rid=_optional(_p_str)("rid", obj.get("rid")), fields=fields)
+    except LocalProtocolError as exc:
+        raise RemoteProtocolError(exc.code, exc.message) from None
 
 
 def decode_server_frame(data: str | bytes) -> ServerFrame:
-    """Decode one frame a server sent (the client's side of the codec)."""
+    """Decode one frame a server sent (the client's side of the codec). Raises
+    :class:`RemoteProtocolError`."""
     obj = _load(data)
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "frame has no string field 'type'")
+    kind = _read_type(obj, None)
     cls = _SERVER_BY_TYPE.get(kind)
     if cls is None:
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {kind!r}")
+        raise _bad_frame(f"unknown frame type {kind!r}")
     if cls is Result:
         return _build_result(obj)
     return _build(cls, obj)

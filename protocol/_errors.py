@@ -43,17 +43,33 @@ class ProtocolError(Exception):
     """A violation of the wire contract.
 
     ``code`` is the wire error code a server answers with; ``rid`` is the request id of the
-    offending frame when it could be read, so the reply can echo it.
+    offending frame when it could be read, so the reply can echo it. ``frame_type`` is the
+    wire ``type`` of the offending frame when it named a known one. ``close_code`` is set when
+    the connection must be closed after the reply (for example a bad first frame: 4400);
+    ``None`` means the connection stays open.
     """
 
-    def __init__(self, code: ErrorCode, message: str, *, rid: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        rid: str | None = None,
+        frame_type: str | None = None,
+        close_code: CloseCode | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.rid = rid
+        self.frame_type = frame_type
+        self.close_code = close_code
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.code.value!r}, {self.message!r}, rid={self.rid!r})"
+        return (
+            f"{type(self).__name__}({self.code.value!r}, {self.message!r}, rid={self.rid!r}, "
+            f"frame_type={self.frame_type!r}, close_code={self.close_code!r})"
+        )
 
 
 class RemoteProtocolError(ProtocolError):

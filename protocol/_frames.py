@@ -8,6 +8,7 @@ the codec turns the same problems in *incoming* frames into :class:`RemoteProtoc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -34,15 +35,20 @@ ConvKind = Literal["direct", "group"]
 PresenceStatus = Literal["online", "offline"]
 
 
-def _fail(
-    attribute: attrs.Attribute[Any], reason: str, code: ErrorCode = ErrorCode.BAD_FRAME
-) -> LocalProtocolError:
-    name = attribute.metadata.get("wire", attribute.name)
-    return LocalProtocolError(code, f"field '{name}' {reason}")
-
-
 #: Field metadata: leave the field out of the encoded frame when it is None.
 OMIT_NONE = {"omit_none": True}
+#: Field metadata key: the wire error code for any problem with this field (default
+#: ``bad_frame``), so that, say, a missing ``hello.token`` is ``unauthenticated``.
+CODE = "code"
+
+
+def _fail(
+    attribute: attrs.Attribute[Any], reason: str, code: ErrorCode | None = None
+) -> LocalProtocolError:
+    name = attribute.metadata.get("wire", attribute.name)
+    if code is None:
+        code = attribute.metadata.get(CODE, ErrorCode.BAD_FRAME)
+    return LocalProtocolError(code, f"field '{name}' {reason}")
 
 
 def _id(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -65,6 +71,11 @@ def _seq(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
         raise _fail(attribute, "must be a non-negative integer")
 
 
+def _msg_seq(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not int or not 1 <= value <= MAX_SEQ:
+        raise _fail(attribute, "must be a positive integer (seqs start at 1)")
+
+
 def _opt_seq(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         _seq(inst, attribute, value)
@@ -77,7 +88,41 @@ def _str(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
 
 def _ids(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, tuple) or not all(is_valid_id(v) for v in value):
-        raise _fail(attribute, "must be a tuple of user ids")
+        raise _fail(attribute, "must be a list of user ids")
+
+
+def _nonempty_str(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise _fail(attribute, "must be a non-empty string")
+
+
+def _ms(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise _fail(attribute, "must be a non-negative integer of milliseconds since the epoch")
+
+
+def _opt_ms(inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        _ms(inst, attribute, value)
+
+
+def _bool(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not bool:
+        raise _fail(attribute, "must be true or false")
+
+
+def _one_of(*choices: str) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check_choice(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value not in choices:
+            raise _fail(attribute, "must be one of " + ", ".join(repr(c) for c in choices))
+
+    return check_choice
+
+
+def _error_code(value: object) -> ErrorCode:
+    if isinstance(value, str) and value in ErrorCode.__members__.values():
+        return ErrorCode(value)
+    raise LocalProtocolError(ErrorCode.BAD_FRAME, f"{value!r} is not an error code")
 
 
 def _rid() -> Any:
@@ -92,7 +137,9 @@ class Hello:
     """First frame of a session: who the client is (``token``) and which device."""
 
     TYPE: ClassVar[str] = "hello"
-    token: str = attrs.field(validator=_str)
+    token: str = attrs.field(
+        validator=_nonempty_str, metadata={CODE: ErrorCode.UNAUTHENTICATED}, repr=False
+    )
     device: str = attrs.field(validator=_id)
     rid: str | None = _rid()
 
@@ -311,23 +358,35 @@ class Welcome:
     TYPE: ClassVar[str] = "welcome"
     user: str = attrs.field(validator=_id)
     device: str = attrs.field(validator=_id)
-    session: str = attrs.field(validator=_str)
+    session: str = attrs.field(validator=_nonempty_str)
     heartbeat_s: int = attrs.field(validator=_heartbeat)
+    rid: str | None = _rid()
 
 
 @attrs.frozen(kw_only=True)
 class Msg:
-    """A stored message (``kind`` text) or membership event (``kind`` member)."""
+    """A stored message (``kind`` text) or membership event (``kind`` member).
+
+    A text message always carries the ``cmid`` it was sent with; a member event never does.
+    """
 
     TYPE: ClassVar[str] = "msg"
     conv: str = attrs.field(validator=_conv)
-    seq: int = attrs.field(validator=_seq)
-    id: str = attrs.field(validator=_str)
+    seq: int = attrs.field(validator=_msg_seq)
+    id: str = attrs.field(validator=_nonempty_str)
     sender: str = attrs.field(validator=_id, metadata={"wire": "from"})
     cmid: str | None = attrs.field(validator=_opt_id)
     body: str = attrs.field(validator=_str)
-    ts: int
-    kind: MessageKind = "text"
+    ts: int = attrs.field(validator=_ms)
+    kind: MessageKind = attrs.field(default="text", validator=_one_of("text", "member"))
+
+    @kind.validator
+    def _check_cmid(self, _attribute: attrs.Attribute[Any], value: str) -> None:
+        if (value == "text") != (self.cmid is not None):
+            raise LocalProtocolError(
+                ErrorCode.BAD_FRAME,
+                "a text msg carries a 'cmid' and a member msg carries 'cmid': null",
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -344,9 +403,9 @@ class Ack:
     TYPE: ClassVar[str] = "ack"
     cmid: str = attrs.field(validator=_id)
     conv: str = attrs.field(validator=_conv)
-    seq: int = attrs.field(validator=_seq)
-    id: str = attrs.field(validator=_str)
-    ts: int
+    seq: int = attrs.field(validator=_msg_seq)
+    id: str = attrs.field(validator=_nonempty_str)
+    ts: int = attrs.field(validator=_ms)
     rid: str | None = _rid()
 
 
@@ -356,21 +415,31 @@ class Nack:
 
     TYPE: ClassVar[str] = "nack"
     cmid: str = attrs.field(validator=_id)
-    code: ErrorCode = attrs.field(converter=ErrorCode)
+    code: ErrorCode = attrs.field(converter=_error_code)
     message: str = attrs.field(validator=_str)
-    retry: bool = False
+    retry: bool = attrs.field(default=False, validator=_bool)
     rid: str | None = _rid()
 
 
 @attrs.frozen(kw_only=True)
 class Receipt:
-    """``user``'s watermarks in ``conv`` rose: ``delivered`` and/or ``read``."""
+    """``user``'s watermarks in ``conv`` rose: ``delivered`` and/or ``read``.
+
+    A watermark that did not change is left out, so at least one of the two is present.
+    """
 
     TYPE: ClassVar[str] = "receipt"
     conv: str = attrs.field(validator=_conv)
     user: str = attrs.field(validator=_id)
     delivered: int | None = attrs.field(default=None, validator=_opt_seq, metadata=OMIT_NONE)
     read: int | None = attrs.field(default=None, validator=_opt_seq, metadata=OMIT_NONE)
+
+    @read.validator
+    def _check_some(self, _attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is None and self.delivered is None:
+            raise LocalProtocolError(
+                ErrorCode.BAD_FRAME, "a receipt carries 'delivered', 'read' or both"
+            )
 
 
 @attrs.frozen(kw_only=True)
@@ -379,8 +448,8 @@ class Presence:
 
     TYPE: ClassVar[str] = "presence"
     user: str = attrs.field(validator=_id)
-    status: PresenceStatus
-    last_seen: int | None = None
+    status: PresenceStatus = attrs.field(validator=_one_of("online", "offline"))
+    last_seen: int | None = attrs.field(default=None, validator=_opt_ms)
 
 
 @attrs.frozen(kw_only=True)
@@ -390,6 +459,11 @@ class TypingNotice:
     TYPE: ClassVar[str] = "typing"
     conv: str = attrs.field(validator=_conv)
     user: str = attrs.field(validator=_id)
+
+
+def _marks(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, tuple) or not all(isinstance(v, MemberMarks) for v in value):
+        raise _fail(attribute, "must be a list of {user, delivered, read} objects")
 
 
 @attrs.frozen(kw_only=True)
@@ -403,17 +477,36 @@ class MemberMarks:
 
 @attrs.frozen(kw_only=True)
 class ConvRow:
-    """One row of the ``convs`` result."""
+    """One row of the ``convs`` result; ``title`` is None exactly for direct conversations."""
 
     conv: str = attrs.field(validator=_conv)
-    kind: ConvKind
-    title: str | None
+    kind: ConvKind = attrs.field(validator=_one_of("direct", "group"))
+    title: str | None = attrs.field()
     members: tuple[str, ...] = attrs.field(validator=_ids)
     last_seq: int = attrs.field(validator=_seq)
     delivered: int = attrs.field(validator=_seq)
     read: int = attrs.field(validator=_seq)
     unread: int = attrs.field(validator=_seq)
-    others: tuple[MemberMarks, ...] = ()
+    others: tuple[MemberMarks, ...] = attrs.field(default=(), validator=_marks)
+
+    @title.validator
+    def _check_title(self, attribute: attrs.Attribute[Any], value: str | None) -> None:
+        if self.kind == "direct":
+            if value is not None:
+                raise _fail(attribute, "must be null for a direct conversation")
+        else:
+            _title(self, attribute, value)
+
+
+def _sorted_fields(fields: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(fields, key=lambda item: str(item[0])))
+
+
+def _reply_fields(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    assert isinstance(value, tuple)
+    names = [name for name, _ in value]
+    if len(set(names)) != len(names) or {"type", "rid"} & set(names):
+        raise _fail(attribute, "must name each reply field once, and never 'type' or 'rid'")
 
 
 @attrs.frozen(kw_only=True)
@@ -421,12 +514,16 @@ class Result:
     """The reply to a request frame (``history``, ``convs``, ``group_*``).
 
     Its reply fields depend on the request, so they are a tuple of ``(name, value)`` pairs,
-    values being JSON-ready or frames. Use the constructors below rather than building one.
+    values being JSON-ready or frames, kept sorted by name so that equal results compare equal.
+    Use the constructors below rather than building one. ``rid`` is always on the wire (null
+    when the request had none).
     """
 
     TYPE: ClassVar[str] = "result"
     rid: str | None = attrs.field(default=None, validator=_opt_id)
-    fields: tuple[tuple[str, Any], ...] = ()
+    fields: tuple[tuple[str, Any], ...] = attrs.field(
+        default=(), converter=_sorted_fields, validator=_reply_fields
+    )
 
     def get(self, name: str, default: Any = None) -> Any:
         for key, value in self.fields:
@@ -456,7 +553,7 @@ class Error:
     """A request failed, or a frame broke the contract."""
 
     TYPE: ClassVar[str] = "error"
-    code: ErrorCode = attrs.field(converter=ErrorCode)
+    code: ErrorCode = attrs.field(converter=_error_code)
     message: str = attrs.field(validator=_str)
     rid: str | None = _rid()
 

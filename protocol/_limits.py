@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, TypeGuard
 
 #: A frame's payload above this gets ``error too_large`` (the connection stays open).
 MAX_FRAME_BYTES: Final = 64 * 1024
@@ -40,12 +40,12 @@ DEFAULT_PRESENCE_GRACE_S: Final = 5.0
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
-def is_valid_id(value: object) -> bool:
+def is_valid_id(value: object) -> TypeGuard[str]:
     """True for a user id, device id, cmid or rid: 1..64 of ``[A-Za-z0-9_.-]``."""
     return isinstance(value, str) and _ID_RE.fullmatch(value) is not None
 
 
-def is_valid_conv_id(value: object) -> bool:
+def is_valid_conv_id(value: object) -> TypeGuard[str]:
     """True for something that could be a conversation id (non-empty, bounded string)."""
     return isinstance(value, str) and 0 < len(value) <= MAX_CONV_ID_LEN
 

@@ -1,0 +1,68 @@
+"""The chat node's configuration: protocol timings, batching, limits and simulator mutants.
+
+A :class:`NodeConfig` is a frozen value handed to :class:`~actors.Node`; the simulator builds
+its own with virtual-time-friendly numbers and, only there, a set of :data:`MUTANTS`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+
+from protocol import DEFAULT_HEARTBEAT_S, DEFAULT_PRESENCE_GRACE_S, HELLO_TIMEOUT_S
+
+#: Deliberately broken variants of the node, each inert unless named in ``NodeConfig.mutants``.
+#: The simulator switches them on one at a time to prove that its checker has teeth.
+ACK_BEFORE_WRITE: Final = "ack_before_write"
+NO_CMID_DEDUPE: Final = "no_cmid_dedupe"
+WATERMARK_BACKWARDS: Final = "watermark_backwards"
+SEQ_REUSE_AFTER_RESTART: Final = "seq_reuse_after_restart"
+NO_PRESENCE_GRACE: Final = "no_presence_grace"
+DELIVER_TO_REMOVED: Final = "deliver_to_removed"
+MUTANTS: Final = frozenset(
+    {
+        ACK_BEFORE_WRITE,
+        NO_CMID_DEDUPE,
+        WATERMARK_BACKWARDS,
+        SEQ_REUSE_AFTER_RESTART,
+        NO_PRESENCE_GRACE,
+        DELIVER_TO_REMOVED,
+    }
+)
+
+
+def _known_mutants(_inst: object, _attr: attrs.Attribute[frozenset[str]], value: object) -> None:
+    if not isinstance(value, frozenset) or not value <= MUTANTS:
+        raise ValueError(f"mutants must be a frozenset of {sorted(MUTANTS)}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    """Everything tunable about one chat node. Times are seconds of trio's clock."""
+
+    #: Announced in ``welcome``; a silent connection is closed after twice this (4408).
+    heartbeat_s: int = attrs.field(default=DEFAULT_HEARTBEAT_S)
+    #: The first frame must be a ``hello`` within this time (else close 4408).
+    hello_timeout_s: float = HELLO_TIMEOUT_S
+    #: A user's going offline is reported only after this grace period.
+    presence_grace_s: float = DEFAULT_PRESENCE_GRACE_S
+    #: recv/read watermarks are coalesced for up to this long before one batched write.
+    watermark_window_s: float = 0.05
+    #: A conversation actor with nothing to do for this long stops (recreated on demand).
+    conversation_idle_s: float = 60.0
+    #: At most this many queued requests go into one group commit.
+    max_batch: int = 256
+    #: Per-connection token bucket: sustained frames per second and burst size.
+    rate_per_s: float = 200.0
+    rate_burst: int = 1000
+    #: Frames queued for one connection before it counts as a slow consumer and is dropped.
+    outbox_size: int = 4096
+    #: Requests queued for one conversation actor or the presence registry.
+    mailbox_size: int = 1024
+    #: Bound on closing one WebSocket and on the cleanup a finishing actor does.
+    close_timeout_s: float = 2.0
+    #: Bound on a graceful node shutdown before the rest is cancelled.
+    shutdown_timeout_s: float = 10.0
+    #: Simulator-only broken variants (see :data:`MUTANTS`); empty in production.
+    mutants: frozenset[str] = attrs.field(default=frozenset(), validator=_known_mutants)

@@ -1,0 +1,444 @@
+"""The connection actor: one client session over one :class:`~actors._transport.Transport`.
+
+Owns the transport, the sans-IO :class:`protocol.ServerSession`, its outbox (a bounded memory
+channel drained by its writer task) and its rate-limit bucket. Other actors reach it only
+through its :class:`~actors._router.ConnectionHandle` (push a frame without blocking, or ask
+it to close).
+
+Flow: wait for ``hello`` (``hello_timeout_s``, else 4408; another first frame → ``error
+bad_frame`` + 4400; bad token → ``error unauthenticated`` + 4401), ``welcome``, register in
+the router (replacing and closing with 4409 an older connection of the same device), push
+the unacknowledged backlog then ``synced``, then read frames one at a time, in arrival order,
+until the peer leaves or someone asks the actor to close. A frame's failure is contained: a
+protocol error gets ``error``/``nack``; a Store error its code; an unexpected exception is
+logged with its traceback and answered ``internal``; the connection goes on (G9).
+
+Cancellation: a close asked through the handle (replacement 4409, shutdown 1001, slow
+consumer 1013, keep-alive timeout 4408) cancels the actor's own scope, after which it leaves
+the router and the presence registry and closes the transport with that code (shielded,
+bounded by ``close_timeout_s``). A cancellation from outside (the node crashed) leaves the
+router at once and closes nothing gracefully: like a killed process, memory is just lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+
+from persistence import ConvRow as StoredConvRow
+from persistence import StoreError
+from protocol import (
+    ClientFrame,
+    CloseCode,
+    ConvRow,
+    Convs,
+    Error,
+    ErrorCode,
+    GroupAdd,
+    GroupCreate,
+    GroupLeave,
+    GroupRemove,
+    Hello,
+    History,
+    MemberMarks,
+    Nack,
+    Ping,
+    Pong,
+    PresenceSub,
+    PresenceUnsub,
+    Read,
+    Recv,
+    RemoteProtocolError,
+    Send,
+    ServerFrame,
+    ServerSession,
+    Synced,
+    Typing,
+    convs_result,
+    group_created_result,
+    history_result,
+)
+
+from ._auth import InvalidToken
+from ._config import NO_CMID_DEDUPE
+from ._context import NodeContext, msg_frame
+from ._conversations import ConversationManager
+from ._messages import (
+    Announce,
+    DeviceConnected,
+    DeviceDisconnected,
+    MarkRequest,
+    MemberRequest,
+    PresenceRequest,
+    SendRequest,
+    Subscribe,
+    SubscriberGone,
+    TypingRequest,
+    Unsubscribe,
+)
+from ._ratelimit import TokenBucket
+from ._router import ConnectionHandle
+from ._transport import Transport, TransportClosed
+
+log = logging.getLogger("actors.connection")
+
+#: ``verify(token, now_s) -> user``, raising :class:`~actors._auth.InvalidToken`.
+TokenVerifier = Callable[[str, float], str]
+
+#: Close code after a Store failure during sync: the client should come back later.
+TRY_AGAIN_LATER = 1013
+#: Close code when the connection actor itself failed (RFC 6455 "internal error").
+INTERNAL_ERROR = 1011
+
+
+class ConnectionActor:
+    """See the module docstring. Run with :meth:`run`; it returns when the session ends."""
+
+    def __init__(
+        self,
+        ctx: NodeContext,
+        *,
+        conversations: ConversationManager,
+        presence: trio.MemorySendChannel[PresenceRequest],
+        verify_token: TokenVerifier,
+        transport: Transport,
+        conn_id: int,
+    ) -> None:
+        self._ctx = ctx
+        self._conversations = conversations
+        self._presence = presence
+        self._verify_token = verify_token
+        self._transport = transport
+        self._conn_id = conn_id
+        self._scope = trio.CancelScope()
+        self._close: tuple[int, str] | None = None
+        self._session = ServerSession(
+            now=trio.current_time(), hello_timeout=ctx.config.hello_timeout_s
+        )
+        self._bucket = TokenBucket.full(
+            ctx.config.rate_per_s, ctx.config.rate_burst, trio.current_time()
+        )
+        self._handle: ConnectionHandle | None = None
+        self._outbox: trio.MemorySendChannel[ServerFrame] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_close(self, code: int, reason: str) -> None:
+        """Close with ``code`` (the first request wins); safe to call from any task."""
+        if self._close is None:
+            self._close = (code, reason)
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Serve the session to its end. Never raises except on outside cancellation."""
+        self._transport.set_ping_observer(self._on_ping)
+        try:
+            with self._scope:
+                try:
+                    await self._serve()
+                except Exception:
+                    log.exception("connection %d failed", self._conn_id)
+                    self.request_close(INTERNAL_ERROR, "internal error")
+        except BaseException:
+            self._abandon()
+            raise
+        await self._finish()
+
+    def _on_ping(self) -> None:
+        if self._close is None:
+            self._session.note_ping(trio.current_time())
+
+    async def _serve(self) -> None:
+        hello = await self._await_hello()
+        if hello is None:
+            return
+        try:
+            user = self._verify_token(hello.token, self._ctx.wall_ms() / 1000)
+        except InvalidToken as exc:
+            error, code = self._session.reject(exc.reason)
+            await self._send_direct(error)
+            self.request_close(code, "unauthenticated")
+            return
+        await self._open(hello, user)
+
+    async def _await_hello(self) -> Hello | None:
+        with trio.move_on_at(self._session.deadline()):
+            try:
+                data = await self._transport.receive()
+            except TransportClosed:
+                return None
+            try:
+                frame = self._session.receive(data, trio.current_time())
+            except RemoteProtocolError as exc:
+                await self._send_direct(self._session.reply_for(exc))
+                self.request_close(exc.close_code or CloseCode.BAD_FRAME, exc.message[:120])
+                return None
+            assert isinstance(frame, Hello), "the session admits only hello first"
+            return frame
+        code = self._session.expired(trio.current_time()) or CloseCode.TIMEOUT
+        self.request_close(code, "no hello in time")
+        return None
+
+    async def _send_direct(self, frame: Error | Nack) -> None:
+        """Send before the outbox exists (hello errors)."""
+        self._count(frame)
+        try:
+            await self._transport.send(self._session.send(frame))
+        except TransportClosed:
+            return
+
+    async def _open(self, hello: Hello, user: str) -> None:
+        ctx, config = self._ctx, self._ctx.config
+        welcome = self._session.accept(
+            user=user,
+            device=hello.device,
+            session=ctx.token(),
+            heartbeat_s=config.heartbeat_s,
+            now=trio.current_time(),
+        )
+        outbox, pending = trio.open_memory_channel[ServerFrame](config.outbox_size)
+        handle = ConnectionHandle(
+            self._conn_id, user, hello.device, outbox, self.request_close, config.outbox_size
+        )
+        outbox.send_nowait(welcome)
+        self._handle, self._outbox = handle, outbox
+        replaced = ctx.router.register(handle)
+        if replaced is not None:
+            replaced.close(CloseCode.REPLACED, "replaced by a newer connection of this device")
+        ctx.metrics.connections.inc()
+        await self._presence.send(DeviceConnected(user=user, conn_id=self._conn_id))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._writer, pending)
+            nursery.start_soon(self._watchdog)
+            if await self._sync(handle, outbox):
+                await self._read_loop()
+            nursery.cancel_scope.cancel()
+
+    async def _finish(self) -> None:
+        """Leave the node's tables, then close the transport with the requested code."""
+        code, reason = self._close if self._close is not None else (CloseCode.NORMAL, "")
+        with trio.move_on_after(self._ctx.config.close_timeout_s, shield=True):
+            handle = self._leave_router()
+            if handle is not None:
+                for request in self._farewells(handle):
+                    await self._presence.send(request)
+            await self._transport.close(code, reason[:120])
+
+    def _abandon(self) -> None:
+        """Cancelled from outside (the node is going down hard): forget, close nothing."""
+        handle = self._leave_router()
+        if handle is None:
+            return
+        for request in self._farewells(handle):
+            try:
+                self._presence.send_nowait(request)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    def _leave_router(self) -> ConnectionHandle | None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self._ctx.router.unregister(handle)
+            self._ctx.metrics.connections.dec()
+        return handle
+
+    def _farewells(self, handle: ConnectionHandle) -> list[PresenceRequest]:
+        ts = self._ctx.wall_ms()
+        return [
+            DeviceDisconnected(user=handle.user, conn_id=handle.conn_id, ts=ts),
+            SubscriberGone(origin=handle),
+        ]
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _writer(self, pending: trio.MemoryReceiveChannel[ServerFrame]) -> None:
+        async with pending:
+            async for frame in pending:
+                try:
+                    await self._transport.send(self._session.send(frame))
+                except TransportClosed:
+                    self.request_close(CloseCode.NORMAL, "peer went away")
+                    return
+
+    async def _watchdog(self) -> None:
+        while True:
+            await trio.sleep_until(self._session.deadline())
+            code = self._session.expired(trio.current_time())
+            if code is not None:
+                self.request_close(code, f"nothing heard for {2 * self._ctx.config.heartbeat_s} s")
+                return
+
+    async def _sync(
+        self, handle: ConnectionHandle, outbox: trio.MemorySendChannel[ServerFrame]
+    ) -> bool:
+        """Push the unacknowledged backlog, ``synced``, then the pushes parked meanwhile."""
+        store, ts = self._ctx.store, self._ctx.wall_ms()
+        try:
+            with self._ctx.timed("sync"):
+                await store.register_device(handle.user, handle.device, ts)
+                await store.user_online(handle.user)
+                backlog = await store.unsynced(handle.user, handle.device)
+        except StoreError as exc:
+            await outbox.send(Error(code=exc.code, message=f"cannot sync: {exc.message}"))
+            self.request_close(TRY_AGAIN_LATER, "storage unavailable")
+            return False
+        synced_up_to: dict[str, int] = {}
+        for _conversation, messages in backlog:
+            for message in messages:
+                await outbox.send(msg_frame(message))
+                synced_up_to[message.conv] = message.seq
+        self._ctx.metrics.messages_out.inc(sum(len(m) for _c, m in backlog))
+        await outbox.send(Synced())
+        while parked := handle.take_parked(synced_up_to):
+            for frame in parked:
+                await outbox.send(frame)
+        handle.syncing = False
+        return True
+
+    async def _read_loop(self) -> None:
+        while True:
+            try:
+                data = await self._transport.receive()
+            except TransportClosed:
+                return
+            try:
+                frame = self._session.receive(data, trio.current_time())
+            except RemoteProtocolError as exc:
+                await self._reply(self._session.reply_for(exc))
+                continue
+            await self._dispatch(frame)
+
+    # ------------------------------------------------------------------ requests
+
+    async def _reply(self, frame: ServerFrame) -> None:
+        assert self._outbox is not None
+        self._count(frame)
+        await self._outbox.send(frame)
+
+    def _count(self, frame: ServerFrame) -> None:
+        if isinstance(frame, Error):
+            self._ctx.metrics.errors.labels(frame.code.value).inc()
+        elif isinstance(frame, Nack):
+            self._ctx.metrics.nacks.labels(frame.code.value).inc()
+
+    async def _refuse(self, frame: ClientFrame, code: ErrorCode, message: str, retry: bool) -> None:
+        if isinstance(frame, Send):
+            await self._reply(
+                Nack(cmid=frame.cmid, code=code, message=message, retry=retry, rid=frame.rid)
+            )
+        else:
+            await self._reply(Error(code=code, message=message, rid=frame.rid))
+
+    async def _dispatch(self, frame: ClientFrame) -> None:
+        if not isinstance(frame, Ping) and not self._bucket.take(trio.current_time()):
+            await self._refuse(
+                frame, ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", True
+            )
+            return
+        try:
+            await self._handle_frame(frame)
+        except StoreError as exc:
+            await self._refuse(frame, exc.code, exc.message, exc.retryable)
+        except Exception:
+            log.exception("internal error handling a %r frame", frame.TYPE)
+            await self._refuse(
+                frame, ErrorCode.INTERNAL, f"internal error handling {frame.TYPE!r}", False
+            )
+
+    async def _handle_frame(self, frame: ClientFrame) -> None:
+        handle = self._handle
+        assert handle is not None
+        submit = self._conversations.submit
+        match frame:
+            case Send():
+                await self._send(handle, frame)
+            case Recv(conv=conv, seq=seq, rid=rid):
+                await submit(conv, MarkRequest(origin=handle, kind="recv", seq=seq, rid=rid))
+            case Read(conv=conv, seq=seq, rid=rid):
+                await submit(conv, MarkRequest(origin=handle, kind="read", seq=seq, rid=rid))
+            case History():
+                await self._history(handle, frame)
+            case Convs(rid=rid):
+                rows = await self._ctx.store.conversations(handle.user, handle.device)
+                await self._reply(convs_result(rid, tuple(_conv_row(r) for r in rows)))
+            case GroupCreate():
+                await self._group_create(handle, frame)
+            case GroupAdd(conv=conv, user=user, rid=rid):
+                await submit(conv, MemberRequest(origin=handle, op="add", user=user, rid=rid))
+            case GroupRemove(conv=conv, user=user, rid=rid):
+                await submit(conv, MemberRequest(origin=handle, op="remove", user=user, rid=rid))
+            case GroupLeave(conv=conv, rid=rid):
+                await submit(
+                    conv, MemberRequest(origin=handle, op="leave", user=handle.user, rid=rid)
+                )
+            case PresenceSub():
+                await self._presence_sub(handle, frame)
+            case PresenceUnsub(users=users):
+                await self._presence.send(Unsubscribe(origin=handle, users=users))
+            case Typing(conv=conv, rid=rid):
+                await submit(conv, TypingRequest(origin=handle, rid=rid))
+            case Ping(rid=rid):
+                await self._reply(Pong(rid=rid))
+            case Hello():
+                raise AssertionError("the session rejects a second hello")
+
+    async def _send(self, handle: ConnectionHandle, frame: Send) -> None:
+        if frame.to is not None:
+            with self._ctx.timed("direct_conversation"):
+                conv = (await self._ctx.store.direct_conversation(handle.user, frame.to)).id
+        else:
+            assert frame.conv is not None
+            conv = frame.conv
+        store_cmid = self._ctx.token() if self._ctx.mutant(NO_CMID_DEDUPE) else frame.cmid
+        request = SendRequest(
+            origin=handle, cmid=frame.cmid, store_cmid=store_cmid, body=frame.body, rid=frame.rid
+        )
+        await self._conversations.submit(conv, request)
+
+    async def _history(self, handle: ConnectionHandle, frame: History) -> None:
+        store = self._ctx.store
+        with self._ctx.timed("history"):
+            conversation = await store.get_conversation(frame.conv)
+            if not conversation.is_member(handle.user):
+                await self._refuse(
+                    frame, ErrorCode.FORBIDDEN, f"not a member of {frame.conv}", False
+                )
+                return
+            messages, more = await store.history(frame.conv, handle.user, frame.before, frame.limit)
+        await self._reply(history_result(frame.rid, tuple(msg_frame(m) for m in messages), more))
+
+    async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
+        with self._ctx.timed("create_group"):
+            conversation, event = await self._ctx.store.create_group(
+                handle.user, frame.title, frame.members, self._ctx.wall_ms()
+            )
+        await self._reply(group_created_result(frame.rid, conversation.id))
+        await self._conversations.submit(conversation.id, Announce(message=event))
+
+    async def _presence_sub(self, handle: ConnectionHandle, frame: PresenceSub) -> None:
+        users = list(dict.fromkeys(frame.users))
+        with self._ctx.timed("contacts"):
+            contacts = await self._ctx.store.contacts(handle.user)
+        allowed = tuple(u for u in users if u == handle.user or u in contacts)
+        denied = tuple(u for u in users if u not in allowed)
+        await self._presence.send(
+            Subscribe(origin=handle, allowed=allowed, denied=denied, rid=frame.rid)
+        )
+
+
+def _conv_row(row: StoredConvRow) -> ConvRow:
+    return ConvRow(
+        conv=row.conv,
+        kind=row.kind,
+        title=row.title,
+        members=row.members,
+        last_seq=row.last_seq,
+        delivered=row.delivered,
+        read=row.read,
+        unread=row.unread,
+        others=tuple(
+            MemberMarks(user=m.user, delivered=m.delivered, read=m.read) for m in row.others
+        ),
+    )

@@ -1,0 +1,71 @@
+"""What every actor of one node shares: the seams (Store, clocks, RNG) and the node's tables.
+
+A :class:`NodeContext` is built once by :class:`~actors.Node` and handed to each actor. The
+simulator replaces the seams: ``store`` (a MemoryStore), ``wall_ms`` (epoch milliseconds from
+virtual time), ``rng`` (seeded); trio's clock is the only monotonic clock actors read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable, Iterator
+
+import attrs
+import trio
+
+from persistence import Store, StoredMessage
+from protocol import Msg
+
+from ._config import NodeConfig
+from ._metrics import NodeMetrics
+from ._router import Router
+
+log = logging.getLogger("actors")
+
+
+@attrs.define(eq=False)
+class NodeContext:
+    """The seams and shared tables of one node (see the module docstring)."""
+
+    store: Store
+    config: NodeConfig
+    wall_ms: Callable[[], int]
+    rng: random.Random
+    metrics: NodeMetrics
+    router: Router
+    #: Nudges the notifier after an offline-notification job was recorded.
+    wake_notifier: Callable[[], None]
+    name: str = "node"
+
+    def mutant(self, name: str) -> bool:
+        """True when the simulator switched on the broken variant ``name``."""
+        return name in self.config.mutants
+
+    @contextlib.contextmanager
+    def timed(self, op: str) -> Iterator[None]:
+        """Record the duration of one Store call under ``op`` in the latency histogram."""
+        started = trio.current_time()
+        try:
+            yield
+        finally:
+            self.metrics.store_latency.labels(op).observe(trio.current_time() - started)
+
+    def token(self, bits: int = 64) -> str:
+        """A random hex token from the node's RNG (session ids, private cmids)."""
+        return f"{self.rng.getrandbits(bits):0{bits // 4}x}"
+
+
+def msg_frame(message: StoredMessage) -> Msg:
+    """The ``msg`` frame of a stored message."""
+    return Msg(
+        conv=message.conv,
+        seq=message.seq,
+        id=message.id,
+        sender=message.sender,
+        cmid=message.cmid,
+        body=message.body,
+        ts=message.ts,
+        kind=message.kind,
+    )

@@ -1,0 +1,426 @@
+"""The conversation actor: the single writer of one conversation on this node.
+
+One task per active conversation owns its membership snapshot, its last seq, the seq up to
+which it has fanned out and its watermarks. It drains its mailbox into a batch; consecutive
+sends become one ``store.append`` (group commit); only after that durable write does it
+``ack`` each sender (G1), then it pushes ``msg`` to every member device connected to this node
+except the sending connection, in seq order (G4), and records offline-notification jobs for
+members with no connected device (G8). Membership changes, ``recv``/``read`` marks and
+``typing`` go through the same mailbox, so everything about one conversation happens in one
+order on this node.
+
+Lifecycle (owned by :class:`~actors._conversations.ConversationManager`): started on demand,
+it loads its state from the Store before reporting ``started``; after ``conversation_idle_s``
+without work it retires (leaves the manager's table, closes its mailbox) and stops. When its
+mailbox is closed (graceful shutdown) it handles what is queued, writes its pending
+watermarks and stops. When cancelled (the node crashed) it just stops: whatever it held in
+memory is lost, the Store has what was acknowledged. An unexpected exception is logged, the
+requests still queued are answered ``unavailable`` and the actor retires; the next request
+for the conversation starts a fresh one from the Store.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import trio
+
+from persistence import Conversation, Draft, StoredMessage, StoreError
+from protocol import Ack, Error, ErrorCode, Nack, TypingNotice, empty_result
+
+from ._config import (
+    ACK_BEFORE_WRITE,
+    DELIVER_TO_REMOVED,
+    SEQ_REUSE_AFTER_RESTART,
+    WATERMARK_BACKWARDS,
+)
+from ._context import NodeContext, msg_frame
+from ._messages import (
+    Announce,
+    ConversationRequest,
+    MarkRequest,
+    MemberRequest,
+    SendRequest,
+    TypingRequest,
+)
+from ._router import ConnectionHandle
+from ._watermarks import Watermarks
+
+log = logging.getLogger("actors.conversation")
+
+
+class ConversationActor:
+    """The actor of conversation ``conv`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        ctx: NodeContext,
+        conv: str,
+        mailbox: trio.MemoryReceiveChannel[ConversationRequest],
+        *,
+        retire: Callable[[], None],
+        stale_seq: int | None = None,
+    ) -> None:
+        self._ctx = ctx
+        self.conv = conv
+        self._mailbox = mailbox
+        self._retire_from_manager = retire
+        self._stale_seq = stale_seq
+        self._conversation: Conversation | None = None
+        self.last_seq = 0
+        self._published = 0
+        self._memory_seq = 0
+        self._marks = Watermarks(conv, backwards=ctx.mutant(WATERMARK_BACKWARDS))
+        self._flush_at = math.inf
+
+    @property
+    def conversation(self) -> Conversation:
+        assert self._conversation is not None, "used before _load()"
+        return self._conversation
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load from the Store (a ``StoreError`` here fails the start), then serve."""
+        await self._load()
+        task_status.started()
+        try:
+            await self._serve()
+        except Exception:
+            log.exception("conversation actor %s crashed", self.conv)
+            self._ctx.metrics.actor_restarts.labels("conversation").inc()
+            self._retire()
+            self._fail_queued()
+            return
+        await self._flush_marks()
+
+    async def _load(self) -> None:
+        store = self._ctx.store
+        with self._ctx.timed("load_conversation"):
+            self._conversation = await store.get_conversation(self.conv)
+            self.last_seq = await store.last_seq(self.conv)
+            self._marks.load_users(await store.marks(self.conv))
+        self._published = self.last_seq
+        stale = self._stale_seq if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART) else None
+        self._memory_seq = self.last_seq if stale is None else stale
+
+    def _retire(self) -> None:
+        self._retire_from_manager()
+        self._mailbox.close()
+
+    async def _serve(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            await self._handle_batch(batch)
+            if trio.current_time() >= self._flush_at:
+                await self._flush_marks()
+
+    async def _next_batch(self) -> list[ConversationRequest] | None:
+        """The queued requests (at most ``max_batch``); [] when a flush is due; None to stop."""
+        idle_at = trio.current_time() + self._ctx.config.conversation_idle_s
+        with trio.move_on_at(min(self._flush_at, idle_at)):
+            try:
+                first = await self._mailbox.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return None
+            batch = [first]
+            while len(batch) < self._ctx.config.max_batch:
+                try:
+                    batch.append(self._mailbox.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+            return batch
+        if self._marks.dirty:
+            return []
+        # Idle with an empty mailbox: nothing can slip in between this check and the close,
+        # because retiring is synchronous.
+        self._retire()
+        return None
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                request = self._mailbox.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            self._refuse(request, ErrorCode.UNAVAILABLE, "conversation restarting; retry")
+
+    def _refuse(self, request: ConversationRequest, code: ErrorCode, message: str) -> None:
+        match request:
+            case SendRequest(origin=origin, cmid=cmid, rid=rid):
+                self._nack(origin, cmid, code, message, True, rid)
+            case MemberRequest(origin=origin, rid=rid) | TypingRequest(origin=origin, rid=rid):
+                self._error(origin, code, message, rid)
+            case MarkRequest() | Announce():
+                pass
+
+    # ------------------------------------------------------------------ dispatch
+
+    async def _handle_batch(self, batch: Sequence[ConversationRequest]) -> None:
+        sends: list[SendRequest] = []
+        for request in batch:
+            match request:
+                case SendRequest():
+                    sends.append(request)
+                case MemberRequest():
+                    await self._commit(sends)
+                    sends = []
+                    await self._member_change(request)
+                case MarkRequest():
+                    await self._mark(request)
+                case TypingRequest():
+                    self._typing(request)
+                case Announce(message=message):
+                    await self._publish([message], {})
+        await self._commit(sends)
+
+    # ------------------------------------------------------------------ sends (group commit)
+
+    async def _commit(self, sends: list[SendRequest]) -> None:
+        if not sends:
+            return
+        ctx = self._ctx
+        ctx.metrics.batch_size.observe(len(sends))
+        ts = ctx.wall_ms()
+        drafts = [
+            Draft(
+                sender=r.origin.user, device=r.origin.device, cmid=r.store_cmid, body=r.body, ts=ts
+            )
+            for r in sends
+        ]
+        acked_early = ctx.mutant(ACK_BEFORE_WRITE) and self._ack_early(sends, ts)
+        try:
+            with ctx.timed("append"):
+                results = await ctx.store.append(self.conv, drafts)
+        except StoreError as exc:
+            for r in sends:
+                self._nack(r.origin, r.cmid, exc.code, exc.message, exc.retryable, r.rid)
+            return
+        stored: list[StoredMessage] = []
+        origins: dict[int, ConnectionHandle] = {}
+        for request, result in zip(sends, results, strict=True):
+            if isinstance(result, StoreError):
+                self._nack(
+                    request.origin,
+                    request.cmid,
+                    result.code,
+                    result.message,
+                    result.retryable,
+                    request.rid,
+                )
+                continue
+            if not acked_early:
+                self._ack(request, result)
+            await self._sender_holds(request.origin, result.seq)
+            stored.append(result)
+            origins[result.seq] = request.origin
+        ctx.metrics.messages_in.inc(len(stored))
+        await self._publish(stored, origins)
+
+    def _ack_early(self, sends: list[SendRequest], ts: int) -> bool:
+        """The ``ack_before_write`` mutant: acknowledge with seqs guessed from memory."""
+        for i, request in enumerate(sends, start=1):
+            seq = self.last_seq + i
+            request.origin.push(
+                Ack(
+                    cmid=request.cmid,
+                    conv=self.conv,
+                    seq=seq,
+                    id=f"early-{seq}",
+                    ts=ts,
+                    rid=request.rid,
+                )
+            )
+        return True
+
+    def _ack(self, request: SendRequest, message: StoredMessage) -> None:
+        seq = self._next_memory_seq() if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART) else message.seq
+        ack = Ack(
+            cmid=request.cmid,
+            conv=self.conv,
+            seq=seq,
+            id=message.id,
+            ts=message.ts,
+            rid=request.rid,
+        )
+        if request.origin.push(ack):
+            self._ctx.metrics.acks.inc()
+
+    def _next_memory_seq(self) -> int:
+        self._memory_seq += 1
+        return self._memory_seq
+
+    def _nack(
+        self,
+        origin: ConnectionHandle,
+        cmid: str,
+        code: ErrorCode,
+        message: str,
+        retry: bool,
+        rid: str | None,
+    ) -> None:
+        self._ctx.metrics.nacks.labels(code.value).inc()
+        origin.push(Nack(cmid=cmid, code=code, message=message, retry=retry, rid=rid))
+
+    def _error(
+        self, origin: ConnectionHandle, code: ErrorCode, message: str, rid: str | None
+    ) -> None:
+        self._ctx.metrics.errors.labels(code.value).inc()
+        origin.push(Error(code=code, message=message, rid=rid))
+
+    async def _sender_holds(self, origin: ConnectionHandle, seq: int) -> None:
+        """G4: the ack moves the sending device's recv mark to ``seq`` only from ``seq - 1``."""
+        if await self._device_recv(origin.user, origin.device) == seq - 1:
+            self._marks.raise_recv(origin.user, origin.device, seq)
+            self._schedule_flush()
+
+    async def _device_recv(self, user: str, device: str) -> int:
+        if not self._marks.knows_device(user, device):
+            with self._ctx.timed("device_recv"):
+                stored = await self._ctx.store.device_recv(user, device, self.conv)
+            self._marks.load_device(user, device, stored)
+        return self._marks.device_recv(user, device)
+
+    # ------------------------------------------------------------------ fan-out
+
+    async def _publish(
+        self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
+    ) -> None:
+        """Push every message above what this actor already fanned out, in seq order.
+
+        Seqs this actor did not see stored (written by an ambiguous write nobody resent, or by
+        another node) are read back so the pushes stay gap-free.
+        """
+        by_seq = {m.seq: m for m in stored if m.seq > self._published}
+        if not by_seq:
+            return
+        top = max(by_seq)
+        missing = [s for s in range(self._published + 1, top) if s not in by_seq]
+        if missing:
+            with self._ctx.timed("range"):
+                for m in await self._ctx.store.range(self.conv, missing[0], missing[-1]):
+                    by_seq.setdefault(m.seq, m)
+        self.last_seq = max(self.last_seq, top)
+        offline: dict[str, int] = {}
+        for seq in sorted(by_seq):
+            self._fan_out(by_seq[seq], origins.get(seq), offline)
+        self._published = top
+        await self._notify_offline(offline)
+
+    def _viewers(self, seq: int) -> list[str]:
+        conv = self.conversation
+        everyone = sorted({*conv.members, *conv.departed})
+        deliver_to_removed = self._ctx.mutant(DELIVER_TO_REMOVED)
+        return [u for u in everyone if conv.can_see(u, seq) or deliver_to_removed]
+
+    def _fan_out(
+        self, message: StoredMessage, origin: ConnectionHandle | None, offline: dict[str, int]
+    ) -> None:
+        frame = msg_frame(message)
+        router = self._ctx.router
+        for user in self._viewers(message.seq):
+            handles = router.devices(user)
+            if not handles and self.conversation.is_member(user):
+                offline[user] = message.seq
+            for handle in handles:
+                if handle is not origin and handle.push(frame):
+                    self._ctx.metrics.messages_out.inc()
+
+    async def _notify_offline(self, offline: dict[str, int]) -> None:
+        """G8: one job per offline member (the Store coalesces them per offline period)."""
+        if not offline:
+            return
+        ts = self._ctx.wall_ms()
+        try:
+            with self._ctx.timed("notify_offline"):
+                for user in sorted(offline):
+                    await self._ctx.store.notify_offline(user, self.conv, offline[user], ts)
+        except StoreError as exc:
+            log.warning("could not record notification jobs for %s: %s", self.conv, exc)
+        self._ctx.wake_notifier()
+
+    # ------------------------------------------------------------------ membership
+
+    async def _member_change(self, request: MemberRequest) -> None:
+        store, ts = self._ctx.store, self._ctx.wall_ms()
+        actor = request.origin.user
+        try:
+            with self._ctx.timed("member_change"):
+                match request.op:
+                    case "add":
+                        event = await store.add_member(self.conv, actor, request.user, ts)
+                    case "remove":
+                        event = await store.remove_member(self.conv, actor, request.user, ts)
+                    case "leave":
+                        event = await store.leave(self.conv, actor, ts)
+                if event is not None:
+                    self._conversation = await store.get_conversation(self.conv)
+        except StoreError as exc:
+            self._error(request.origin, exc.code, exc.message, request.rid)
+            return
+        request.origin.push(empty_result(request.rid))
+        if event is not None:
+            await self._publish([event], {})
+
+    # ------------------------------------------------------------------ marks and typing
+
+    async def _mark(self, request: MarkRequest) -> None:
+        origin = request.origin
+        span = self.conversation.visible_range(origin.user)
+        if span is None:
+            self._error(origin, ErrorCode.FORBIDDEN, f"not a member of {self.conv}", request.rid)
+            return
+        last_visible = span[1] if span[1] is not None else self.last_seq
+        seq = min(request.seq, last_visible)
+        if request.kind == "recv":
+            await self._device_recv(origin.user, origin.device)
+            self._marks.raise_recv(origin.user, origin.device, seq)
+        else:
+            self._marks.raise_read(origin.user, origin.device, seq)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        if self._marks.dirty and self._flush_at == math.inf:
+            self._flush_at = trio.current_time() + self._ctx.config.watermark_window_s
+
+    async def _flush_marks(self) -> None:
+        """Write the coalesced marks in one batch each, then send the receipts they earn."""
+        if not self._marks.dirty:
+            self._flush_at = math.inf
+            return
+        recv, read = self._marks.pending()
+        try:
+            with self._ctx.timed("merge_marks"):
+                if recv:
+                    await self._ctx.store.merge_recv(recv)
+                if read:
+                    await self._ctx.store.merge_read(read)
+        except StoreError as exc:
+            log.warning("could not write watermarks of %s (will retry): %s", self.conv, exc)
+            self._flush_at = trio.current_time() + self._ctx.config.watermark_window_s
+            return
+        self._flush_at = math.inf
+        router = self._ctx.router
+        for out in self._marks.written():
+            for member in sorted(self.conversation.members):
+                for handle in router.devices(member):
+                    if member == out.receipt.user and handle.device in out.sources:
+                        continue
+                    handle.push(out.receipt)
+
+    def _typing(self, request: TypingRequest) -> None:
+        user = request.origin.user
+        if not self.conversation.is_member(user):
+            self._error(
+                request.origin, ErrorCode.FORBIDDEN, f"not a member of {self.conv}", request.rid
+            )
+            return
+        notice = TypingNotice(conv=self.conv, user=user)
+        for member in sorted(self.conversation.members):
+            if member != user:
+                for handle in self._ctx.router.devices(member):
+                    handle.push(notice)

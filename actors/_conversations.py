@@ -1,0 +1,105 @@
+"""The conversation manager: starts conversation actors on demand and routes requests to them.
+
+Owns the table conversation id → mailbox of its live actor, and the nursery the actors run in
+(OTP terms: a ``simple_one_for_one`` supervisor of ``temporary`` children that are restarted
+on demand: an actor that crashed or went idle is recreated, from the Store, by the next
+request for its conversation). Cancelling :meth:`ConversationManager.run` cancels every actor;
+:meth:`stop` instead closes their mailboxes so they finish what is queued and write their
+watermarks (graceful shutdown).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import trio
+
+from persistence import Unavailable
+
+from ._context import NodeContext
+from ._conversation import ConversationActor
+from ._messages import ConversationRequest
+
+Mailbox = trio.MemorySendChannel[ConversationRequest]
+
+
+class ConversationManager:
+    """See the module docstring. Used by connection actors through :meth:`submit`."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self._ctx = ctx
+        self._actors: dict[str, Mailbox] = {}
+        self._starting: dict[str, trio.Event] = {}
+        # The last seq each conversation had when its first actor on this node started:
+        # only the ``seq_reuse_after_restart`` mutant reads it (a deliberately stale cache).
+        self._first_seen_seq: dict[str, int] = {}
+        self._nursery: trio.Nursery | None = None
+        self._stopping = trio.Event()
+
+    def __len__(self) -> int:
+        return len(self._actors)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the actors until :meth:`stop` (then wait for them) or cancellation."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await self._stopping.wait()
+            for mailbox in list(self._actors.values()):
+                mailbox.close()
+        self._nursery = None
+
+    def stop(self) -> None:
+        """Refuse new requests; live actors drain their mailboxes and stop."""
+        self._stopping.set()
+
+    async def submit(self, conv: str, request: ConversationRequest) -> None:
+        """Queue ``request`` for ``conv``'s actor, starting it if needed.
+
+        Raises the Store's error when the actor cannot start (``NotFound`` for an unknown
+        conversation, ``Unavailable`` when storage is down or the node is stopping). Waits
+        while the actor's mailbox is full (backpressure).
+        """
+        while True:
+            mailbox = await self._mailbox(conv)
+            try:
+                await mailbox.send(request)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._forget(conv, mailbox)  # it retired between lookup and send: start anew
+
+    async def _mailbox(self, conv: str) -> Mailbox:
+        while True:
+            if self._stopping.is_set() or self._nursery is None:
+                raise Unavailable("the node is shutting down")
+            mailbox = self._actors.get(conv)
+            if mailbox is not None:
+                return mailbox
+            starting = self._starting.get(conv)
+            if starting is not None:
+                await starting.wait()
+                continue
+            self._starting[conv] = event = trio.Event()
+            try:
+                return await self._start(conv, self._nursery)
+            finally:
+                del self._starting[conv]
+                event.set()
+
+    async def _start(self, conv: str, nursery: trio.Nursery) -> Mailbox:
+        send, receive = trio.open_memory_channel[ConversationRequest](self._ctx.config.mailbox_size)
+        actor = ConversationActor(
+            self._ctx,
+            conv,
+            receive,
+            retire=functools.partial(self._forget, conv, send),
+            stale_seq=self._first_seen_seq.get(conv),
+        )
+        await nursery.start(actor.run)
+        self._first_seen_seq.setdefault(conv, actor.last_seq)
+        self._actors[conv] = send
+        return send
+
+    def _forget(self, conv: str, mailbox: Mailbox) -> None:
+        if self._actors.get(conv) is mailbox:
+            del self._actors[conv]

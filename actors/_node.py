@@ -1,0 +1,246 @@
+"""The chat node: the wiring of the router, the actors, the supervisor and the gateway.
+
+A :class:`Node` is built from its seams — a :class:`persistence.Store`, a token verifier, a
+seeded ``random.Random``, an epoch-milliseconds wall clock and a :class:`NodeConfig` — and run
+inside a nursery the caller owns (``await nursery.start(node.run)``). Clients are handed to it
+as a :class:`~actors._transport.Transport` (:meth:`Node.attach`), as a raw byte stream that
+speaks HTTP/WebSocket (:meth:`Node.attach_stream`), or through TCP listeners
+(:meth:`Node.serve_listeners`).
+
+Ownership: the node's nursery holds every connection actor and stream handler; its
+supervisor holds the presence registry, the conversation manager (which holds the
+conversation actors) and, when given, the notifier. :meth:`Node.crash` cancels all of it at
+once (memory lost, the Store keeps what was acknowledged; a fresh ``Node`` on the same Store
+recovers). :meth:`Node.shutdown` is graceful: stop accepting, let conversation actors finish
+the writes queued to them and write their watermarks, close every connection with 1001,
+then stop the rest; it is bounded by ``shutdown_timeout_s``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import orjson
+import trio
+
+from persistence import Store
+from protocol import CloseCode
+
+from ._config import NodeConfig
+from ._connection import ConnectionActor, TokenVerifier
+from ._context import NodeContext
+from ._conversations import ConversationManager
+from ._gateway import HttpRoute, handle_stream
+from ._metrics import NodeMetrics
+from ._presence import PresenceRegistry
+from ._router import Router
+from ._supervisor import ChildSpec, Restart, Supervisor
+from ._transport import Transport
+
+log = logging.getLogger("actors.node")
+
+
+class NotifierLike(Protocol):
+    """What the node needs of a notifier (``actors.Notifier``)."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class Node:
+    """One chat node; see the module docstring for construction, ownership and shutdown."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        verify_token: TokenVerifier,
+        rng: random.Random,
+        wall_ms: Callable[[], int],
+        config: NodeConfig | None = None,
+        notifier: NotifierLike | None = None,
+        name: str = "node",
+    ) -> None:
+        self.config = config if config is not None else NodeConfig()
+        self.metrics = NodeMetrics()
+        self.router = Router()
+        self.notifier = notifier
+        self.ctx = NodeContext(
+            store=store,
+            config=self.config,
+            wall_ms=wall_ms,
+            rng=rng,
+            metrics=self.metrics,
+            router=self.router,
+            wake_notifier=notifier.wake if notifier is not None else _nothing,
+            name=name,
+        )
+        self.conversations = ConversationManager(self.ctx)
+        self.presence = PresenceRegistry(self.ctx)
+        self._verify_token = verify_token
+        self._conn_ids = itertools.count(1)
+        self._connections: dict[int, ConnectionActor] = {}
+        self._nursery: trio.Nursery | None = None
+        self._scope = trio.CancelScope()
+        self._listeners_scope = trio.CancelScope()
+        self._shutdown_requested = trio.Event()
+        self._connections_gone = trio.Event()
+        self._manager_done = trio.Event()
+        self.stopped = trio.Event()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until :meth:`shutdown` finished or it is cancelled/crashed."""
+        supervisor = Supervisor(
+            self.ctx.name,
+            on_restart=lambda child, _cause: self.metrics.actor_restarts.labels(child).inc(),
+        )
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(supervisor.run, self._children())
+                    task_status.started(self)
+                    await self._shutdown_requested.wait()
+                    await self._shut_down()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            self.stopped.set()
+
+    def _children(self) -> list[ChildSpec]:
+        children = [
+            ChildSpec(name="presence", start=self.presence.run),
+            ChildSpec(
+                name="conversations", start=self._run_conversations, restart=Restart.TRANSIENT
+            ),
+        ]
+        if self.notifier is not None:
+            children.append(ChildSpec(name="notifier", start=self.notifier.run))
+        return children
+
+    async def _run_conversations(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await self.conversations.run(task_status=task_status)
+        finally:
+            if self._shutdown_requested.is_set():
+                self._manager_done.set()
+
+    def crash(self) -> None:
+        """Stop everything at once, as a killed process would (nothing is flushed)."""
+        self._scope.cancel()
+
+    async def shutdown(self) -> None:
+        """Graceful stop (see the module docstring); returns when :meth:`run` has ended."""
+        self._shutdown_requested.set()
+        await self.stopped.wait()
+
+    async def _shut_down(self) -> None:
+        with trio.move_on_after(self.config.shutdown_timeout_s):
+            self._listeners_scope.cancel()
+            self.conversations.stop()
+            await self._manager_done.wait()
+            for conn_id in sorted(self._connections):
+                self._connections[conn_id].request_close(CloseCode.GOING_AWAY, "node shutting down")
+            if self._connections:
+                await self._connections_gone.wait()
+
+    # ------------------------------------------------------------------ clients
+
+    def _running_nursery(self) -> trio.Nursery:
+        if self._nursery is None or self._shutdown_requested.is_set():
+            raise RuntimeError("the node is not running")
+        return self._nursery
+
+    def attach(self, transport: Transport) -> None:
+        """Serve one client connection over ``transport`` (a connection actor of this node)."""
+        self._running_nursery().start_soon(self.serve_transport, transport)
+
+    def attach_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one raw byte stream (HTTP or WebSocket), as if accepted from a listener."""
+        self._running_nursery().start_soon(self.serve_stream, stream)
+
+    async def serve_transport(self, transport: Transport) -> None:
+        """Run a connection actor over ``transport`` in the calling task, to its end."""
+        if self._shutdown_requested.is_set():
+            await transport.close(CloseCode.GOING_AWAY, "node shutting down")
+            return
+        conn_id = next(self._conn_ids)
+        actor = ConnectionActor(
+            self.ctx,
+            conversations=self.conversations,
+            presence=self.presence.mailbox,
+            verify_token=self._verify_token,
+            transport=transport,
+            conn_id=conn_id,
+        )
+        self._connections[conn_id] = actor
+        try:
+            await actor.run()
+        finally:
+            del self._connections[conn_id]
+            if not self._connections and self._shutdown_requested.is_set():
+                self._connections_gone.set()
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Serve one byte stream: an HTTP answer or a WebSocket session (never raises)."""
+        try:
+            await handle_stream(
+                stream,
+                serve=self.serve_transport,
+                routes=self._routes(),
+                handshake_timeout_s=self.config.hello_timeout_s,
+            )
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.debug("stream ended early: %r", exc)
+        except Exception:
+            log.exception("gateway failed on a stream")
+            await trio.aclose_forcefully(stream)
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.abc.Listener[trio.abc.Stream]],
+        *,
+        task_status: trio.TaskStatus[list[trio.abc.Listener[trio.abc.Stream]]] = (
+            trio.TASK_STATUS_IGNORED
+        ),
+    ) -> None:
+        """Accept streams from ``listeners`` until shutdown; each is served in the node."""
+        nursery = self._running_nursery()
+        with self._listeners_scope:
+            await trio.serve_listeners(
+                self.serve_stream,
+                list(listeners),
+                handler_nursery=nursery,
+                task_status=task_status,
+            )
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _routes(self) -> dict[str, HttpRoute]:
+        return {"/healthz": self._healthz, "/metrics": self._metrics}
+
+    async def _healthz(self) -> tuple[int, str, bytes]:
+        body = {"status": "ok", "node": self.ctx.name, "connections": len(self.router)}
+        return 200, "application/json", orjson.dumps(body)
+
+    async def _metrics(self) -> tuple[int, str, bytes]:
+        with trio.move_on_after(1.0):
+            try:
+                pending = await self.ctx.store.pending_notifications()
+                self.metrics.notifications_pending.set(pending)
+            except Exception as exc:  # a dead store must not break /metrics
+                log.warning("cannot count pending notifications: %s", exc)
+        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render()
+
+
+def _nothing() -> None:
+    return None

@@ -1,0 +1,192 @@
+"""``messenger serve``: run one chat node on TCP with the embedded store (or MongoDB).
+
+Startup: resolve the token secret, start SecantusDB on ``--data-dir`` unless ``--mongo-uri``
+is given (first killing a SecantusDB child a SIGKILLed earlier node left running on the
+same directory, found through its pid file), connect the Store, start the node and its
+notifier, listen, print ``messenger listening on ws://HOST:PORT/v1/ws``. SIGINT/SIGTERM:
+graceful shutdown (stop accepting, finish in-flight writes, flush watermarks, close clients
+with 1001), then close the Store and stop the embedded server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import trio
+
+from persistence import EmbeddedServer, EmbeddedServerError, MongoStore, Store
+from protocol import DEFAULT_HEARTBEAT_S
+
+from ._auth import SecretError, TokenIssuer, resolve_secret
+from ._config import NodeConfig
+from ._logging import configure_logging
+from ._node import Node
+from ._notifier import LogSink, Notifier, Sink, WebhookSink
+
+log = logging.getLogger("actors.serve")
+
+PID_FILE = "secantusd.pid"
+_EXIT_USAGE = 2
+_EXIT_STARTUP = 1
+
+
+def _heartbeat(text: str) -> int:
+    value = int(text)
+    if not 10 <= value <= 60:
+        raise argparse.ArgumentTypeError("heartbeat must be from 10 to 60 seconds")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="messenger serve", description="Run a chat node.")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8765, help="TCP port (0: pick a free one)")
+    parser.add_argument("--data-dir", type=Path, default=Path("./messenger-data"))
+    parser.add_argument("--mongo-uri", default=None, help="use this MongoDB instead of embedded")
+    parser.add_argument("--database", default="messenger", help="database name")
+    parser.add_argument("--notify-webhook", default=None, metavar="URL")
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT_S)
+    return parser
+
+
+def serve_main(argv: list[str]) -> int:
+    """Entry point of ``messenger serve``; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        secret = resolve_secret(args.data_dir)
+    except SecretError as exc:
+        print(f"messenger serve: {exc}", file=sys.stderr)
+        return _EXIT_STARTUP
+    try:
+        trio.run(_serve, args, TokenIssuer(secret))
+    except (EmbeddedServerError, OSError) as exc:
+        print(f"messenger serve: {exc}", file=sys.stderr)
+        return _EXIT_STARTUP
+    return 0
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def _serve(args: argparse.Namespace, issuer: TokenIssuer) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        embedded = None
+        if args.mongo_uri is None:
+            embedded = await trio.to_thread.run_sync(_start_embedded, args.data_dir)
+        try:
+            uri = args.mongo_uri or (embedded.uri if embedded else "")
+            store = await MongoStore.connect(uri, args.database)
+            try:
+                await _run_node(args, issuer, store, signals)
+            finally:
+                await store.aclose()
+        finally:
+            if embedded is not None:
+                await trio.to_thread.run_sync(_stop_embedded, embedded, args.data_dir)
+
+
+async def _run_node(
+    args: argparse.Namespace,
+    issuer: TokenIssuer,
+    store: Store,
+    signals: AsyncIterator[int],
+) -> None:
+    rng = random.Random(int.from_bytes(os.urandom(16), "big"))
+    sink: Sink = WebhookSink(args.notify_webhook) if args.notify_webhook else LogSink()
+    owner = f"{socket.gethostname()}-{os.getpid()}"
+    notifier = Notifier(store, sink, owner=owner, wall_clock_ms=_wall_ms, rng=rng)
+    node = Node(
+        store=store,
+        verify_token=issuer.verify,
+        rng=rng,
+        wall_ms=_wall_ms,
+        config=NodeConfig(heartbeat_s=args.heartbeat),
+        notifier=notifier,
+        name=owner,
+    )
+    listeners = await trio.open_tcp_listeners(args.port, host=args.host)
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.run)
+        await nursery.start(node.serve_listeners, listeners)
+        print(f"messenger listening on ws://{args.host}:{port}/v1/ws", flush=True)
+        log.info("listening", extra={"host": args.host, "port": port})
+        async for signum in signals:
+            log.warning("shutting down on signal %d", signum)
+            break
+        await node.shutdown()
+        nursery.cancel_scope.cancel()
+
+
+def _start_embedded(data_dir: Path) -> EmbeddedServer:
+    """Start SecantusDB on ``data_dir``, after killing a child a killed node left behind."""
+    _kill_stale_child(data_dir)
+    server = EmbeddedServer(data_dir)
+    server.start()
+    if server.pid is not None:
+        (data_dir / PID_FILE).write_text(f"{server.pid}\n")
+    return server
+
+
+def _stop_embedded(server: EmbeddedServer, data_dir: Path) -> None:
+    server.stop()
+    (data_dir / PID_FILE).unlink(missing_ok=True)
+
+
+def _kill_stale_child(data_dir: Path) -> None:
+    """SIGKILL the SecantusDB recorded in the pid file if it still runs on ``data_dir``.
+
+    The embedded server runs in a session of its own (so Ctrl-C reaches the node first), so
+    it survives a SIGKILL of its node and would keep the database files open. Only a process
+    whose command line names ``secantusd`` and this directory is killed, and only while no
+    live node holds the directory's lock (``EmbeddedServer.start`` checks that right after).
+    """
+    pid_file = data_dir / PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        pid_file.unlink(missing_ok=True)
+        return
+    if "secantusd" not in cmdline or str(data_dir / "db") not in cmdline:
+        pid_file.unlink(missing_ok=True)
+        return
+    if _directory_locked(data_dir):
+        raise EmbeddedServerError(f"data directory {data_dir} is in use by another messenger node")
+    log.warning("killing stale embedded store pid %d left by a killed node", pid)
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid_file.unlink(missing_ok=True)
+
+
+def _directory_locked(data_dir: Path) -> bool:
+    try:
+        with open(data_dir / "node.lock", "ab") as lock:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return False
+    return False

@@ -1,0 +1,125 @@
+"""The recv/read watermarks of one conversation, as its conversation actor holds them.
+
+Owned by exactly one :class:`~actors._conversation.ConversationActor`; plain data, no I/O.
+Marks are max-merged in memory (G5), remembered as *dirty* until the actor has written them
+with one batched ``merge_recv``/``merge_read``, and only then turned into ``receipt`` frames
+(:meth:`Watermarks.written`), so a receipt never announces a watermark a crash could lose.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from persistence import MemberMarks, ReadMark, RecvMark
+from protocol import Receipt
+
+
+@attrs.define
+class _Rise:
+    """Which of a user's watermarks rose since the last write, and from which devices."""
+
+    delivered: bool = False
+    read: bool = False
+    sources: set[str] = attrs.field(factory=set)
+
+
+@attrs.frozen
+class ReceiptOut:
+    """A receipt to send: to every member's devices except ``user``'s ``sources``."""
+
+    receipt: Receipt
+    sources: frozenset[str]
+
+
+@attrs.define
+class Watermarks:
+    """Device ``recv`` and user ``delivered``/``read`` marks of conversation ``conv``.
+
+    ``backwards`` is the ``watermark_backwards`` mutant: assign instead of max-merge.
+    """
+
+    conv: str
+    backwards: bool = False
+    _recv: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    _delivered: dict[str, int] = attrs.field(factory=dict)
+    _read: dict[str, int] = attrs.field(factory=dict)
+    _dirty_recv: dict[tuple[str, str], int] = attrs.field(factory=dict)
+    _dirty_read: dict[str, int] = attrs.field(factory=dict)
+    _rises: dict[str, _Rise] = attrs.field(factory=dict)
+
+    def load_users(self, marks: dict[str, MemberMarks]) -> None:
+        """Start from the Store's per-user marks (after a (re)start of the actor)."""
+        self._delivered = {u: m.delivered for u, m in marks.items()}
+        self._read = {u: m.read for u, m in marks.items()}
+
+    def knows_device(self, user: str, device: str) -> bool:
+        return (user, device) in self._recv
+
+    def load_device(self, user: str, device: str, seq: int) -> None:
+        self._recv[(user, device)] = max(seq, self._recv.get((user, device), 0))
+
+    def device_recv(self, user: str, device: str) -> int:
+        return self._recv.get((user, device), 0)
+
+    def _merge(self, old: int, new: int) -> int:
+        return new if self.backwards else max(old, new)
+
+    def _rise(self, user: str, device: str) -> _Rise:
+        rise = self._rises.setdefault(user, _Rise())
+        rise.sources.add(device)
+        return rise
+
+    def raise_recv(self, user: str, device: str, seq: int) -> None:
+        """Device ``device`` of ``user`` holds everything up to ``seq`` (already clamped)."""
+        old = self._recv.get((user, device), 0)
+        new = self._merge(old, seq)
+        if new == old:
+            return
+        self._recv[(user, device)] = new
+        self._dirty_recv[(user, device)] = new
+        delivered = self._merge(self._delivered.get(user, 0), new)
+        if delivered != self._delivered.get(user, 0):
+            self._delivered[user] = delivered
+            self._rise(user, device).delivered = True
+
+    def raise_read(self, user: str, device: str, seq: int) -> None:
+        """``user`` (on ``device``) has read up to ``seq`` (already clamped)."""
+        old = self._read.get(user, 0)
+        new = self._merge(old, seq)
+        if new == old:
+            return
+        self._read[user] = new
+        self._dirty_read[user] = new
+        self._rise(user, device).read = True
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self._dirty_recv or self._dirty_read)
+
+    def pending(self) -> tuple[list[RecvMark], list[ReadMark]]:
+        """The marks to write, in a stable order."""
+        recv = [
+            RecvMark(user=u, device=d, conv=self.conv, seq=s)
+            for (u, d), s in sorted(self._dirty_recv.items())
+        ]
+        read = [
+            ReadMark(user=u, conv=self.conv, seq=s) for u, s in sorted(self._dirty_read.items())
+        ]
+        return recv, read
+
+    def written(self) -> list[ReceiptOut]:
+        """The pending marks are durable: forget them and return the receipts they earn."""
+        self._dirty_recv.clear()
+        self._dirty_read.clear()
+        rises, self._rises = self._rises, {}
+        out = []
+        for user in sorted(rises):
+            rise = rises[user]
+            receipt = Receipt(
+                conv=self.conv,
+                user=user,
+                delivered=self._delivered.get(user, 0) if rise.delivered else None,
+                read=self._read.get(user, 0) if rise.read else None,
+            )
+            out.append(ReceiptOut(receipt, frozenset(rise.sources)))
+        return out

@@ -1,0 +1,216 @@
+"""EmbeddedServer: run SecantusDB as a child process so a node needs no database setup.
+
+SecantusDB is GPL-2.0; this module only ever starts it as a separate process (``secantusd-py``)
+and speaks the MongoDB wire protocol to it, it never imports it.
+
+Durability: ``--sync-on-commit`` is ON by default. SecantusDB honours ``j: true`` with an fsync
+for plain writes, but a multi-document transaction commit (how MongoStore writes a batch) was
+measured to lose acknowledged data on SIGKILL without it. With group commit its cost is one
+fsync per batch; see docs/benchmarks.md for the numbers.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import pymongo
+
+EXECUTABLE = "secantusd-py"
+
+
+class EmbeddedServerError(RuntimeError):
+    """The embedded database could not be started (directory locked or unusable, crash, ...)."""
+
+
+def find_executable() -> str:
+    """``secantusd-py`` next to the running interpreter (the venv), else on PATH."""
+    beside = Path(sys.executable).parent / EXECUTABLE
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(EXECUTABLE)
+    if found is None:
+        raise EmbeddedServerError(
+            f"{EXECUTABLE} not found next to {sys.executable} nor on PATH; "
+            "install it with `pip install secantusdb` or pass --mongo-uri"
+        )
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedServer:
+    """A SecantusDB child process on ``data_dir`` (blocking API; start it in a thread if needed).
+
+    The data directory holds ``db/`` (the database), ``secantusd.log`` and ``node.lock``: an
+    exclusive ``flock`` held for the server's lifetime so two nodes never share one directory.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        port: int | None = None,
+        test_commands: bool = False,
+        sync_on_commit: bool = True,
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = port
+        self.test_commands = test_commands
+        self.sync_on_commit = sync_on_commit
+        self.start_timeout_s = start_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock: IO[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        if self.port is None:
+            raise EmbeddedServerError("the embedded server is not started")
+        return f"mongodb://127.0.0.1:{self.port}/?directConnection=true"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "secantusd.log"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    def _prepare_dir(self) -> None:
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise EmbeddedServerError(f"data directory {self.data_dir} is not a directory")
+        try:
+            (self.data_dir / "db").mkdir(parents=True, exist_ok=True)
+            lock = open(self.data_dir / "node.lock", "ab")  # noqa: SIM115 - held until stop()
+        except OSError as exc:
+            raise EmbeddedServerError(f"data directory {self.data_dir} is unusable: {exc}") from exc
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise EmbeddedServerError(
+                f"data directory {self.data_dir} is in use by another messenger node"
+            ) from None
+        if not os.access(self.data_dir / "db", os.W_OK):
+            lock.close()
+            raise EmbeddedServerError(f"data directory {self.data_dir} is not writable")
+        self._lock = lock
+
+    def start(self) -> str:
+        """Start the server and wait until it answers ``ping``; returns the URI."""
+        if self._proc is not None:
+            raise EmbeddedServerError("the embedded server is already running")
+        self._prepare_dir()
+        try:
+            self._spawn_and_wait()
+        except BaseException:
+            self.stop()
+            raise
+        return self.uri
+
+    def _spawn_and_wait(self) -> None:
+        if self.port is None:
+            self.port = free_port()
+        argv = [
+            find_executable(),
+            "--storage-path",
+            str(self.data_dir / "db"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "WARNING",
+        ]
+        if self.test_commands:
+            argv.append("--enable-test-commands")
+        if self.sync_on_commit:
+            argv.append("--sync-on-commit")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # Its own session, so a Ctrl-C aimed at the node does not kill the database first.
+        self._proc = subprocess.Popen(
+            argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.monotonic() + self.start_timeout_s
+        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+            self.uri, serverSelectionTimeoutMS=250, connectTimeoutMS=250
+        )
+        try:
+            while True:
+                if self._proc.poll() is not None:
+                    raise EmbeddedServerError(
+                        f"{EXECUTABLE} exited with status {self._proc.returncode} while "
+                        f"starting; last lines of {self.log_path}:\n{self._log_tail()}"
+                    )
+                try:
+                    client.admin.command("ping")
+                    return
+                except pymongo.errors.PyMongoError:
+                    if time.monotonic() > deadline:
+                        raise EmbeddedServerError(
+                            f"{EXECUTABLE} did not answer ping within {self.start_timeout_s} s; "
+                            f"last lines of {self.log_path}:\n{self._log_tail()}"
+                        ) from None
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def kill(self) -> None:
+        """SIGKILL the server (crash simulation); the lock stays held until :meth:`stop`."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, wait up to ``timeout_s``, then SIGKILL; release the lock. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for handle in (self._log, self._lock):
+            if handle is not None:
+                handle.close()
+        self._log = self._lock = None
+
+    def restart(self) -> str:
+        """Stop (or after :meth:`kill`, reap) and start again on the same directory and port."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> EmbeddedServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,888 @@
+"""MongoStore: the Store contract on MongoDB through pymongo's synchronous client.
+
+Every database call runs in a worker thread (``trio.to_thread.run_sync``) under one
+``trio.CapacityLimiter``. Writes an acknowledgement depends on use write concern
+``majority`` + ``j: true``; watermarks and presence facts use ``w: 1`` (nothing is acked on
+them, a lost one only causes a redundant push).
+
+Schema (why it looks like this: measured on SecantusDB, every secondary index entry costs
+about as much as a whole document, so the hot path avoids them; see docs/benchmarks.md):
+
+* ``chunks``: one document per group-committed batch, ``_id = conv|first-seq (16 digits)``,
+  holding the batch's messages in ``msgs``. The ``_id`` is the (conv, seq) uniqueness: two
+  writers that both believe the conversation ends at seq N both insert ``conv|N+1`` and exactly
+  one wins. Chunks never overlap because every writer starts after a known chunk end.
+* ``keys``: one document per text message, ``_id = sender|device|cmid`` → (conv, seq): the
+  idempotency key, unique forever. Keys and chunks of a batch are written in one transaction,
+  so no key exists without its message and no message without its key.
+* ``convs``: conversation metadata and membership, with ``member_ids``/``past_ids`` arrays for
+  the per-user listings. Membership changes write their event chunk and the new membership in
+  one transaction.
+* ``recv``, ``read``, ``devices``, ``users``, ``jobs``: watermarks, device registry, presence
+  facts and the notification outbox.
+
+Retries: transient errors (network, not-primary, retryable labels) are retried with bounded
+exponential backoff by re-running the whole operation. That is safe because every write is
+guarded by a unique key (idempotency key, chunk position, conversation id, the ``last_op`` of
+a membership change): a write that did happen before an ambiguous failure is found, never
+repeated. When retries are exhausted the caller gets :class:`Unavailable`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import random
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import pymongo
+import trio
+from pymongo import MongoClient, ReturnDocument, UpdateOne
+from pymongo.client_session import ClientSession
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from pymongo.read_concern import ReadConcern
+from pymongo.write_concern import WriteConcern
+
+from ._contract import Store
+from ._errors import NotFound, StoreError, Unavailable
+from ._rules import (
+    GROUP_ID_HEX,
+    apply_member_change,
+    check_id,
+    check_limit,
+    check_title,
+    clamp_mark,
+    direct_id,
+    draft_error,
+    group_founders,
+    history_bounds,
+    member_body,
+    new_group,
+    no_such_conversation,
+    not_member,
+    plan_member_change,
+    replay,
+    unread_count,
+)
+from ._types import (
+    Conversation,
+    ConvRow,
+    Draft,
+    MemberMarks,
+    MemberOp,
+    NotificationJob,
+    ReadMark,
+    RecvMark,
+    StoredMessage,
+)
+
+T = TypeVar("T")
+Doc = dict[str, Any]
+
+#: Most messages in one chunk document; bigger batches are split (in the same transaction).
+#: Bounding it lets a range query find the chunk holding ``lo`` by ``_id`` alone.
+CHUNK_MAX = 256
+#: Rounds of "someone else took that seq / that key" before giving up on one append.
+MAX_ROUNDS = 64
+_DURABLE = WriteConcern(w="majority", j=True)
+_LIGHT = WriteConcern(w=1)
+_RETRY_LABELS = (
+    "RetryableWriteError",
+    "TransientTransactionError",
+    "UnknownTransactionCommitResult",
+)
+
+
+class _Contended(Exception):
+    """Another writer changed the conversation under us; re-read and try again."""
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionFailure):  # AutoReconnect, NotPrimaryError, NetworkTimeout, ...
+        return True
+    if isinstance(exc, PyMongoError):
+        return any(exc.has_error_label(label) for label in _RETRY_LABELS)
+    return False
+
+
+def _chunk_id(conv: str, seq: int) -> str:
+    return f"{conv}|{seq:016d}"
+
+
+def _conv_prefix_range(conv: str) -> Doc:
+    # '}' follows '|' in ASCII, so this is exactly the ids that start with "conv|".
+    return {"$gte": f"{conv}|", "$lt": f"{conv}}}"}
+
+
+def _decode_message(conv: str, m: Doc) -> StoredMessage:
+    return StoredMessage(
+        conv=conv,
+        seq=m["s"],
+        id=m["i"],
+        sender=m["u"],
+        device=m["d"],
+        cmid=m["c"],
+        body=m["b"],
+        ts=m["t"],
+        kind=m["k"],
+    )
+
+
+def _encode_message(m: StoredMessage) -> Doc:
+    return {
+        "s": m.seq,
+        "i": m.id,
+        "u": m.sender,
+        "d": m.device,
+        "c": m.cmid,
+        "b": m.body,
+        "t": m.ts,
+        "k": m.kind,
+    }
+
+
+def _decode_conv(doc: Doc) -> Conversation:
+    return Conversation(
+        id=doc["_id"],
+        kind=doc["kind"],
+        title=doc.get("title"),
+        creator=doc.get("creator"),
+        members=doc["members"],
+        departed={u: (span[0], span[1]) for u, span in doc.get("departed", {}).items()},
+    )
+
+
+def _membership_fields(conv: Conversation) -> Doc:
+    return {
+        "members": dict(conv.members),
+        "departed": {u: list(span) for u, span in conv.departed.items()},
+        "member_ids": list(conv.members),
+        "past_ids": list(conv.departed),
+    }
+
+
+def _new_message_id() -> str:
+    return os.urandom(12).hex()
+
+
+class MongoStore(Store):
+    """The production Store. Create with :meth:`connect`; close with :meth:`aclose`."""
+
+    def __init__(
+        self,
+        client: MongoClient[Doc],
+        database: str,
+        *,
+        rng: random.Random | None = None,
+        max_threads: int = 8,
+        retries: int = 6,
+        backoff_s: float = 0.02,
+    ) -> None:
+        self._client = client
+        self._db = client.get_database(
+            database, write_concern=_DURABLE, read_concern=ReadConcern("majority")
+        )
+        self._light = client.get_database(database, write_concern=_LIGHT)
+        self._rng = rng if rng is not None else random.SystemRandom()
+        self._limiter = trio.CapacityLimiter(max_threads)
+        self._retries = retries
+        self._backoff_s = backoff_s
+        # Where this instance last saw each conversation end. Only a hint: a stale value costs
+        # one duplicate-key round trip, never a wrong seq (the chunk _id decides).
+        self._last_hint: dict[str, int] = {}
+
+    @classmethod
+    async def connect(cls, uri: str, database: str = "messenger", **kwargs: Any) -> MongoStore:
+        """Connect to ``uri``, create the indexes (idempotently) and return the store."""
+        client: MongoClient[Doc] = MongoClient(
+            uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=30000
+        )
+        store = cls(client, database, **kwargs)
+        try:
+            await store._call(store._create_indexes)
+        except BaseException:
+            client.close()
+            raise
+        return store
+
+    def _create_indexes(self) -> None:
+        db = self._db
+        db.convs.create_index("member_ids")
+        db.convs.create_index("past_ids")
+        db.recv.create_index("c")
+        db.recv.create_index([("u", 1), ("d", 1)])
+        db.read.create_index("c")
+        db.devices.create_index("u")
+        db.jobs.create_index(
+            "user", unique=True, name="one_open_job", partialFilterExpression={"open": True}
+        )
+        db.jobs.create_index([("done", 1), ("first_ts", 1)])
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker thread, retrying transient failures with backoff."""
+        delay = self._backoff_s
+        for attempt in range(self._retries + 1):
+            try:
+                return await trio.to_thread.run_sync(
+                    functools.partial(fn, *args), limiter=self._limiter
+                )
+            except StoreError:
+                raise
+            except PyMongoError as exc:
+                if not _is_transient(exc):
+                    raise
+                if attempt == self._retries:
+                    raise Unavailable(
+                        f"database unavailable after {attempt + 1} attempts: {exc}"
+                    ) from exc
+            await trio.sleep(delay * (0.5 + self._rng.random()))
+            delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    def _txn(self, session: ClientSession, body: Callable[[ClientSession], T]) -> T:
+        """Run ``body`` in one durable transaction (one commit, one journal flush)."""
+        session.start_transaction(write_concern=_DURABLE, read_concern=ReadConcern("snapshot"))
+        try:
+            result = body(session)
+        except BaseException:
+            if session.in_transaction:
+                session.abort_transaction()
+            raise
+        session.commit_transaction()
+        return result
+
+    # -- reads shared by several operations ---------------------------------------------
+
+    def _load_conv(
+        self, conv: str, session: ClientSession | None = None
+    ) -> tuple[Conversation, Doc]:
+        doc = self._db.convs.find_one({"_id": conv}, session=session)
+        if doc is None:
+            raise no_such_conversation(conv)
+        return _decode_conv(doc), doc
+
+    def _read_last_seq(self, conv: str, session: ClientSession | None = None) -> int:
+        doc = self._db.chunks.find_one(
+            {"_id": _conv_prefix_range(conv)},
+            projection={"last": 1},
+            sort=[("_id", pymongo.DESCENDING)],
+            session=session,
+        )
+        last = 0 if doc is None else int(doc["last"])
+        self._last_hint[conv] = max(self._last_hint.get(conv, 0), last)
+        return last
+
+    def _fetch(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
+        lo = max(lo, 1)
+        if hi < lo:
+            return []
+        cursor = self._db.chunks.find(
+            {
+                "_id": {
+                    "$gte": _chunk_id(conv, max(1, lo - CHUNK_MAX + 1)),
+                    "$lte": _chunk_id(conv, hi),
+                },
+                "last": {"$gte": lo},
+            },
+            sort=[("_id", pymongo.ASCENDING)],
+        )
+        return [
+            _decode_message(conv, m)
+            for chunk in cursor
+            for m in chunk["msgs"]
+            if lo <= m["s"] <= hi
+        ]
+
+    def _lookup_key(self, key: str) -> StoredMessage | None:
+        doc = self._db.keys.find_one({"_id": key})
+        if doc is None:
+            return None
+        found = self._fetch(doc["conv"], doc["seq"], doc["seq"])
+        if not found:
+            raise Unavailable(f"idempotency key {key!r} points at a missing message")
+        return found[0]
+
+    # -- conversations -------------------------------------------------------------------
+
+    async def direct_conversation(self, a: str, b: str) -> Conversation:
+        conv_id = direct_id(a, b)
+        return await self._call(self._direct_sync, conv_id, a, b)
+
+    def _direct_sync(self, conv_id: str, a: str, b: str) -> Conversation:
+        conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
+        fields = {"kind": "direct", "v": 0, **_membership_fields(conv)}
+        try:
+            doc = self._db.convs.find_one_and_update(
+                {"_id": conv_id},
+                {"$setOnInsert": fields},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
+        except DuplicateKeyError:
+            # Two first messages raced to create it; the other one won, which is the point.
+            doc = self._db.convs.find_one({"_id": conv_id})
+        assert doc is not None
+        return _decode_conv(doc)
+
+    async def create_group(
+        self, creator: str, title: str, members: Iterable[str], ts: int
+    ) -> tuple[Conversation, StoredMessage]:
+        check_title(title)
+        founders = group_founders(creator, members)
+        conv = new_group(
+            f"g:{self._rng.getrandbits(4 * GROUP_ID_HEX):0{GROUP_ID_HEX}x}",
+            creator,
+            title,
+            founders,
+        )
+        event = StoredMessage(
+            conv=conv.id,
+            seq=1,
+            id=_new_message_id(),
+            sender=creator,
+            device="",
+            cmid=None,
+            body=member_body("create", creator, founders),
+            ts=ts,
+            kind="member",
+        )
+        return await self._call(self._create_group_sync, conv, event)
+
+    def _create_group_sync(
+        self, conv: Conversation, event: StoredMessage
+    ) -> tuple[Conversation, StoredMessage]:
+        doc = {
+            "_id": conv.id,
+            "kind": "group",
+            "title": conv.title,
+            "creator": conv.creator,
+            "v": 0,
+            "created_by_msg": event.id,
+            **_membership_fields(conv),
+        }
+        chunk = {
+            "_id": _chunk_id(conv.id, 1),
+            "conv": conv.id,
+            "first": 1,
+            "last": 1,
+            "msgs": [_encode_message(event)],
+        }
+
+        def body(s: ClientSession) -> None:
+            self._db.convs.insert_one(doc, session=s)
+            self._db.chunks.insert_one(chunk, session=s)
+
+        with self._client.start_session() as session:
+            try:
+                self._txn(session, body)
+            except DuplicateKeyError:
+                # Only our own earlier attempt can hold this random id (ambiguous failure).
+                existing, _ = self._load_conv(conv.id)
+                stored = self._fetch(conv.id, 1, 1)
+                if not stored or stored[0].id != event.id:
+                    raise
+                return existing, stored[0]
+        self._last_hint[conv.id] = 1
+        return conv, event
+
+    async def get_conversation(self, conv: str) -> Conversation:
+        return (await self._call(self._load_conv, conv))[0]
+
+    async def _member_change(
+        self, conv: str, op: MemberOp, actor: str, user: str, ts: int
+    ) -> StoredMessage | None:
+        op_id = uuid.uuid4().hex
+        return await self._call(self._member_change_sync, conv, op, actor, user, ts, op_id)
+
+    def _member_change_sync(
+        self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int, op_id: str
+    ) -> StoredMessage | None:
+        for _ in range(MAX_ROUNDS):
+            conv, doc = self._load_conv(conv_id)
+            if doc.get("last_op") == op_id:
+                # An earlier attempt committed but its reply was lost.
+                return self._fetch(conv_id, doc["last_op_seq"], doc["last_op_seq"])[0]
+            plan = plan_member_change(conv, op, actor, user)
+            if plan is None:
+                return None
+            kind, target = plan
+            try:
+                with self._client.start_session() as session:
+                    return self._txn(
+                        session,
+                        functools.partial(
+                            self._write_member_event, conv, doc["v"], kind, actor, target, ts, op_id
+                        ),
+                    )
+            except (DuplicateKeyError, _Contended):
+                continue
+            except PyMongoError as exc:
+                if exc.has_error_label("TransientTransactionError") and not isinstance(
+                    exc, ConnectionFailure
+                ):
+                    continue  # a write conflict with a concurrent writer: re-read and retry
+                raise
+        raise Unavailable(f"conversation {conv_id!r} is too contended to change membership")
+
+    def _write_member_event(
+        self,
+        conv: Conversation,
+        version: int,
+        kind: MemberOp,
+        actor: str,
+        target: str,
+        ts: int,
+        op_id: str,
+        session: ClientSession,
+    ) -> StoredMessage:
+        seq = self._read_last_seq(conv.id, session) + 1
+        event = StoredMessage(
+            conv=conv.id,
+            seq=seq,
+            id=_new_message_id(),
+            sender=actor,
+            device="",
+            cmid=None,
+            body=member_body(kind, actor, [target]),
+            ts=ts,
+            kind="member",
+        )
+        self._db.chunks.insert_one(
+            {
+                "_id": _chunk_id(conv.id, seq),
+                "conv": conv.id,
+                "first": seq,
+                "last": seq,
+                "msgs": [_encode_message(event)],
+            },
+            session=session,
+        )
+        changed = apply_member_change(conv, kind, target, seq)
+        result = self._db.convs.update_one(
+            {"_id": conv.id, "v": version},
+            {
+                "$set": {**_membership_fields(changed), "last_op": op_id, "last_op_seq": seq},
+                "$inc": {"v": 1},
+            },
+            session=session,
+        )
+        if result.matched_count != 1:
+            raise _Contended()
+        return event
+
+    async def add_member(self, conv: str, actor: str, user: str, ts: int) -> StoredMessage | None:
+        return await self._member_change(conv, "add", actor, user, ts)
+
+    async def remove_member(
+        self, conv: str, actor: str, user: str, ts: int
+    ) -> StoredMessage | None:
+        return await self._member_change(conv, "remove", actor, user, ts)
+
+    async def leave(self, conv: str, user: str, ts: int) -> StoredMessage:
+        event = await self._member_change(conv, "leave", user, user, ts)
+        assert event is not None, "a leave always records an event"
+        return event
+
+    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+        check_id("user id", user)
+        check_id("device id", device)
+        return await self._call(self._conversations_sync, user, device)
+
+    def _conversations_sync(self, user: str, device: str) -> list[ConvRow]:
+        rows = []
+        for doc in self._db.convs.find({"member_ids": user}, sort=[("_id", 1)]):
+            conv = _decode_conv(doc)
+            last = self._read_last_seq(conv.id)
+            marks = self._marks_sync(conv)
+            read = marks[user].read
+            rows.append(
+                ConvRow(
+                    conv=conv.id,
+                    kind=conv.kind,
+                    title=conv.title,
+                    members=tuple(conv.members),
+                    last_seq=last,
+                    delivered=self._device_recv_sync(user, device, conv.id),
+                    read=read,
+                    unread=unread_count(conv, user, read, self._fetch(conv.id, read + 1, last)),
+                    others=tuple(marks[u] for u in conv.members if u != user),
+                )
+            )
+        return rows
+
+    async def contacts(self, user: str) -> set[str]:
+        return await self._call(self._contacts_sync, user)
+
+    def _contacts_sync(self, user: str) -> set[str]:
+        found: set[str] = set()
+        for doc in self._db.convs.find({"member_ids": user}, projection={"member_ids": 1}):
+            found.update(doc["member_ids"])
+        found.discard(user)
+        return found
+
+    async def shares_conversation(self, a: str, b: str) -> bool:
+        if a == b:
+            return False
+        doc = await self._call(
+            self._db.convs.find_one, {"member_ids": {"$all": [a, b]}}, {"_id": 1}
+        )
+        return doc is not None
+
+    # -- messages ------------------------------------------------------------------------
+
+    async def append(self, conv: str, drafts: Sequence[Draft]) -> list[StoredMessage | StoreError]:
+        return await self._call(self._append_sync, conv, list(drafts))
+
+    def _append_sync(self, conv_id: str, drafts: list[Draft]) -> list[StoredMessage | StoreError]:
+        conv, _ = self._load_conv(conv_id)
+        results: list[StoredMessage | StoreError | None] = [None] * len(drafts)
+        first_slot: dict[str, int] = {}
+        repeats: list[tuple[int, int]] = []
+        todo: list[int] = []
+        for i, draft in enumerate(drafts):
+            error = draft_error(draft)
+            if error is not None:
+                results[i] = error
+                continue
+            key = f"{draft.sender}|{draft.device}|{draft.cmid}"
+            if key in first_slot:
+                repeats.append((i, first_slot[key]))
+                continue
+            first_slot[key] = i
+            if conv.is_member(draft.sender):
+                todo.append(i)
+                continue
+            # A former member may still replay what they sent before leaving.
+            original = self._lookup_key(key)
+            results[i] = (
+                not_member(conv, draft.sender)
+                if original is None
+                else replay(original, conv_id, draft)
+            )
+        for _ in range(MAX_ROUNDS):
+            if not todo:
+                break
+            last = self._last_hint.get(conv_id)
+            if last is None:
+                last = self._read_last_seq(conv_id)
+            messages = [
+                StoredMessage(
+                    conv=conv_id,
+                    seq=last + n,
+                    id=_new_message_id(),
+                    sender=drafts[i].sender,
+                    device=drafts[i].device,
+                    cmid=drafts[i].cmid,
+                    body=drafts[i].body,
+                    ts=drafts[i].ts,
+                )
+                for n, i in enumerate(todo, start=1)
+            ]
+            try:
+                with self._client.start_session() as session:
+                    self._txn(session, functools.partial(self._write_batch, conv_id, messages))
+            except _DuplicateKey as dup:
+                if dup.collection == "chunks":
+                    self._last_hint.pop(conv_id, None)  # someone else appended: re-read the end
+                    continue
+                slot = todo.pop(dup.index)
+                original = self._lookup_key(dup.key)
+                if original is None:
+                    raise Unavailable(f"idempotency key {dup.key!r} vanished") from None
+                results[slot] = replay(original, conv_id, drafts[slot])
+                continue
+            for i, message in zip(todo, messages, strict=True):
+                results[i] = message
+            self._last_hint[conv_id] = messages[-1].seq
+            todo = []
+        if todo:
+            raise Unavailable(f"conversation {conv_id!r} is too contended to append")
+        for i, j in repeats:
+            earlier = results[j]
+            if isinstance(earlier, StoredMessage):
+                results[i] = replay(earlier, conv_id, drafts[i])
+            else:
+                results[i] = earlier
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    def _write_batch(self, conv_id: str, messages: list[StoredMessage], s: ClientSession) -> None:
+        keys = [
+            {"_id": f"{m.sender}|{m.device}|{m.cmid}", "conv": conv_id, "seq": m.seq}
+            for m in messages
+        ]
+        chunks = [
+            {
+                "_id": _chunk_id(conv_id, part[0].seq),
+                "conv": conv_id,
+                "first": part[0].seq,
+                "last": part[-1].seq,
+                "msgs": [_encode_message(m) for m in part],
+            }
+            for part in (messages[k : k + CHUNK_MAX] for k in range(0, len(messages), CHUNK_MAX))
+        ]
+        try:
+            self._db.keys.insert_many(keys, ordered=True, session=s)
+        except BulkWriteError as exc:
+            raise _DuplicateKey.from_bulk("keys", exc) from exc
+        try:
+            self._db.chunks.insert_many(chunks, ordered=True, session=s)
+        except BulkWriteError as exc:
+            raise _DuplicateKey.from_bulk("chunks", exc) from exc
+
+    async def history(
+        self, conv: str, user: str, before: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        check_limit(limit)
+        return await self._call(self._history_sync, conv, user, before, limit)
+
+    def _history_sync(
+        self, conv_id: str, user: str, before: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        conv, _ = self._load_conv(conv_id)
+        lo, hi = history_bounds(conv, user, before)
+        last = self._read_last_seq(conv_id)
+        top = last if hi is None else min(hi, last)
+        # Seqs are gap-free, so the page is a plain seq range.
+        start = max(lo, top - limit + 1)
+        return self._fetch(conv_id, start, top), start > lo
+
+    async def range(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
+        return await self._call(self._range_sync, conv, lo, hi)
+
+    def _range_sync(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
+        self._load_conv(conv)
+        return self._fetch(conv, lo, hi)
+
+    async def last_seq(self, conv: str) -> int:
+        return await self._call(self._last_seq_sync, conv)
+
+    def _last_seq_sync(self, conv: str) -> int:
+        self._load_conv(conv)
+        return self._read_last_seq(conv)
+
+    # -- watermarks ----------------------------------------------------------------------
+
+    def _clamper(self, convs: Iterable[str]) -> Callable[[str, str, int], int | None]:
+        wanted = sorted(set(convs))
+        known = {d["_id"]: _decode_conv(d) for d in self._db.convs.find({"_id": {"$in": wanted}})}
+        lasts = {c: self._read_last_seq(c) for c in known}
+
+        def clamp(conv: str, user: str, seq: int) -> int | None:
+            found = known.get(conv)
+            return None if found is None else clamp_mark(found, user, lasts[conv], seq)
+
+        return clamp
+
+    async def merge_recv(self, marks: Sequence[RecvMark]) -> None:
+        if marks:
+            await self._call(self._merge_recv_sync, list(marks))
+
+    def _merge_recv_sync(self, marks: list[RecvMark]) -> None:
+        clamp = self._clamper(m.conv for m in marks)
+        ops = []
+        for m in marks:
+            seq = clamp(m.conv, m.user, m.seq)
+            if seq is not None:
+                ops.append(
+                    UpdateOne(
+                        {"_id": f"{m.user}|{m.device}|{m.conv}"},
+                        {
+                            "$max": {"s": seq},
+                            "$setOnInsert": {"u": m.user, "d": m.device, "c": m.conv},
+                        },
+                        upsert=True,
+                    )
+                )
+        if ops:
+            self._light.recv.bulk_write(ops, ordered=False)
+
+    async def merge_read(self, marks: Sequence[ReadMark]) -> None:
+        if marks:
+            await self._call(self._merge_read_sync, list(marks))
+
+    def _merge_read_sync(self, marks: list[ReadMark]) -> None:
+        clamp = self._clamper(m.conv for m in marks)
+        ops = []
+        for m in marks:
+            seq = clamp(m.conv, m.user, m.seq)
+            if seq is not None:
+                ops.append(
+                    UpdateOne(
+                        {"_id": f"{m.user}|{m.conv}"},
+                        {"$max": {"s": seq}, "$setOnInsert": {"u": m.user, "c": m.conv}},
+                        upsert=True,
+                    )
+                )
+        if ops:
+            self._light.read.bulk_write(ops, ordered=False)
+
+    def _marks_sync(self, conv: Conversation) -> dict[str, MemberMarks]:
+        users = sorted([*conv.members, *conv.departed])
+        delivered = dict.fromkeys(users, 0)
+        read = dict.fromkeys(users, 0)
+        for doc in self._db.recv.find({"c": conv.id}, projection={"u": 1, "s": 1}):
+            if doc["u"] in delivered:
+                delivered[doc["u"]] = max(delivered[doc["u"]], doc["s"])
+        for doc in self._db.read.find({"c": conv.id}, projection={"u": 1, "s": 1}):
+            if doc["u"] in read:
+                read[doc["u"]] = doc["s"]
+        return {u: MemberMarks(user=u, delivered=delivered[u], read=read[u]) for u in users}
+
+    async def marks(self, conv: str) -> dict[str, MemberMarks]:
+        return await self._call(lambda: self._marks_sync(self._load_conv(conv)[0]))
+
+    def _device_recv_sync(self, user: str, device: str, conv: str) -> int:
+        doc = self._db.recv.find_one({"_id": f"{user}|{device}|{conv}"})
+        return 0 if doc is None else int(doc["s"])
+
+    async def device_recv(self, user: str, device: str, conv: str) -> int:
+        return await self._call(self._device_recv_sync, user, device, conv)
+
+    async def unsynced(
+        self, user: str, device: str
+    ) -> list[tuple[Conversation, list[StoredMessage]]]:
+        return await self._call(self._unsynced_sync, user, device)
+
+    def _unsynced_sync(
+        self, user: str, device: str
+    ) -> list[tuple[Conversation, list[StoredMessage]]]:
+        recv = {d["c"]: d["s"] for d in self._db.recv.find({"u": user, "d": device})}
+        out = []
+        query = {"$or": [{"member_ids": user}, {"past_ids": user}]}
+        for doc in self._db.convs.find(query, sort=[("_id", 1)]):
+            conv = _decode_conv(doc)
+            span = conv.visible_range(user)
+            assert span is not None
+            lo = max(span[0], recv.get(conv.id, 0) + 1)
+            last = self._read_last_seq(conv.id)
+            hi = last if span[1] is None else min(span[1], last)
+            if lo <= hi:
+                out.append((conv, self._fetch(conv.id, lo, hi)))
+        return out
+
+    # -- presence and devices ------------------------------------------------------------
+
+    async def set_last_seen(self, user: str, ts: int) -> None:
+        await self._call(
+            self._light.users.update_one, {"_id": user}, {"$max": {"last_seen": ts}}, True
+        )
+
+    async def last_seen(self, users: Iterable[str]) -> dict[str, int | None]:
+        wanted = list(users)
+        return await self._call(self._last_seen_sync, wanted)
+
+    def _last_seen_sync(self, users: list[str]) -> dict[str, int | None]:
+        found = {d["_id"]: d.get("last_seen") for d in self._db.users.find({"_id": {"$in": users}})}
+        return {u: found.get(u) for u in users}
+
+    async def register_device(self, user: str, device: str, ts: int) -> None:
+        check_id("user id", user)
+        check_id("device id", device)
+        await self._call(
+            self._light.devices.update_one,
+            {"_id": f"{user}|{device}"},
+            {"$set": {"u": user, "d": device, "ts": ts}},
+            True,
+        )
+
+    async def devices(self, user: str) -> list[str]:
+        docs = await self._call(lambda: list(self._db.devices.find({"u": user})))
+        return sorted(d["d"] for d in docs)
+
+    # -- notification outbox -------------------------------------------------------------
+
+    async def notify_offline(self, user: str, conv: str, seq: int, ts: int) -> None:
+        await self._call(self._notify_sync, user, conv, seq, ts)
+
+    def _notify_sync(self, user: str, conv: str, seq: int, ts: int) -> None:
+        update = {
+            "$inc": {"count": 1},
+            "$set": {"conv": conv, "seq": seq, "last_ts": ts},
+            "$setOnInsert": {
+                "_id": uuid.uuid4().hex,
+                "first_ts": ts,
+                "done": False,
+                "owner": None,
+                "lease_until": None,
+            },
+        }
+        for _ in range(3):
+            try:
+                self._db.jobs.update_one({"user": user, "open": True}, update, upsert=True)
+                return
+            except DuplicateKeyError:
+                continue  # a concurrent call opened the period's job: update that one instead
+        raise Unavailable(f"could not record the notification of user {user!r}")
+
+    async def user_online(self, user: str) -> None:
+        await self._call(
+            self._db.jobs.update_many, {"user": user, "open": True}, {"$set": {"open": False}}
+        )
+
+    async def claim_notifications(
+        self, owner: str, now_ms: int, lease_ms: int, limit: int
+    ) -> list[NotificationJob]:
+        return await self._call(self._claim_sync, owner, now_ms, lease_ms, limit)
+
+    def _claim_sync(
+        self, owner: str, now_ms: int, lease_ms: int, limit: int
+    ) -> list[NotificationJob]:
+        claimed = []
+        for _ in range(limit):
+            doc = self._db.jobs.find_one_and_update(
+                {"done": False, "$or": [{"lease_until": None}, {"lease_until": {"$lte": now_ms}}]},
+                {"$set": {"owner": owner, "lease_until": now_ms + lease_ms}},
+                sort=[("first_ts", 1), ("_id", 1)],
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:
+                break
+            claimed.append(
+                NotificationJob(
+                    id=doc["_id"],
+                    user=doc["user"],
+                    conv=doc["conv"],
+                    seq=doc["seq"],
+                    count=doc["count"],
+                    first_ts=doc["first_ts"],
+                    last_ts=doc["last_ts"],
+                    owner=doc["owner"],
+                    lease_until=doc["lease_until"],
+                )
+            )
+        return claimed
+
+    async def complete_notification(self, job_id: str) -> None:
+        result = await self._call(
+            self._db.jobs.update_one, {"_id": job_id}, {"$set": {"done": True}}
+        )
+        if result.matched_count == 0:
+            raise NotFound(f"notification job {job_id!r} does not exist")
+
+    async def pending_notifications(self) -> int:
+        return await self._call(self._db.jobs.count_documents, {"done": False})
+
+    async def aclose(self) -> None:
+        await trio.to_thread.run_sync(self._client.close)
+
+
+class _DuplicateKey(Exception):
+    """A unique key of a batch already exists: which collection, which document, which key."""
+
+    def __init__(self, collection: str, index: int, key: str) -> None:
+        super().__init__(f"duplicate {collection} key {key!r} at {index}")
+        self.collection = collection
+        self.index = index
+        self.key = key
+
+    @classmethod
+    def from_bulk(cls, collection: str, exc: BulkWriteError) -> _DuplicateKey | BulkWriteError:
+        errors = exc.details.get("writeErrors", [])
+        if errors and errors[0].get("code") == 11000:
+            first = errors[0]
+            key = (first.get("keyValue") or {}).get("_id") or first.get("op", {}).get("_id")
+            return cls(collection, int(first["index"]), str(key))
+        return exc

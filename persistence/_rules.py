@@ -1,0 +1,194 @@
+"""The rules every Store applies the same way: validation, membership changes, replays, clamps.
+
+Both implementations call these pure functions, so MemoryStore and MongoStore cannot drift
+apart on what is allowed; they differ only in how state is read and written.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import attrs
+
+from protocol import (
+    MAX_BODY_BYTES,
+    MAX_GROUP_MEMBERS,
+    MAX_HISTORY_LIMIT,
+    MAX_TITLE_LEN,
+    body_size,
+    is_valid_id,
+)
+
+from ._errors import BadInput, Conflict, Forbidden, NotFound, StoreError, TooLarge
+from ._types import Conversation, Draft, MemberOp, StoredMessage
+
+#: Hex digits of a group id after ``"g:"``.
+GROUP_ID_HEX = 24
+
+
+def check_id(what: str, value: object) -> str:
+    """Return ``value`` if it is a valid id, else raise :class:`BadInput` naming ``what``."""
+    if not is_valid_id(value):
+        raise BadInput(f"invalid {what} {value!r}: expected 1-64 characters of [A-Za-z0-9_.-]")
+    assert isinstance(value, str)
+    return value
+
+
+def direct_id(a: str, b: str) -> str:
+    """The stable id of the direct conversation of ``a`` and ``b``."""
+    check_id("user id", a)
+    check_id("user id", b)
+    if a == b:
+        raise Forbidden(f"user {a!r} cannot open a direct conversation with themselves")
+    lo, hi = sorted((a, b))
+    return f"d:{lo}:{hi}"
+
+
+def draft_error(draft: Draft) -> StoreError | None:
+    """The error of a draft that can be judged alone (ids, body size), or ``None``."""
+    for what, value in (("sender", draft.sender), ("device id", draft.device)):
+        if not is_valid_id(value):
+            return BadInput(f"invalid {what} {value!r}: expected 1-64 characters of [A-Za-z0-9_.-]")
+    if not is_valid_id(draft.cmid):
+        return BadInput(f"invalid cmid {draft.cmid!r}: expected 1-64 characters of [A-Za-z0-9_.-]")
+    if not isinstance(draft.body, str):
+        return BadInput(f"message body must be a string, not {type(draft.body).__name__}")
+    size = body_size(draft.body)
+    if size > MAX_BODY_BYTES:
+        return TooLarge(f"message body is {size} bytes of UTF-8, the limit is {MAX_BODY_BYTES}")
+    return None
+
+
+def replay(original: StoredMessage, conv: str, draft: Draft) -> StoredMessage | Conflict:
+    """The answer to a draft whose (sender, device, cmid) is already stored as ``original``."""
+    if original.conv != conv:
+        return Conflict(
+            f"cmid {draft.cmid!r} of device {draft.device!r} was already used in "
+            f"conversation {original.conv!r}"
+        )
+    if original.body != draft.body:
+        return Conflict(
+            f"cmid {draft.cmid!r} of device {draft.device!r} was already used with a different body"
+        )
+    return original
+
+
+def not_member(conv: Conversation, user: str) -> Forbidden:
+    return Forbidden(f"user {user!r} is not a member of conversation {conv.id!r}")
+
+
+def no_such_conversation(conv: str) -> NotFound:
+    return NotFound(f"conversation {conv!r} does not exist")
+
+
+def check_title(title: object) -> str:
+    if not isinstance(title, str) or not 1 <= len(title) <= MAX_TITLE_LEN:
+        raise BadInput(f"group title must be 1-{MAX_TITLE_LEN} characters")
+    return title
+
+
+def group_founders(creator: str, members: Iterable[str]) -> list[str]:
+    """Creator first, then the other members in the given order without duplicates."""
+    check_id("user id", creator)
+    founders = [creator]
+    for user in members:
+        check_id("user id", user)
+        if user not in founders:
+            founders.append(user)
+    if len(founders) > MAX_GROUP_MEMBERS:
+        raise Forbidden(
+            f"group is full: at most {MAX_GROUP_MEMBERS} members, {len(founders)} given"
+        )
+    return founders
+
+
+def member_body(op: MemberOp, by: str, users: Iterable[str]) -> str:
+    """The JSON body of a member event."""
+    return json.dumps({"op": op, "by": by, "users": list(users)}, separators=(",", ":"))
+
+
+def new_group(conv_id: str, creator: str, title: str, founders: list[str]) -> Conversation:
+    return Conversation(
+        id=conv_id, kind="group", title=title, creator=creator, members=dict.fromkeys(founders, 1)
+    )
+
+
+def plan_member_change(
+    conv: Conversation, op: MemberOp, actor: str, user: str
+) -> tuple[MemberOp, str] | None:
+    """Authorize a membership change; returns ``(op, user)`` to record, or ``None`` for a no-op.
+
+    Raises :class:`Forbidden` / :class:`NotFound` per PROTOCOL.md, authorization first.
+    """
+    check_id("user id", actor)
+    check_id("user id", user)
+    if conv.kind != "group":
+        raise Forbidden(f"conversation {conv.id!r} is a direct conversation: its members are fixed")
+    if not conv.is_member(actor):
+        raise not_member(conv, actor)
+    if op == "add":
+        if conv.is_member(user):
+            return None
+        if len(conv.members) >= MAX_GROUP_MEMBERS:
+            raise Forbidden(
+                f"group is full: conversation {conv.id!r} has {MAX_GROUP_MEMBERS} members"
+            )
+        return ("add", user)
+    if op == "remove" and actor != user:
+        if actor != conv.creator:
+            raise Forbidden(f"only the creator of {conv.id!r} may remove other members")
+        if not conv.is_member(user):
+            raise NotFound(f"user {user!r} is not a member of conversation {conv.id!r}")
+        return ("remove", user)
+    return ("leave", actor)
+
+
+def apply_member_change(conv: Conversation, op: MemberOp, user: str, seq: int) -> Conversation:
+    """The conversation after event ``op`` on ``user`` stored at ``seq``."""
+    members = dict(conv.members)
+    departed = dict(conv.departed)
+    if op == "add":
+        members[user] = seq
+        departed.pop(user, None)
+    else:
+        departed[user] = (members.pop(user), seq)
+    return attrs.evolve(conv, members=members, departed=departed)
+
+
+def clamp_mark(conv: Conversation, user: str, last_seq: int, seq: int) -> int | None:
+    """A watermark clamped to what ``user`` may see and to ``last_seq``; ``None`` to ignore it."""
+    span = conv.visible_range(user)
+    if span is None:
+        return None
+    hi = last_seq if span[1] is None else min(span[1], last_seq)
+    return max(0, min(seq, hi))
+
+
+def check_limit(limit: int) -> None:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
+        raise BadInput(f"history limit must be 1-{MAX_HISTORY_LIMIT}, not {limit!r}")
+
+
+def history_bounds(conv: Conversation, user: str, before: int | None) -> tuple[int, int | None]:
+    """Inclusive ``(lo, hi)`` of the seqs a history request may return (hi None = open)."""
+    span = conv.visible_range(user)
+    if span is None:
+        raise not_member(conv, user)
+    lo, hi = span
+    if before is not None:
+        if not isinstance(before, int) or before < 1:
+            raise BadInput(f"history 'before' must be a positive seq, not {before!r}")
+        hi = before - 1 if hi is None else min(hi, before - 1)
+    return lo, hi
+
+
+def unread_count(
+    conv: Conversation, user: str, read: int, messages: Iterable[StoredMessage]
+) -> int:
+    """Text messages above ``read`` not sent by ``user`` and visible to them."""
+    return sum(
+        1
+        for m in messages
+        if m.kind == "text" and m.seq > read and m.sender != user and conv.can_see(user, m.seq)
+    )

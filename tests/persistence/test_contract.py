@@ -1,0 +1,291 @@
+"""The Store contract, run against MemoryStore and MongoStore (real SecantusDB over a socket)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from persistence import (
+    BadInput,
+    Conflict,
+    Draft,
+    Forbidden,
+    NotFound,
+    ReadMark,
+    RecvMark,
+    Store,
+    StoredMessage,
+    TooLarge,
+)
+from protocol import ErrorCode
+
+
+def draft(sender: str, cmid: str, body: str = "hi", device: str = "d1", ts: int = 1000) -> Draft:
+    return Draft(sender=sender, device=device, cmid=cmid, body=body, ts=ts)
+
+
+async def test_direct_conversation_is_stable_and_idempotent(store: Store) -> None:
+    one = await store.direct_conversation("bob", "alice")
+    two = await store.direct_conversation("alice", "bob")
+    assert one == two
+    assert one.id == "d:alice:bob"
+    assert dict(one.members) == {"alice": 1, "bob": 1}
+    assert await store.get_conversation(one.id) == one
+
+
+async def test_direct_conversation_with_yourself_is_forbidden(store: Store) -> None:
+    with pytest.raises(Forbidden) as info:
+        await store.direct_conversation("alice", "alice")
+    assert info.value.code == ErrorCode.FORBIDDEN
+
+
+async def test_append_assigns_gap_free_seqs_in_input_order(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    first = await store.append(conv.id, [draft("alice", "c1"), draft("bob", "c1", "yo")])
+    second = await store.append(conv.id, [draft("alice", "c2", "again")])
+    messages = [*first, *second]
+    assert all(isinstance(m, StoredMessage) for m in messages)
+    assert [m.seq for m in messages if isinstance(m, StoredMessage)] == [1, 2, 3]
+    assert await store.last_seq(conv.id) == 3
+    assert await store.range(conv.id, 1, 3) == messages
+    assert await store.range(conv.id, 2, 2) == [messages[1]]
+
+
+async def test_replay_returns_the_original_message(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    [original] = await store.append(conv.id, [draft("alice", "c1", ts=5)])
+    [again] = await store.append(conv.id, [draft("alice", "c1", ts=99)])
+    assert again == original
+    assert await store.last_seq(conv.id) == 1
+
+
+async def test_replay_within_one_batch_is_stored_once(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    a, b = await store.append(conv.id, [draft("alice", "c1"), draft("alice", "c1")])
+    assert a == b
+    assert await store.last_seq(conv.id) == 1
+
+
+async def test_cmid_reuse_with_other_body_or_conversation_conflicts(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    other = await store.direct_conversation("alice", "carol")
+    await store.append(conv.id, [draft("alice", "c1", "hello")])
+    [body_clash] = await store.append(conv.id, [draft("alice", "c1", "changed")])
+    [conv_clash] = await store.append(other.id, [draft("alice", "c1", "hello")])
+    assert isinstance(body_clash, Conflict) and body_clash.code == ErrorCode.CONFLICT
+    assert isinstance(conv_clash, Conflict)
+    assert "d:alice:bob" in conv_clash.message
+    # The same cmid from another device is another message.
+    [other_device] = await store.append(conv.id, [draft("alice", "c1", "hello", device="d2")])
+    assert isinstance(other_device, StoredMessage) and other_device.seq == 2
+
+
+async def test_bad_slots_fail_alone(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    results = await store.append(
+        conv.id,
+        [
+            draft("alice", "ok1"),
+            draft("alice", "bad cmid"),
+            draft("alice", "big", "x" * (16 * 1024 + 1)),
+            draft("mallory", "m1"),
+            draft("bob", "ok2", "é" * (8 * 1024)),  # exactly 16 KiB of UTF-8
+        ],
+    )
+    ok1, bad, big, outsider, ok2 = results
+    assert isinstance(ok1, StoredMessage) and ok1.seq == 1
+    assert isinstance(bad, BadInput) and bad.code == ErrorCode.BAD_FRAME
+    assert isinstance(big, TooLarge) and big.code == ErrorCode.TOO_LARGE
+    assert isinstance(outsider, Forbidden)
+    assert outsider.message == "user 'mallory' is not a member of conversation 'd:alice:bob'"
+    assert isinstance(ok2, StoredMessage) and ok2.seq == 2
+
+
+async def test_unknown_conversation_is_not_found(store: Store) -> None:
+    with pytest.raises(NotFound) as info:
+        await store.append("g:nope", [draft("alice", "c1")])
+    assert info.value.code == ErrorCode.NOT_FOUND
+    for call in (store.get_conversation("g:nope"), store.last_seq("g:nope")):
+        with pytest.raises(NotFound):
+            await call
+
+
+async def test_invalid_ids_are_bad_input(store: Store) -> None:
+    for a, b in (("", "bob"), ("al:ice", "bob"), ("x" * 65, "bob")):
+        with pytest.raises(BadInput):
+            await store.direct_conversation(a, b)
+    with pytest.raises(BadInput):
+        await store.create_group("alice", "", ["bob"], 1)
+    with pytest.raises(BadInput):
+        await store.create_group("alice", "t" * 101, ["bob"], 1)
+    with pytest.raises(BadInput):
+        await store.create_group("alice", "ok", ["bo b"], 1)
+
+
+async def test_group_create_records_the_creation_event(store: Store) -> None:
+    conv, event = await store.create_group("alice", "Team", ["bob", "carol", "bob"], 42)
+    assert conv.id.startswith("g:") and conv.kind == "group" and conv.title == "Team"
+    assert conv.creator == "alice"
+    assert dict(conv.members) == {"alice": 1, "bob": 1, "carol": 1}
+    assert (event.seq, event.kind, event.cmid, event.sender, event.ts) == (
+        1,
+        "member",
+        None,
+        "alice",
+        42,
+    )
+    assert json.loads(event.body) == {
+        "op": "create",
+        "by": "alice",
+        "users": ["alice", "bob", "carol"],
+    }
+    assert await store.get_conversation(conv.id) == conv
+    assert await store.range(conv.id, 1, 1) == [event]
+
+
+async def test_group_size_limit(store: Store) -> None:
+    with pytest.raises(Forbidden, match="group is full"):
+        await store.create_group("alice", "big", [f"u{i}" for i in range(256)], 1)
+    conv, _ = await store.create_group("alice", "big", [f"u{i}" for i in range(255)], 1)
+    with pytest.raises(Forbidden, match="group is full"):
+        await store.add_member(conv.id, "alice", "one_more", 2)
+
+
+async def test_membership_rules(store: Store) -> None:
+    conv, _ = await store.create_group("alice", "Team", ["bob"], 1)
+    added = await store.add_member(conv.id, "bob", "carol", 2)
+    assert added is not None and added.seq == 2 and added.sender == "bob"
+    assert json.loads(added.body) == {"op": "add", "by": "bob", "users": ["carol"]}
+    assert await store.add_member(conv.id, "alice", "carol", 3) is None  # already in: no event
+    with pytest.raises(Forbidden):
+        await store.remove_member(conv.id, "bob", "carol", 3)  # only the creator removes
+    with pytest.raises(Forbidden):
+        await store.remove_member(conv.id, "bob", "nobody", 3)  # authorization first
+    with pytest.raises(NotFound):
+        await store.remove_member(conv.id, "alice", "nobody", 3)
+    with pytest.raises(Forbidden):
+        await store.add_member(conv.id, "mallory", "eve", 3)
+    removed = await store.remove_member(conv.id, "alice", "carol", 4)
+    assert removed is not None and removed.seq == 3
+    left = await store.leave(conv.id, "bob", 5)
+    assert left.seq == 4 and json.loads(left.body)["op"] == "leave"
+    with pytest.raises(Forbidden):
+        await store.leave(conv.id, "bob", 6)
+    now = await store.get_conversation(conv.id)
+    assert dict(now.members) == {"alice": 1}
+    assert dict(now.departed) == {"bob": (1, 4), "carol": (2, 3)}
+    direct = await store.direct_conversation("alice", "bob")
+    with pytest.raises(Forbidden):
+        await store.add_member(direct.id, "alice", "carol", 7)
+
+
+async def test_visibility_of_history_follows_membership(store: Store) -> None:
+    conv, _ = await store.create_group("alice", "Team", ["bob"], 1)
+    await store.append(conv.id, [draft("alice", f"a{i}") for i in range(3)])  # seq 2..4
+    await store.add_member(conv.id, "alice", "carol", 2)  # seq 5
+    await store.append(conv.id, [draft("carol", "c1")])  # seq 6
+    await store.remove_member(conv.id, "alice", "carol", 3)  # seq 7
+    await store.append(conv.id, [draft("alice", "after")])  # seq 8
+    page, more = await store.history(conv.id, "carol", None, 50)
+    assert [m.seq for m in page] == [5, 6, 7] and not more
+    page, more = await store.history(conv.id, "bob", None, 3)
+    assert [m.seq for m in page] == [6, 7, 8] and more
+    page, more = await store.history(conv.id, "bob", 6, 3)
+    assert [m.seq for m in page] == [3, 4, 5] and more
+    page, more = await store.history(conv.id, "bob", 3, 50)
+    assert [m.seq for m in page] == [1, 2] and not more
+    with pytest.raises(Forbidden):
+        await store.history(conv.id, "mallory", None, 10)
+    for bad in (0, 201):
+        with pytest.raises(BadInput):
+            await store.history(conv.id, "bob", None, bad)
+    # A departed member's replay still returns the original; a new send is forbidden.
+    [replayed, new] = await store.append(conv.id, [draft("carol", "c1"), draft("carol", "c2")])
+    assert isinstance(replayed, StoredMessage) and replayed.seq == 6
+    assert isinstance(new, Forbidden)
+
+
+async def test_watermarks_max_merge_and_clamp(store: Store) -> None:
+    conv, _ = await store.create_group("alice", "Team", ["bob"], 1)
+    await store.append(conv.id, [draft("alice", f"a{i}") for i in range(4)])  # seq 2..5
+    await store.merge_recv(
+        [
+            RecvMark(user="bob", device="p", conv=conv.id, seq=3),
+            RecvMark(user="bob", device="l", conv=conv.id, seq=99),  # clamped to 5
+            RecvMark(user="mallory", device="x", conv=conv.id, seq=3),  # ignored
+            RecvMark(user="bob", device="p", conv="g:nope", seq=3),  # ignored
+        ]
+    )
+    await store.merge_recv([RecvMark(user="bob", device="p", conv=conv.id, seq=2)])  # no-op
+    await store.merge_read([ReadMark(user="bob", conv=conv.id, seq=4)])
+    await store.merge_read([ReadMark(user="bob", conv=conv.id, seq=1)])
+    assert await store.device_recv("bob", "p", conv.id) == 3
+    assert await store.device_recv("bob", "l", conv.id) == 5
+    marks = await store.marks(conv.id)
+    assert sorted(marks) == ["alice", "bob"]
+    assert (marks["bob"].delivered, marks["bob"].read) == (5, 4)
+    assert (marks["alice"].delivered, marks["alice"].read) == (0, 0)
+    await store.leave(conv.id, "bob", 9)  # seq 6
+    await store.append(conv.id, [draft("alice", "later")])  # seq 7
+    await store.merge_read([ReadMark(user="bob", conv=conv.id, seq=7)])
+    assert (await store.marks(conv.id))["bob"].read == 6  # clamped to the leave event
+
+
+async def test_unsynced_and_conversation_rows(store: Store) -> None:
+    direct = await store.direct_conversation("alice", "bob")
+    group, _ = await store.create_group("carol", "Team", ["bob"], 1)
+    await store.append(direct.id, [draft("alice", "a1"), draft("bob", "b1"), draft("alice", "a2")])
+    await store.append(group.id, [draft("carol", "c1")])
+    await store.merge_recv([RecvMark(user="bob", device="phone", conv=direct.id, seq=1)])
+    await store.merge_read([ReadMark(user="bob", conv=direct.id, seq=1)])
+    pending = await store.unsynced("bob", "phone")
+    assert [(c.id, [m.seq for m in ms]) for c, ms in pending] == sorted(
+        [(direct.id, [2, 3]), (group.id, [1, 2])]
+    )
+    rows = {r.conv: r for r in await store.conversations("bob", "phone")}
+    assert sorted(rows) == sorted([direct.id, group.id])
+    row = rows[direct.id]
+    assert (row.kind, row.last_seq, row.delivered, row.read, row.unread) == ("direct", 3, 1, 1, 1)
+    assert [(o.user, o.delivered, o.read) for o in row.others] == [("alice", 0, 0)]
+    grow = rows[group.id]
+    assert (grow.title, grow.members, grow.unread) == ("Team", ("bob", "carol"), 1)
+    assert await store.contacts("bob") == {"alice", "carol"}
+    assert await store.shares_conversation("alice", "bob")
+    assert not await store.shares_conversation("alice", "carol")
+
+
+async def test_presence_facts_and_devices(store: Store) -> None:
+    await store.set_last_seen("alice", 50)
+    await store.set_last_seen("alice", 20)  # never moves back
+    assert await store.last_seen(["alice", "bob"]) == {"alice": 50, "bob": None}
+    await store.register_device("alice", "phone", 1)
+    await store.register_device("alice", "laptop.1", 2)
+    await store.register_device("alice", "phone", 3)
+    assert await store.devices("alice") == ["laptop.1", "phone"]
+
+
+async def test_notification_outbox_coalesces_and_leases(store: Store) -> None:
+    await store.notify_offline("bob", "d:alice:bob", 1, 100)
+    await store.notify_offline("bob", "d:alice:bob", 2, 110)
+    await store.notify_offline("carol", "g:x", 5, 120)
+    assert await store.pending_notifications() == 2
+    jobs = await store.claim_notifications("n1", 1_000, 500, 10)
+    assert [(j.user, j.conv, j.seq, j.count) for j in jobs] == [
+        ("bob", "d:alice:bob", 2, 2),
+        ("carol", "g:x", 5, 1),
+    ]
+    assert await store.claim_notifications("n2", 1_200, 500, 10) == []  # still leased
+    # The lease of a crashed notifier expires: the job is claimable again.
+    reclaimed = await store.claim_notifications("n2", 1_500, 500, 1)
+    assert [j.user for j in reclaimed] == ["bob"] and reclaimed[0].owner == "n2"
+    await store.complete_notification(reclaimed[0].id)
+    await store.complete_notification(reclaimed[0].id)  # idempotent
+    assert await store.pending_notifications() == 1
+    await store.notify_offline("bob", "d:alice:bob", 3, 130)  # same offline period: no new job
+    assert await store.pending_notifications() == 1
+    await store.user_online("bob")
+    await store.notify_offline("bob", "d:alice:bob", 4, 140)  # a new period: a new job
+    assert await store.pending_notifications() == 2
+    with pytest.raises(NotFound):
+        await store.complete_notification("no-such-job")
