@@ -434,11 +434,12 @@ def _conv_row(row: StoredConvRow) -> ConvRow:
         kind=row.kind,
         title=row.title,
         members=row.members,
-        last_seq=row.last_seq,
-        delivered=row.delivered,
-        read=row.read,
-        unread=row.unread,
+        last_seq=int(row.last_seq),
+        delivered=int(row.delivered),
+        read=int(row.read),
+        unread=int(row.unread),
         others=tuple(
-            MemberMarks(user=m.user, delivered=m.delivered, read=m.read) for m in row.others
+            MemberMarks(user=m.user, delivered=int(m.delivered), read=int(m.read))
+            for m in row.others
         ),
     )

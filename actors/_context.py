@@ -58,14 +58,18 @@ class NodeContext:
 
 
 def msg_frame(message: StoredMessage) -> Msg:
-    """The ``msg`` frame of a stored message."""
+    """The ``msg`` frame of a stored message.
+
+    Numbers go through ``int()``: a Store backed by BSON may hand back ``Int64`` values, and
+    frames accept plain ints only.
+    """
     return Msg(
         conv=message.conv,
-        seq=message.seq,
+        seq=int(message.seq),
         id=message.id,
         sender=message.sender,
         cmid=message.cmid,
         body=message.body,
-        ts=message.ts,
+        ts=int(message.ts),
         kind=message.kind,
     )

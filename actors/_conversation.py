@@ -242,9 +242,9 @@ class ConversationActor:
         ack = Ack(
             cmid=request.cmid,
             conv=self.conv,
-            seq=seq,
+            seq=int(seq),
             id=message.id,
-            ts=message.ts,
+            ts=int(message.ts),
             rid=request.rid,
         )
         if request.origin.push(ack):

@@ -130,7 +130,8 @@ class PresenceRegistry:
         if unknown:
             try:
                 with self._ctx.timed("last_seen"):
-                    self._last_seen.update(await self._ctx.store.last_seen(unknown))
+                    found = await self._ctx.store.last_seen(unknown)
+                self._last_seen.update({u: None if t is None else int(t) for u, t in found.items()})
             except StoreError as exc:
                 request.origin.push(Error(code=exc.code, message=exc.message, rid=request.rid))
                 return
