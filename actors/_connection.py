@@ -89,6 +89,8 @@ TokenVerifier = Callable[[str, float], str]
 
 #: Close code after a Store failure during sync: the client should come back later.
 TRY_AGAIN_LATER = 1013
+#: How far past the keep-alive deadline the watchdog wakes (expiry is strictly after it).
+_DEADLINE_SLACK_S = 0.001
 #: Close code when the connection actor itself failed (RFC 6455 "internal error").
 INTERNAL_ERROR = 1011
 
@@ -264,7 +266,8 @@ class ConnectionActor:
 
     async def _watchdog(self) -> None:
         while True:
-            await trio.sleep_until(self._session.deadline())
+            # The session expires strictly after its deadline: wake just past it.
+            await trio.sleep_until(self._session.deadline() + _DEADLINE_SLACK_S)
             code = self._session.expired(trio.current_time())
             if code is not None:
                 self.request_close(code, f"nothing heard for {2 * self._ctx.config.heartbeat_s} s")

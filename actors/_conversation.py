@@ -175,7 +175,7 @@ class ConversationActor:
                 case TypingRequest():
                     self._typing(request)
                 case Announce(message=message):
-                    await self._publish([message], {})
+                    await self._announce(message)
         await self._commit(sends)
 
     # ------------------------------------------------------------------ sends (group commit)
@@ -309,6 +309,12 @@ class ConversationActor:
         for seq in sorted(by_seq):
             self._fan_out(by_seq[seq], origins.get(seq), offline)
         self._published = top
+        await self._notify_offline(offline)
+
+    async def _announce(self, message: StoredMessage) -> None:
+        """Fan out a message the actor found already stored when it loaded (a creation)."""
+        offline: dict[str, int] = {}
+        self._fan_out(message, None, offline)
         await self._notify_offline(offline)
 
     def _viewers(self, seq: int) -> list[str]:

@@ -9,7 +9,6 @@ transport over plain memory channels plus the client's end of it.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -19,9 +18,6 @@ import wsproto.events
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 PingObserver = Callable[[], None]
-
-#: What a non-blocking send into a full or dead channel may raise.
-_GONE = (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError)
 
 #: Close code reported when the peer vanished without a close frame (RFC 6455).
 ABNORMAL_CLOSURE = 1006
@@ -112,54 +108,51 @@ class _Ping:
     """A WebSocket ping travelling over a memory transport."""
 
 
-@attrs.frozen
-class _Close:
-    code: int
-    reason: str
+@attrs.define
+class _Closes:
+    """Close codes each side gave, shared by both ends (out of band, so a full channel
+    cannot swallow them)."""
+
+    by_server: tuple[int, str] | None = None
+    by_client: tuple[int, str] | None = None
+
+
+def _gone(close: tuple[int, str] | None) -> TransportClosed:
+    return TransportClosed(*close) if close else TransportClosed(ABNORMAL_CLOSURE, "peer went away")
 
 
 @attrs.define(eq=False)
 class MemoryTransport:
     """The server's side of :func:`memory_transport_pair` (owned by one connection actor)."""
 
-    _inbound: trio.MemoryReceiveChannel[str | bytes | _Ping | _Close]
-    _outbound: trio.MemorySendChannel[str | _Close]
+    _inbound: trio.MemoryReceiveChannel[str | bytes | _Ping]
+    _outbound: trio.MemorySendChannel[str]
+    _closes: _Closes
     _ping_observer: PingObserver | None = None
-    _closed: TransportClosed | None = None
 
     async def receive(self) -> str | bytes:
-        while self._closed is None:
+        while self._closes.by_server is None:
             try:
                 item = await self._inbound.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
-                self._closed = TransportClosed(ABNORMAL_CLOSURE, "peer went away")
                 break
-            match item:
-                case _Ping():
-                    if self._ping_observer is not None:
-                        self._ping_observer()
-                case _Close(code, reason):
-                    self._closed = TransportClosed(code, reason)
-                case str() | bytes():
-                    return item
-        raise self._closed
+            if not isinstance(item, _Ping):
+                return item
+            if self._ping_observer is not None:
+                self._ping_observer()
+        raise _gone(self._closes.by_client or self._closes.by_server)
 
     async def send(self, text: str) -> None:
-        if self._closed is not None:
-            raise self._closed
+        if self._closes.by_server is not None:
+            raise _gone(self._closes.by_server)
         try:
             await self._outbound.send(text)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._closed = TransportClosed(ABNORMAL_CLOSURE, "peer went away")
-            raise self._closed from None
+            raise _gone(self._closes.by_client) from None
 
     async def close(self, code: int, reason: str) -> None:
-        if self._closed is None:
-            self._closed = TransportClosed(code, reason)
-        with contextlib.suppress(
-            trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
-        ):
-            self._outbound.send_nowait(_Close(code, reason))
+        if self._closes.by_server is None and self._closes.by_client is None:
+            self._closes.by_server = (code, reason)
         await self._outbound.aclose()
         await self._inbound.aclose()
 
@@ -171,9 +164,9 @@ class MemoryTransport:
 class MemoryPeer:
     """The client's side of :func:`memory_transport_pair`."""
 
-    _outbound: trio.MemorySendChannel[str | bytes | _Ping | _Close]
-    _inbound: trio.MemoryReceiveChannel[str | _Close]
-    close_code: int | None = None
+    _outbound: trio.MemorySendChannel[str | bytes | _Ping]
+    _inbound: trio.MemoryReceiveChannel[str]
+    _closes: _Closes
 
     async def send(self, data: str | bytes) -> None:
         await self._outbound.send(data)
@@ -184,29 +177,23 @@ class MemoryPeer:
     async def receive(self) -> str:
         """The next text frame; :class:`TransportClosed` (with the server's code) at the end."""
         try:
-            item = await self._inbound.receive()
+            return await self._inbound.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise TransportClosed(self.close_code or ABNORMAL_CLOSURE) from None
-        if isinstance(item, _Close):
-            self.close_code = item.code
-            raise TransportClosed(item.code, item.reason)
-        return item
+            raise _gone(self._closes.by_server) from None
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        with contextlib.suppress(
-            trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError
-        ):
-            self._outbound.send_nowait(_Close(code, reason))
+        if self._closes.by_server is None and self._closes.by_client is None:
+            self._closes.by_client = (code, reason)
         await self._outbound.aclose()
+        await self._inbound.aclose()
 
 
 def memory_transport_pair(capacity: int = 64) -> tuple[MemoryTransport, MemoryPeer]:
     """A server :class:`Transport` and its client end, joined by bounded memory channels."""
-    to_server_send, to_server_recv = trio.open_memory_channel[str | bytes | _Ping | _Close](
-        capacity
-    )
-    to_client_send, to_client_recv = trio.open_memory_channel[str | _Close](capacity)
+    to_server_send, to_server_recv = trio.open_memory_channel[str | bytes | _Ping](capacity)
+    to_client_send, to_client_recv = trio.open_memory_channel[str](capacity)
+    closes = _Closes()
     return (
-        MemoryTransport(to_server_recv, to_client_send),
-        MemoryPeer(to_server_send, to_client_recv),
+        MemoryTransport(to_server_recv, to_client_send, closes),
+        MemoryPeer(to_server_send, to_client_recv, closes),
     )

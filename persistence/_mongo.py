@@ -33,10 +33,12 @@ from __future__ import annotations
 import functools
 import os
 import random
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import attrs
 import pymongo
 import trio
 from pymongo import MongoClient, ReturnDocument, UpdateOne
@@ -86,6 +88,8 @@ Doc = dict[str, Any]
 CHUNK_MAX = 256
 #: Rounds of "someone else took that seq / that key" before giving up on one append.
 MAX_ROUNDS = 64
+#: Point reads to catch up with other writers' chunks before falling back to a full re-read.
+CATCH_UP_PROBES = 16
 _DURABLE = WriteConcern(w="majority", j=True)
 _LIGHT = WriteConcern(w=1)
 _RETRY_LABELS = (
@@ -189,9 +193,13 @@ class MongoStore(Store):
         self._limiter = trio.CapacityLimiter(max_threads)
         self._retries = retries
         self._backoff_s = backoff_s
-        # Where this instance last saw each conversation end. Only a hint: a stale value costs
-        # one duplicate-key round trip, never a wrong seq (the chunk _id decides).
-        self._last_hint: dict[str, int] = {}
+        # Per conversation: a chunk end this instance saw and the membership valid through it
+        # (see _Head). Only a hint: a stale one costs a duplicate-key round, never a wrong seq.
+        self._heads: dict[str, _Head] = {}
+        # Group commit across conversations (see append): requests waiting for the next commit,
+        # and whether some append() call is currently leading (running a merged commit).
+        self._queue: list[_Request] = []
+        self._leading = False
 
     @classmethod
     async def connect(cls, uri: str, database: str = "messenger", **kwargs: Any) -> MongoStore:
@@ -270,9 +278,7 @@ class MongoStore(Store):
             sort=[("_id", pymongo.DESCENDING)],
             session=session,
         )
-        last = 0 if doc is None else int(doc["last"])
-        self._last_hint[conv] = max(self._last_hint.get(conv, 0), last)
-        return last
+        return 0 if doc is None else int(doc["last"])
 
     def _fetch(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
         lo = max(lo, 1)
@@ -384,7 +390,7 @@ class MongoStore(Store):
                 if not stored or stored[0].id != event.id:
                     raise
                 return existing, stored[0]
-        self._last_hint[conv.id] = 1
+        self._heads[conv.id] = _Head(conv, 1)
         return conv, event
 
     async def get_conversation(self, conv: str) -> Conversation:
@@ -397,6 +403,16 @@ class MongoStore(Store):
         return await self._call(self._member_change_sync, conv, op, actor, user, ts, op_id)
 
     def _member_change_sync(
+        self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int, op_id: str
+    ) -> StoredMessage | None:
+        try:
+            return self._member_change_rounds(conv_id, op, actor, user, ts, op_id)
+        finally:
+            # Not needed for correctness (a cached head is re-validated by the next chunk
+            # insert), but our own change should not cost us a duplicate-key round.
+            self._heads.pop(conv_id, None)
+
+    def _member_change_rounds(
         self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int, op_id: str
     ) -> StoredMessage | None:
         for _ in range(MAX_ROUNDS):
@@ -531,86 +547,254 @@ class MongoStore(Store):
         return doc is not None
 
     # -- messages ------------------------------------------------------------------------
+    #
+    # Group commit ACROSS conversations. Every append() queues a _Request. If no call is
+    # leading, this one leads: it takes the whole queue and writes it as ONE transaction (one
+    # chunk document per conversation, one key document per message, one commit = one journal
+    # flush). Calls arriving meanwhile queue up; when the commit returns, the leader hands the
+    # lead to the oldest queued call, which takes everything queued so far. No timer and no
+    # background task: a batch is exactly what arrived while the previous commit was in flight.
 
     async def append(self, conv: str, drafts: Sequence[Draft]) -> list[StoredMessage | StoreError]:
-        return await self._call(self._append_sync, conv, list(drafts))
+        request = _Request(conv, list(drafts))
+        self._queue.append(request)
+        if self._leading:
+            try:
+                await request.wake.wait()
+            except BaseException:
+                # Cancelled while queued, or just after the lead was handed to us: leave the
+                # queue and pass the lead on. (If a leader already took us into its batch, it
+                # finishes the write; resending the same cmids is safe either way.)
+                if request in self._queue:
+                    self._queue.remove(request)
+                if request.promoted and not request.finished:
+                    self._hand_off()
+                raise
+            if request.finished:
+                return request.outcome()
+        self._leading = True
+        try:
+            batch, self._queue = self._queue, []
+            await self._commit(batch)
+        finally:
+            self._hand_off()
+        return request.outcome()
 
-    def _append_sync(self, conv_id: str, drafts: list[Draft]) -> list[StoredMessage | StoreError]:
-        conv, _ = self._load_conv(conv_id)
-        results: list[StoredMessage | StoreError | None] = [None] * len(drafts)
-        first_slot: dict[str, int] = {}
-        repeats: list[tuple[int, int]] = []
-        todo: list[int] = []
-        for i, draft in enumerate(drafts):
-            error = draft_error(draft)
-            if error is not None:
-                results[i] = error
-                continue
-            key = f"{draft.sender}|{draft.device}|{draft.cmid}"
-            if key in first_slot:
-                repeats.append((i, first_slot[key]))
-                continue
-            first_slot[key] = i
-            if conv.is_member(draft.sender):
-                todo.append(i)
-                continue
-            # A former member may still replay what they sent before leaving.
-            original = self._lookup_key(key)
-            results[i] = (
-                not_member(conv, draft.sender)
-                if original is None
-                else replay(original, conv_id, draft)
+    def _hand_off(self) -> None:
+        """Give the lead to the oldest queued request, or step down if nothing is queued."""
+        if self._queue:
+            self._queue[0].promoted = True
+            self._queue[0].wake.set()
+        else:
+            self._leading = False
+
+    async def _commit(self, batch: list[_Request]) -> None:
+        try:
+            outcomes = await self._call(self._commit_sync, batch)
+        except BaseException as exc:
+            # The leader's own call re-raises exc itself; the others get a StoreError.
+            failure = (
+                exc
+                if isinstance(exc, StoreError)
+                else Unavailable(f"the group commit failed: {exc!r}; resend the same cmids")
             )
-        for _ in range(MAX_ROUNDS):
-            if not todo:
+            if failure is not exc:
+                failure.__cause__ = exc
+            for request in batch:
+                if not request.finished:
+                    request.finish(failure)
+            raise
+        for request, outcome in zip(batch, outcomes, strict=True):
+            request.finish(outcome)
+
+    def _load_head(self, conv_id: str) -> _Head | None:
+        # Order matters: the end first, then the membership. A membership change committed in
+        # between lies after `end`, so a write at end+1 collides with it and re-reads.
+        end = self._read_last_seq(conv_id)
+        doc = self._db.convs.find_one({"_id": conv_id})
+        if doc is None:
+            return None
+        head = _Head(_decode_conv(doc), end)
+        self._heads[conv_id] = head
+        return head
+
+    def _refresh_head(self, head: _Head) -> _Head:
+        """Catch up with chunks others wrote after ``head.end`` (point reads on ``_id``)."""
+        conv_id, end, membership_changed = head.conv.id, head.end, False
+        for _ in range(CATCH_UP_PROBES):
+            doc = self._db.chunks.find_one(
+                {"_id": _chunk_id(conv_id, end + 1)}, projection={"last": 1, "msgs.k": 1}
+            )
+            if doc is None:
                 break
-            last = self._last_hint.get(conv_id)
-            if last is None:
-                last = self._read_last_seq(conv_id)
-            messages = [
-                StoredMessage(
-                    conv=conv_id,
-                    seq=last + n,
-                    id=_new_message_id(),
-                    sender=drafts[i].sender,
-                    device=drafts[i].device,
-                    cmid=drafts[i].cmid,
-                    body=drafts[i].body,
-                    ts=drafts[i].ts,
+            end = int(doc["last"])
+            membership_changed |= any(m.get("k") == "member" for m in doc["msgs"])
+        else:
+            fresh = self._load_head(conv_id)
+            assert fresh is not None, "conversations are never deleted"
+            return fresh
+        conv = self._load_conv(conv_id)[0] if membership_changed else head.conv
+        fresh = _Head(conv, end)
+        self._heads[conv_id] = fresh
+        return fresh
+
+    def _commit_sync(
+        self, batch: list[_Request]
+    ) -> list[list[StoredMessage | StoreError] | StoreError]:
+        """One merged durable write for every request of ``batch`` (runs in a worker thread).
+
+        Re-run as a whole by :meth:`_call` after a transient failure: that is safe because
+        every message of an earlier attempt that did commit is found by its key and replayed.
+        """
+        heads: dict[str, _Head | None] = {}
+        for request in batch:
+            if request.conv not in heads:
+                heads[request.conv] = self._heads.get(request.conv) or self._load_head(request.conv)
+        outcomes: list[list[StoredMessage | StoreError] | StoreError] = []
+        results: list[list[StoredMessage | StoreError | None]] = []
+        first_slot: dict[str, tuple[int, int]] = {}
+        repeats: list[tuple[tuple[int, int], tuple[int, int]]] = []
+        todo: dict[str, list[tuple[int, int]]] = {}
+        fresh: set[str] = set()
+        for r, request in enumerate(batch):
+            slots: list[StoredMessage | StoreError | None] = [None] * len(request.drafts)
+            results.append(slots)
+            head = heads[request.conv]
+            if head is None:
+                outcomes.append(no_such_conversation(request.conv))
+                continue
+            outcomes.append([])
+            for i, draft in enumerate(request.drafts):
+                error = draft_error(draft)
+                if error is not None:
+                    slots[i] = error
+                    continue
+                key = f"{draft.sender}|{draft.device}|{draft.cmid}"
+                if key in first_slot:
+                    repeats.append(((r, i), first_slot[key]))
+                    continue
+                first_slot[key] = (r, i)
+                if not head.conv.is_member(draft.sender) and request.conv not in fresh:
+                    # A cached "no" is never trusted: the sender may have been added by
+                    # another node. (A cached "yes" is checked by the chunk insert itself.)
+                    fresh.add(request.conv)
+                    head = heads[request.conv] = self._load_head(request.conv)
+                    assert head is not None, "conversations are never deleted"
+                if head.conv.is_member(draft.sender):
+                    todo.setdefault(request.conv, []).append((r, i))
+                else:
+                    slots[i] = self._refuse(head.conv, key, draft)
+        keys = {slot: key for key, slot in first_slot.items()}
+        contended = self._write_rounds(batch, heads, todo, results, keys)
+        for (r, i), (q, j) in repeats:
+            earlier = results[q][j]
+            if isinstance(earlier, StoredMessage):
+                results[r][i] = replay(earlier, batch[r].conv, batch[r].drafts[i])
+            elif earlier is not None:
+                results[r][i] = earlier
+        for r, request in enumerate(batch):
+            if isinstance(outcomes[r], StoreError):
+                continue
+            if request.conv in contended or any(x is None for x in results[r]):
+                outcomes[r] = Unavailable(
+                    f"conversation {request.conv!r} is too contended to append"
                 )
-                for n, i in enumerate(todo, start=1)
-            ]
+                continue
+            outcomes[r] = [x for x in results[r] if x is not None]
+        return outcomes
+
+    def _refuse(self, conv: Conversation, key: str, draft: Draft) -> StoredMessage | StoreError:
+        # A former member may still replay what they sent before leaving.
+        original = self._lookup_key(key)
+        return (
+            not_member(conv, draft.sender) if original is None else replay(original, conv.id, draft)
+        )
+
+    def _write_rounds(
+        self,
+        batch: list[_Request],
+        heads: dict[str, _Head | None],
+        todo: dict[str, list[tuple[int, int]]],
+        results: list[list[StoredMessage | StoreError | None]],
+        keys: dict[tuple[int, int], str],
+    ) -> set[str]:
+        """Write ``todo`` in one transaction, fixing conflicts per conversation; returns the
+        conversations given up on (too contended)."""
+        todo = {conv: slots for conv, slots in todo.items() if slots}
+        budget = MAX_ROUNDS + sum(len(s) for s in todo.values())
+        conflicts = 0
+        while todo:
+            if budget == 0 or conflicts > MAX_ROUNDS:
+                return set(todo)
+            budget -= 1
+            plan: dict[str, list[StoredMessage]] = {}
+            for conv_id, slots in todo.items():
+                head = heads[conv_id]
+                assert head is not None
+                plan[conv_id] = [
+                    StoredMessage(
+                        conv=conv_id,
+                        seq=head.end + n,
+                        id=_new_message_id(),
+                        sender=batch[r].drafts[i].sender,
+                        device=batch[r].drafts[i].device,
+                        cmid=batch[r].drafts[i].cmid,
+                        body=batch[r].drafts[i].body,
+                        ts=batch[r].drafts[i].ts,
+                    )
+                    for n, (r, i) in enumerate(slots, start=1)
+                ]
             try:
                 with self._client.start_session() as session:
-                    self._txn(session, functools.partial(self._write_batch, conv_id, messages))
-            except _DuplicateKey as dup:
-                if dup.collection == "chunks":
-                    self._last_hint.pop(conv_id, None)  # someone else appended: re-read the end
-                    continue
-                slot = todo.pop(dup.index)
-                original = self._lookup_key(dup.key)
-                if original is None:
-                    raise Unavailable(f"idempotency key {dup.key!r} vanished") from None
-                results[slot] = replay(original, conv_id, drafts[slot])
+                    self._txn(session, functools.partial(self._write_group, plan))
+            except _Duplicates as dup:
+                taken = set(dup.keys)
+                for conv_id, slots in todo.items():
+                    for slot in [s for s in slots if keys[s] in taken]:
+                        # Stored before (another node, or our own attempt whose reply was lost).
+                        slots.remove(slot)
+                        original = self._lookup_key(keys[slot])
+                        if original is None:
+                            raise Unavailable(f"idempotency key {keys[slot]!r} vanished") from None
+                        r, i = slot
+                        results[r][i] = replay(original, conv_id, batch[r].drafts[i])
+                for conv_id in dup.convs:
+                    old = heads[conv_id]
+                    assert old is not None
+                    head = heads[conv_id] = self._refresh_head(old)
+                    if head.conv is not old.conv:  # membership changed: judge the slots again
+                        for r, i in list(todo[conv_id]):
+                            draft = batch[r].drafts[i]
+                            if not head.conv.is_member(draft.sender):
+                                todo[conv_id].remove((r, i))
+                                results[r][i] = self._refuse(head.conv, keys[(r, i)], draft)
+                todo = {conv: slots for conv, slots in todo.items() if slots}
                 continue
-            for i, message in zip(todo, messages, strict=True):
-                results[i] = message
-            self._last_hint[conv_id] = messages[-1].seq
-            todo = []
-        if todo:
-            raise Unavailable(f"conversation {conv_id!r} is too contended to append")
-        for i, j in repeats:
-            earlier = results[j]
-            if isinstance(earlier, StoredMessage):
-                results[i] = replay(earlier, conv_id, drafts[i])
-            else:
-                results[i] = earlier
-        assert all(r is not None for r in results)
-        return [r for r in results if r is not None]
+            except PyMongoError as exc:
+                if exc.has_error_label("TransientTransactionError") and not isinstance(
+                    exc, ConnectionFailure
+                ):
+                    # A write conflict with a concurrent writer's open transaction: try again.
+                    conflicts += 1
+                    time.sleep(0.001 * self._rng.random() * min(conflicts, 10))
+                    continue
+                raise
+            for conv_id, slots in todo.items():
+                messages = plan[conv_id]
+                for (r, i), message in zip(slots, messages, strict=True):
+                    results[r][i] = message
+                head = heads[conv_id]
+                assert head is not None
+                # The insert at head.end + 1 succeeded, so nothing (no membership change
+                # either) came between: head.conv is still the membership at the new end.
+                heads[conv_id] = self._heads[conv_id] = _Head(head.conv, messages[-1].seq)
+            todo = {}
+        return set()
 
-    def _write_batch(self, conv_id: str, messages: list[StoredMessage], s: ClientSession) -> None:
+    def _write_group(self, plan: dict[str, list[StoredMessage]], s: ClientSession) -> None:
         keys = [
             {"_id": f"{m.sender}|{m.device}|{m.cmid}", "conv": conv_id, "seq": m.seq}
+            for conv_id, messages in plan.items()
             for m in messages
         ]
         chunks = [
@@ -621,16 +805,19 @@ class MongoStore(Store):
                 "last": part[-1].seq,
                 "msgs": [_encode_message(m) for m in part],
             }
+            for conv_id, messages in plan.items()
             for part in (messages[k : k + CHUNK_MAX] for k in range(0, len(messages), CHUNK_MAX))
         ]
+        # ordered=False: every duplicate of the batch is reported at once, so one round
+        # fixes all the conversations that collided (the transaction aborts either way).
         try:
-            self._db.keys.insert_many(keys, ordered=True, session=s)
+            self._db.keys.insert_many(keys, ordered=False, session=s)
         except BulkWriteError as exc:
-            raise _DuplicateKey.from_bulk("keys", exc) from exc
+            raise _Duplicates.from_bulk(exc, [str(k["_id"]) for k in keys], None) from exc
         try:
-            self._db.chunks.insert_many(chunks, ordered=True, session=s)
+            self._db.chunks.insert_many(chunks, ordered=False, session=s)
         except BulkWriteError as exc:
-            raise _DuplicateKey.from_bulk("chunks", exc) from exc
+            raise _Duplicates.from_bulk(exc, None, [str(c["conv"]) for c in chunks]) from exc
 
     async def history(
         self, conv: str, user: str, before: int | None, limit: int
@@ -869,20 +1056,61 @@ class MongoStore(Store):
         await trio.to_thread.run_sync(self._client.close)
 
 
-class _DuplicateKey(Exception):
-    """A unique key of a batch already exists: which collection, which document, which key."""
+class _Duplicates(Exception):
+    """Unique keys of a merged write that already exist: idempotency keys and the
+    conversations whose next chunk position was taken."""
 
-    def __init__(self, collection: str, index: int, key: str) -> None:
-        super().__init__(f"duplicate {collection} key {key!r} at {index}")
-        self.collection = collection
-        self.index = index
-        self.key = key
+    def __init__(self, keys: list[str], convs: list[str]) -> None:
+        super().__init__(f"duplicate keys {keys!r}, chunk positions taken in {convs!r}")
+        self.keys = keys
+        self.convs = sorted(set(convs))
 
     @classmethod
-    def from_bulk(cls, collection: str, exc: BulkWriteError) -> _DuplicateKey | BulkWriteError:
+    def from_bulk(
+        cls, exc: BulkWriteError, keys: list[str] | None, convs: list[str] | None
+    ) -> _Duplicates | BulkWriteError:
         errors = exc.details.get("writeErrors", [])
-        if errors and errors[0].get("code") == 11000:
-            first = errors[0]
-            key = (first.get("keyValue") or {}).get("_id") or first.get("op", {}).get("_id")
-            return cls(collection, int(first["index"]), str(key))
-        return exc
+        if not errors or any(e.get("code") != 11000 for e in errors):
+            return exc
+        hit = [int(e["index"]) for e in errors]
+        return cls(
+            [keys[i] for i in hit] if keys is not None else [],
+            [convs[i] for i in hit] if convs is not None else [],
+        )
+
+
+@attrs.define(eq=False)
+class _Head:
+    """A chunk end ``end`` of a conversation seen by this instance, and its membership then.
+
+    ``conv`` is valid through ``end`` because it was read after ``end`` was (see
+    :meth:`MongoStore._load_head`), or because this instance itself wrote every chunk since.
+    A write at ``end + 1`` succeeds only if nobody wrote after ``end`` — no message and no
+    membership change — so a cached head never admits a message a fresh read would refuse.
+    """
+
+    conv: Conversation
+    end: int
+
+
+@attrs.define(eq=False)
+class _Request:
+    """One append() call waiting for (or leading) a merged commit."""
+
+    conv: str
+    drafts: list[Draft]
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    promoted: bool = False
+    finished: bool = False
+    result: list[StoredMessage | StoreError] | StoreError | None = None
+
+    def finish(self, outcome: list[StoredMessage | StoreError] | StoreError) -> None:
+        self.result = outcome
+        self.finished = True
+        self.wake.set()
+
+    def outcome(self) -> list[StoredMessage | StoreError]:
+        if isinstance(self.result, StoreError):
+            raise self.result
+        assert self.result is not None
+        return self.result

@@ -27,10 +27,14 @@ Rules -- everything that decides what the session does lives in this file:
    is a duplicate and is dropped; any other becomes one :class:`NewMessage`. An ``ack`` counts
    as holding its (conv, seq) (G4). A ``msg`` that carries a ``cmid`` still in our outbox,
    sent by our user, *is* that send's acknowledgement (same seq and id by G2): it resolves
-   the send with :class:`Acked` and is not displayed. For a conversation the session has not
-   seen, the first ``msg`` fixes the base: ``w = min(seq, lowest held seq) - 1`` (the server
-   pushes everything above its watermark for this device in order, so the first push is the
-   first thing this device lacks); a ``convs`` row fixes it to the row's ``delivered``.
+   the send with :class:`Acked` and is not displayed. A conversation the session has not
+   seen gets its base ``w`` from the first thing it learns: a ``convs`` row's
+   ``delivered``; a ``msg`` pushed during the initial sync (``OPEN``: the server pushes
+   everything above its watermark for this device, in order, so the first push is the
+   first thing this device lacks) or the member event that added us: ``seq - 1``;
+   otherwise ``w = 0`` (seq 1, or once ``SYNCED``), and gap filling (rule 5) fetches or
+   skips what lies below. A fresh process for an existing device should therefore ask for
+   ``convs`` first, or it will be shown recent history again.
 4. **Reporting ``recv``.** When ``w`` rises past what was reported, a ``recv {conv, w}`` is
    due ``recv_delay_s`` later (batched: one frame per conversation however many messages
    arrived); :meth:`~ClientSession.tick` sends what is due. ``w`` only ever covers a
@@ -46,8 +50,9 @@ Rules -- everything that decides what the session does lives in this file:
    in ``[lowest returned, h)`` that it does not contain are invisible to us (we were out of
    the group then) and so is everything below the page when ``more`` is false: those seqs
    are skipped as held, never displayed. If a run remains (the page was full), the next
-   request asks below the page, so each round strictly shrinks the hole. Gaps are
-   rechecked at ``synced``. A failed gap request is given up until the next jump.
+   request asks below the page, so each round strictly shrinks the hole. Gaps are looked
+   for only once ``SYNCED`` (the initial sync is itself the in-order catch-up), and all
+   of them at ``synced``. A failed gap request is given up until the next jump.
 6. **Requests.** ``history``, ``convs``, ``group_*`` and ``presence_*`` carry a ``rid`` from
    a counter and are matched to their ``result`` or ``error``. A request made while not
    open waits and goes out after the next ``welcome``. A request on the wire when the
@@ -69,6 +74,7 @@ import random
 from typing import Final
 
 import attrs
+import orjson
 
 from ._codec import decode_server_frame, encode
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
@@ -616,6 +622,9 @@ class ClientSession:
         self._transition(_Trigger.SYNCED, local=False)
         self._emit(StateChanged(state=self._state))
         for conv, state in self._convs.items():
+            if state.watermark is None:
+                state.watermark = 0
+                state.advance()
             self._check_gap(conv, state)
 
     def _on_msg(self, msg: Msg, now: float, *, pushed: bool) -> None:
@@ -626,8 +635,8 @@ class ClientSession:
             return
         state = self._conv(msg.conv)
         if state.watermark is None:
-            state.watermark = min({msg.seq} | state.above) - 1
-        if False:
+            state.watermark = self._base_at(msg)
+        if state.holds(msg.seq):
             if pushed and state.reported >= msg.seq:
                 state.reported = msg.seq - 1
                 self._due(state, now)
@@ -639,7 +648,7 @@ class ClientSession:
 
     def _on_ack(self, ack: Ack) -> None:
         state = self._conv(ack.conv)
-        if state.watermark is None and ack.seq == 1:
+        if state.watermark is None and (ack.seq == 1 or self._state is ClientState.SYNCED):
             state.watermark = 0
         if not state.holds(ack.seq):
             state.above.add(ack.seq)
@@ -692,6 +701,12 @@ class ClientSession:
 
     # ---------------------------------------------------------------------- watermarks, gaps
 
+    def _base_at(self, msg: Msg) -> int:
+        """The watermark of a conversation first seen at ``msg`` (rule 3)."""
+        if self._state is ClientState.OPEN or _adds(msg, self.user):
+            return msg.seq - 1
+        return 0
+
     def _hold(self, state: _ConvState, seq: int, now: float) -> None:
         before = state.watermark
         state.above.add(seq)
@@ -713,7 +728,7 @@ class ClientSession:
     def _check_gap(self, conv: str, state: _ConvState) -> None:
         if state.gap_rid is not None or state.watermark is None or not state.above:
             return
-        if not self.is_open:
+        if self._state is not ClientState.SYNCED:
             return
         first = state.watermark + 1
         last = min(state.above) - 1
@@ -803,6 +818,20 @@ class ClientSession:
     def _new_rid(self) -> str:
         self._next_rid += 1
         return f"r{self._next_rid}"
+
+
+def _adds(msg: Msg, user: str | None) -> bool:
+    """True for the member event that created the group with ``user`` in it or added them."""
+    if msg.kind != "member" or user is None:
+        return False
+    try:
+        event = orjson.loads(msg.body)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(event, dict) or event.get("op") not in ("create", "add"):
+        return False
+    users = event.get("users")
+    return isinstance(users, list) and user in users
 
 
 def history_messages(result: Result) -> tuple[Msg, ...]:

@@ -66,11 +66,13 @@ def feed(session: ClientSession, *frames: object, now: float = 0.0) -> None:
         session.receive_text(encode(frame), now)  # type: ignore[arg-type]
 
 
-def opened(**kwargs: float) -> ClientSession:
-    """A session past ``welcome`` and ``synced`` with empty output and events."""
+def opened(*, synced: bool = True, **kwargs: float) -> ClientSession:
+    """A session past ``welcome`` (and ``synced``) with empty output and events."""
     session = make_session(**kwargs)
     session.connect()
-    feed(session, Welcome(user=ME, device=DEVICE, session="s1", heartbeat_s=30), Synced())
+    feed(session, Welcome(user=ME, device=DEVICE, session="s1", heartbeat_s=30))
+    if synced:
+        feed(session, Synced())
     session.data_to_send()
     session.next_events()
     return session
@@ -240,21 +242,50 @@ def test_duplicates_are_displayed_once() -> None:
 
 def test_recv_is_batched_and_cumulative() -> None:
     session = opened(recv_delay_s=0.05)
-    feed(session, msg("c", 1), msg("c", 2), msg("d", 4), now=1.0)
+    feed(session, msg("c", 1), msg("c", 2), msg("d", 1), now=1.0)
     feed(session, msg("c", 3), now=1.02)
     assert sent(session) == []
     assert session.next_deadline() == pytest.approx(1.05)
     session.tick(1.05)
-    assert sent(session) == [Recv(conv="c", seq=3), Recv(conv="d", seq=4)]
+    assert sent(session) == [Recv(conv="c", seq=3), Recv(conv="d", seq=1)]
     assert session.next_deadline() is None
 
 
-def test_first_push_of_unknown_conversation_sets_the_base() -> None:
-    session = opened(recv_delay_s=0)
-    feed(session, msg("g", 7), msg("g", 8))
+def test_first_push_during_sync_sets_the_base() -> None:
+    session = opened(synced=False, recv_delay_s=0)
+    feed(session, msg("g", 7), msg("g", 8), Synced())
     assert new_messages(session) == [7, 8]
     assert sent(session) == [Recv(conv="g", seq=7), Recv(conv="g", seq=8)]
     assert session.conversation("g").watermark == 8
+
+
+def test_member_event_adding_us_sets_the_base() -> None:
+    session = opened(recv_delay_s=0)
+    body = '{"op":"add","by":"bob","users":["alice"]}'
+    added = Msg(conv="g", seq=5, id="i", sender="bob", cmid=None, body=body, ts=0, kind="member")
+    feed(session, added)
+    assert sent(session) == [Recv(conv="g", seq=5)]
+
+
+def test_unknown_conversation_after_sync_is_filled_from_the_start() -> None:
+    session = opened(recv_delay_s=0)
+    feed(session, msg("g", 4))
+    assert sent(session) == [History(conv="g", before=4, limit=3, rid="r1")]
+    feed(session, history_result("r1", (msg("g", 3),), more=False))
+    assert new_messages(session) == [4, 3]
+    assert sent(session) == [Recv(conv="g", seq=4)]
+
+
+def test_ack_before_any_push_waits_for_sync_to_fix_the_base() -> None:
+    session = opened(synced=False, recv_delay_s=0)
+    cmid = session.send("x", conv="g")
+    sent(session)
+    feed(session, Ack(cmid=cmid, conv="g", seq=6, id="i", ts=0), msg("g", 4), msg("g", 5))
+    assert new_messages(session) == [4, 5]
+    assert session.conversation("g").watermark == 6
+    cmid = session.send("y", conv="h")
+    feed(session, Ack(cmid=cmid, conv="h", seq=3, id="i", ts=0), Synced())
+    assert sent(session)[-1] == History(conv="h", before=3, limit=2, rid="r1")
 
 
 def test_ack_counts_as_held_and_moves_reported_like_the_server() -> None:
@@ -333,8 +364,8 @@ def test_large_gap_is_paged_from_the_top() -> None:
 
 
 def test_invisible_seqs_are_skipped_not_displayed() -> None:
-    session = opened(recv_delay_s=0)
-    feed(session, msg("g", 3), msg("g", 9))
+    session = opened(synced=False, recv_delay_s=0)
+    feed(session, msg("g", 3), Synced(), msg("g", 9))
     sent(session)
     # Removed after 3, re-added at 9: 4..8 are not ours to see; 6 is a stray visible one.
     feed(session, history_result("r1", (msg("g", 6),), more=False))

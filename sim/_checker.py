@@ -1,0 +1,531 @@
+"""The invariants G1-G9 of PROTOCOL.md as checks over a run's history and the Store's truth.
+
+One module, used after every step of the chaos phase (:meth:`Checker.check_safety`, the
+safety properties: nothing acknowledged is lost, nothing is duplicated, nobody sees what they
+may not, receipts and presence never lie) and once after the healed phase
+(:meth:`Checker.check_liveness`: every stored message reached every device that may see it,
+every send the workload issued was stored). Findings are counted per category the way
+Jepsen's total-queue checker reports (lost, duplicated, unexpected, out of order, ...), each
+with a one-line explanation that names the device, conversation, seq and virtual time.
+
+The checker is incremental: each call looks at the events recorded since the previous call
+and at a fresh :class:`~sim._truth.Truth`, so checking after every step stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+
+import attrs
+
+from ._history import (
+    AckSeen,
+    Displayed,
+    ErrorSeen,
+    Event,
+    FrameOut,
+    History,
+    HistorySeen,
+    NackSeen,
+    NodeEvent,
+    PresenceSeen,
+    PushSeen,
+    ReceiptSeen,
+    SendIssued,
+    SendResolved,
+    SessionClosed,
+    SessionOpened,
+)
+from ._truth import Truth
+
+#: Report categories, in the order they are printed; each maps to the guarantees it checks.
+CATEGORIES: dict[str, str] = {
+    "lost": "G1/G4: acked or stored messages missing from the Store or from a member device",
+    "duplicated": "G2/G4: one cmid stored twice, or one (conv, seq) displayed twice",
+    "unexpected": "G3/G7: stored or delivered messages nobody sent, or not as stored",
+    "out_of_order": "G3/G4: seq gaps, live pushes or acks out of order",
+    "wrong_ack": "G1/G2: an ack whose (conv, seq, id) is not the stored message",
+    "untruthful_receipts": "G5: receipts ahead of the recipient's recv/read, or going back",
+    "presence_mismatches": "G6: offline reported without grace or while connected",
+    "authorization_leaks": "G7: messages, receipts, history or presence outside visibility",
+    "notification_misses": "G8: a member with no connection got no notification job",
+    "uncontained": "G9: the node died by itself or answered 'internal'",
+}
+
+#: Virtual seconds of slack for comparisons between client-side and node-side moments.
+TOLERANCE_S = 0.002
+
+
+@attrs.define
+class Report:
+    """Findings per category (deduplicated) plus the faults that fired; see :data:`CATEGORIES`."""
+
+    findings: dict[str, list[str]] = attrs.Factory(lambda: {c: [] for c in CATEGORIES})
+    faults: Counter[str] = attrs.Factory(Counter)
+    _seen: set[str] = attrs.Factory(set)
+
+    def add(self, category: str, text: str) -> None:
+        if text not in self._seen:
+            self._seen.add(text)
+            self.findings[category].append(text)
+
+    @property
+    def ok(self) -> bool:
+        return not any(self.findings.values())
+
+    def counts(self) -> dict[str, int]:
+        return {c: len(v) for c, v in self.findings.items()}
+
+    def render(self, limit: int = 8) -> str:
+        lines = ["invariants: " + ("all hold" if self.ok else "VIOLATED")]
+        for category, items in self.findings.items():
+            lines.append(f"  {category:<20} {len(items):>4}   ({CATEGORIES[category]})")
+            lines.extend(f"      - {text}" for text in items[:limit])
+            if len(items) > limit:
+                lines.append(f"      ... {len(items) - limit} more")
+        fired = ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())) or "none"
+        lines.append(f"  faults fired: {fired}")
+        return "\n".join(lines)
+
+
+@attrs.define
+class _Session:
+    user: str
+    device: str
+    session: int
+    opened: float
+    closed: float | None = None
+
+
+@attrs.define
+class Checker:
+    """Checks G1-G9 incrementally; ``grace_s`` is the node's presence grace period."""
+
+    history: History
+    grace_s: float
+    epoch_ms: int
+    report: Report = attrs.Factory(Report)
+    _cursor: int = 0
+    # send bookkeeping
+    _sends: dict[str, SendIssued] = attrs.Factory(dict)  # body -> send
+    _resolved: dict[str, SendResolved] = attrs.Factory(dict)  # body -> resolution
+    _cmid_body: dict[tuple[str, str, str], str] = attrs.Factory(dict)
+    _acks: list[AckSeen] = attrs.Factory(list)
+    # per device state
+    _held: dict[tuple[str, str], set[tuple[str, int]]] = attrs.Factory(lambda: defaultdict(set))
+    _displayed: dict[tuple[str, str], set[tuple[str, int]]] = attrs.Factory(
+        lambda: defaultdict(set)
+    )
+    _acked_at: dict[tuple[str, str], set[tuple[str, int]]] = attrs.Factory(
+        lambda: defaultdict(set)
+    )
+    _pushed: dict[tuple[str, str, int, str], list[int]] = attrs.Factory(lambda: defaultdict(list))
+    _session_writes: dict[tuple[str, str, int, str], list[str]] = attrs.Factory(
+        lambda: defaultdict(list)
+    )
+    _writes: Counter[tuple[str, str, int, str]] = attrs.Factory(Counter)
+    _session_acks: dict[tuple[str, str, int], dict[str, int]] = attrs.Factory(
+        lambda: defaultdict(dict)
+    )
+    # receipts and watermarks
+    _recv_sent: dict[tuple[str, str], int] = attrs.Factory(dict)  # (user, conv) -> max recv
+    _read_sent: dict[tuple[str, str], int] = attrs.Factory(dict)
+    _receipt_seen: dict[tuple[str, str, str, str, str], int] = attrs.Factory(dict)
+    _pending_receipts: list[ReceiptSeen] = attrs.Factory(list)
+    _store_recv: dict[tuple[str, str, str], int] = attrs.Factory(dict)
+    _store_read: dict[tuple[str, str], int] = attrs.Factory(dict)
+    # presence
+    _sessions: dict[tuple[str, str, int], _Session] = attrs.Factory(dict)
+    _pending_presence: list[PresenceSeen] = attrs.Factory(list)
+    # content checks against the store wait until the Store holds the seq (G1 checks it)
+    _pending_content: list[PushSeen | Displayed | HistorySeen] = attrs.Factory(list)
+
+    # ------------------------------------------------------------------ public
+
+    def check_safety(self, truth: Truth) -> Report:
+        """Consume the events since the last call and check every safety property."""
+        new = self.history.events[self._cursor :]
+        self._cursor = len(self.history.events)
+        for event in new:
+            self._consume(event, truth)
+        self._check_store(truth)
+        self._check_content(truth)
+        self._check_receipts(truth)
+        self._check_presence(truth)
+        self.report.faults = Counter(self.history.faults)
+        return self.report
+
+    def check_liveness(self, truth: Truth, devices: Iterable[tuple[str, str]]) -> Report:
+        """After the healed phase: every send stored, every visible message on every device."""
+        self.check_safety(truth)
+        for body, send in sorted(self._sends.items()):
+            resolved = self._resolved.get(body)
+            if resolved is not None and resolved.error is not None:
+                continue  # definitively refused (nack retry=false): nothing to deliver
+            stored = self._stored_by_body(truth, send)
+            if stored is None:
+                self.report.add(
+                    "lost", f"send {body!r} of {send.user}/{send.device} was never stored"
+                )
+        for user, device in devices:
+            held = self._held[(user, device)]
+            for conv_id, conv in truth.convs.items():
+                missing = [
+                    m.seq
+                    for m in conv.messages
+                    if conv.can_see(user, m.seq) and (conv_id, m.seq) not in held
+                ]
+                if missing:
+                    self.report.add(
+                        "lost",
+                        f"{user}/{device} never got {conv_id} seqs {_ranges(missing)} "
+                        f"(last_seq {conv.last_seq})",
+                    )
+        self._check_notifications(truth)
+        return self.report
+
+    # ------------------------------------------------------------------ events
+
+    def _consume(self, event: Event, truth: Truth) -> None:
+        match event:
+            case SendIssued(body=body):
+                self._sends[body] = event
+            case FrameOut():
+                self._on_frame_out(event)
+            case AckSeen():
+                self._acks.append(event)
+                dev = (event.user, event.device)
+                self._held[dev].add((event.conv, event.seq))
+                self._acked_at[dev].add((event.conv, event.seq))
+                acks = self._session_acks[(event.user, event.device, event.session)]
+                acks.setdefault(event.cmid, event.seq)
+            case NackSeen():
+                # A nacked send may be stored by a later resend on the same connection, after
+                # sends written behind it: it no longer tells anything about arrival order.
+                self._writes[(event.user, event.device, event.session, event.cmid)] += 1
+            case PushSeen():
+                self._on_push(event)
+            case Displayed():
+                dev = (event.user, event.device)
+                if (event.conv, event.seq) in self._displayed[dev]:
+                    self.report.add(
+                        "duplicated",
+                        f"{event.user}/{event.device} displayed {event.conv}#{event.seq} twice "
+                        f"(at {event.at:.3f})",
+                    )
+                elif (event.conv, event.seq) in self._acked_at[dev]:
+                    self.report.add(
+                        "duplicated",
+                        f"{event.user}/{event.device} displayed its own acked "
+                        f"{event.conv}#{event.seq} again (at {event.at:.3f})",
+                    )
+                self._displayed[dev].add((event.conv, event.seq))
+                self._held[dev].add((event.conv, event.seq))
+                self._pending_content.append(event)
+            case HistorySeen():
+                self._pending_content.append(event)
+            case ReceiptSeen():
+                self._pending_receipts.append(event)
+            case PresenceSeen():
+                self._pending_presence.append(event)
+            case SessionOpened(user=user, device=device, session=session, at=at):
+                self._sessions[(user, device, session)] = _Session(user, device, session, at)
+            case SessionClosed(user=user, device=device, session=session, at=at):
+                found = self._sessions.get((user, device, session))
+                if found is not None and found.closed is None:
+                    found.closed = at
+            case NodeEvent(what="died", detail=detail, incarnation=inc):
+                self.report.add("uncontained", f"node #{inc} died by itself: {detail}")
+            case ErrorSeen(code="internal", message=message):
+                self.report.add(
+                    "uncontained", f"{event.user}/{event.device} got error internal: {message}"
+                )
+            case _:
+                pass
+        if isinstance(event, SendResolved):
+            send_body = self._cmid_body.get((event.user, event.device, event.cmid))
+            if send_body is not None:
+                self._resolved[send_body] = event
+            if event.conv is not None and event.seq is not None:
+                self._held[(event.user, event.device)].add((event.conv, event.seq))
+                self._acked_at[(event.user, event.device)].add((event.conv, event.seq))
+
+    def _on_frame_out(self, frame: FrameOut) -> None:
+        user, device = frame.user, frame.device
+        if frame.type == "send":
+            cmid, body = str(frame.get("cmid")), str(frame.get("body"))
+            self._cmid_body.setdefault((user, device, cmid), body)
+            target = str(frame.get("conv") or "to:" + str(frame.get("to")))
+            self._writes[(user, device, frame.session, cmid)] += 1
+            self._session_writes[(user, device, frame.session, target)].append(cmid)
+        elif frame.type in ("recv", "read"):
+            conv, seq = str(frame.get("conv")), frame.get("seq")
+            if isinstance(seq, int):
+                marks = self._recv_sent if frame.type == "recv" else self._read_sent
+                marks[(user, conv)] = max(marks.get((user, conv), 0), seq)
+
+    def _on_push(self, push: PushSeen) -> None:
+        key = (push.user, push.device, push.session, push.conv)
+        seen = self._pushed[key]
+        if seen and push.seq < max(seen) and push.seq not in seen:
+            self.report.add(
+                "out_of_order",
+                f"{push.user}/{push.device} session {push.session} got {push.conv}#{push.seq} "
+                f"after #{max(seen)} (at {push.at:.3f})",
+            )
+        seen.append(push.seq)
+        self._pending_content.append(push)
+
+    # ------------------------------------------------------------------ store checks
+
+    def _stored_by_body(self, truth: Truth, send: SendIssued) -> object | None:
+        for key, messages in truth.by_key.items():
+            if key[0] == send.user and key[1] == send.device:
+                for message in messages:
+                    if message.body == send.body:
+                        return message
+        return None
+
+    def _check_store(self, truth: Truth) -> None:
+        for conv_id, conv in truth.convs.items():
+            for index, message in enumerate(conv.messages, start=1):
+                if message.seq != index:
+                    self.report.add(
+                        "out_of_order", f"{conv_id} holds seq {message.seq} at position {index}"
+                    )
+                    break
+        for (sender, device, cmid), messages in truth.by_key.items():
+            if len(messages) > 1:
+                where = ", ".join(f"{m.conv}#{m.seq}" for m in messages)
+                self.report.add(
+                    "duplicated", f"cmid {cmid} of {sender}/{device} stored {len(messages)}x: {where}"
+                )
+            for message in messages:
+                if message.kind != "text":
+                    continue
+                body = self._cmid_body.get((sender, device, cmid))
+                send = self._sends.get(message.body)
+                if body != message.body or send is None or send.user != sender:
+                    self.report.add(
+                        "unexpected",
+                        f"{message.conv}#{message.seq} from {sender}/{device} cmid {cmid} "
+                        f"body {message.body!r} matches no send that device wrote",
+                    )
+        # The workload gives every logical send a unique body: storing one twice is a
+        # duplicate even when the two copies carry different cmids (a client resending badly).
+        copies: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+        for conv_id, conv in truth.convs.items():
+            for message in conv.messages:
+                if message.kind == "text":
+                    key = (message.sender, message.device, message.body)
+                    copies[key].append(f"{conv_id}#{message.seq} cmid {message.cmid}")
+        for (sender, device, body), where in copies.items():
+            if len(where) > 1:
+                self.report.add(
+                    "duplicated",
+                    f"send {body!r} of {sender}/{device} stored {len(where)}x: {', '.join(where)}",
+                )
+        for ack in self._acks:
+            stored = truth.by_key.get((ack.user, ack.device, ack.cmid))
+            where = f"{ack.user}/{ack.device} ack {ack.cmid} -> {ack.conv}#{ack.seq} id={ack.id}"
+            if not stored:
+                self.report.add("lost", f"{where} (at {ack.at:.3f}) is not in the Store")
+                continue
+            first = stored[0]
+            if (first.conv, first.seq, first.id) != (ack.conv, ack.seq, ack.id):
+                self.report.add(
+                    "wrong_ack", f"{where}, but the Store has {first.conv}#{first.seq} id={first.id}"
+                )
+        self._acks = [a for a in self._acks if (a.user, a.device, a.cmid) not in truth.by_key]
+        for key, writes in self._session_writes.items():
+            user, device, session, _target = key
+            acked = self._session_acks.get((user, device, session), {})
+            once = [c for c in writes if self._writes[(user, device, session, c)] == 1]
+            order = [(cmid, acked[cmid]) for cmid in once if cmid in acked]
+            seqs = [seq for _cmid, seq in order]
+            if seqs != sorted(seqs):
+                self.report.add(
+                    "out_of_order",
+                    f"{user}/{device} session {session} sent {[c for c, _ in order]} in that "
+                    f"order but they were acked at seqs {seqs}",
+                )
+
+    def _check_content(self, truth: Truth) -> None:
+        waiting: list[PushSeen | Displayed | HistorySeen] = []
+        for event in self._pending_content:
+            if isinstance(event, HistorySeen):
+                conv = truth.convs.get(event.conv)
+                for seq, mid in event.messages:
+                    stored = truth.message(event.conv, seq)
+                    if conv is None or stored is None or stored.id != mid:
+                        self.report.add(
+                            "unexpected",
+                            f"{event.user}/{event.device} history listed {event.conv}#{seq} "
+                            f"id={mid}, not as stored",
+                        )
+                    elif not conv.can_see(event.user, seq):
+                        self.report.add(
+                            "authorization_leaks",
+                            f"{event.user}/{event.device} history listed {event.conv}#{seq} "
+                            f"outside its visibility (at {event.at:.3f})",
+                        )
+                continue
+            conv = truth.convs.get(event.conv)
+            stored = truth.message(event.conv, event.seq)
+            if conv is None or stored is None:
+                waiting.append(event)  # G1 flags an ack that never gets stored
+                continue
+            what = "pushed" if isinstance(event, PushSeen) else "displayed"
+            if stored.id != event.id or stored.body != event.body:
+                self.report.add(
+                    "unexpected",
+                    f"{event.user}/{event.device} {what} {event.conv}#{event.seq} "
+                    f"id={event.id} body={event.body!r}, Store has id={stored.id} "
+                    f"body={stored.body!r}",
+                )
+            if not conv.can_see(event.user, event.seq):
+                self.report.add(
+                    "authorization_leaks",
+                    f"{event.user}/{event.device} {what} {event.conv}#{event.seq}, outside "
+                    f"{event.user}'s visibility {list(conv.periods.get(event.user, ()))} "
+                    f"(at {event.at:.3f})",
+                )
+        self._pending_content = waiting
+
+    # ------------------------------------------------------------------ G5 receipts
+
+    def _check_receipts(self, truth: Truth) -> None:
+        for receipt in self._pending_receipts:
+            conv = truth.convs.get(receipt.conv)
+            who = f"{receipt.user}/{receipt.device}"
+            if conv is None or not conv.ever_member(receipt.user):
+                self.report.add(
+                    "authorization_leaks",
+                    f"{who} got a receipt for {receipt.conv}, never its conversation",
+                )
+                continue
+            own = max(
+                (
+                    m.seq
+                    for m in conv.messages
+                    if m.sender == receipt.of_user and m.kind == "text"
+                ),
+                default=0,
+            )
+            for field, value, sent in (
+                ("delivered", receipt.delivered, max(self._recv_sent.get(
+                    (receipt.of_user, receipt.conv), 0), own)),
+                ("read", receipt.read, self._read_sent.get((receipt.of_user, receipt.conv), 0)),
+            ):
+                if value is None:
+                    continue
+                if value > sent:
+                    self.report.add(
+                        "untruthful_receipts",
+                        f"{who} told {receipt.of_user} {field}={value} in {receipt.conv} at "
+                        f"{receipt.at:.3f}, but {receipt.of_user}'s devices reported only {sent}",
+                    )
+                key = (receipt.user, receipt.device, receipt.conv, receipt.of_user, field)
+                before = self._receipt_seen.get(key, 0)
+                if value < before:
+                    self.report.add(
+                        "untruthful_receipts",
+                        f"{who} saw {receipt.of_user}'s {field} in {receipt.conv} go back from "
+                        f"{before} to {value} (at {receipt.at:.3f})",
+                    )
+                self._receipt_seen[key] = max(before, value)
+        self._pending_receipts = []
+        for key, seq in truth.recv.items():
+            before = self._store_recv.get(key, 0)
+            if seq < before:
+                self.report.add(
+                    "untruthful_receipts", f"stored recv of {key} went back {before} -> {seq}"
+                )
+            self._store_recv[key] = max(seq, before)
+        for rkey, seq in truth.read.items():
+            before = self._store_read.get(rkey, 0)
+            if seq < before:
+                self.report.add(
+                    "untruthful_receipts", f"stored read of {rkey} went back {before} -> {seq}"
+                )
+            self._store_read[rkey] = max(seq, before)
+
+    # ------------------------------------------------------------------ G6 presence
+
+    def _check_presence(self, truth: Truth) -> None:
+        for seen in self._pending_presence:
+            who = f"{seen.user}/{seen.device}"
+            shared = any(
+                c.ever_member(seen.user) and c.ever_member(seen.of_user)
+                for c in truth.convs.values()
+            )
+            if not shared:
+                self.report.add(
+                    "authorization_leaks",
+                    f"{who} got presence of {seen.of_user}, who shares no conversation with it",
+                )
+            sessions = [s for s in self._sessions.values() if s.user == seen.of_user]
+            if seen.status == "offline":
+                open_then = [
+                    s
+                    for s in sessions
+                    if s.opened <= seen.at
+                    and (s.closed is None or s.closed > seen.at - self.grace_s + TOLERANCE_S)
+                ]
+                if open_then:
+                    s = open_then[0]
+                    closed = "still open" if s.closed is None else f"closed at {s.closed:.3f}"
+                    self.report.add(
+                        "presence_mismatches",
+                        f"{who} told {seen.of_user} offline at {seen.at:.3f}, but "
+                        f"{s.device} session {s.session} {closed} (grace {self.grace_s} s)",
+                    )
+            elif seen.status == "online" and not any(s.opened <= seen.at for s in sessions):
+                self.report.add(
+                    "presence_mismatches",
+                    f"{who} told {seen.of_user} online at {seen.at:.3f} before any session",
+                )
+        self._pending_presence = []
+
+    # ------------------------------------------------------------------ G8 notifications
+
+    def _offline_throughout(self, user: str, lo: float, hi: float) -> bool:
+        for s in self._sessions.values():
+            if s.user == user and s.opened <= hi and (s.closed is None or s.closed >= lo):
+                return False
+        return True
+
+    def _check_notifications(self, truth: Truth) -> None:
+        jobs_by_user: dict[str, list[int]] = defaultdict(list)
+        for job in truth.jobs:
+            jobs_by_user[job.user].append(job.last_ts)
+        for conv_id, conv in truth.convs.items():
+            for message in conv.messages:
+                if message.kind != "text":
+                    continue
+                at = (message.ts - self.epoch_ms) / 1000
+                for user in conv.conv.members:
+                    if user == message.sender or not conv.can_see(user, message.seq):
+                        continue
+                    if not self._offline_throughout(user, at - 1.0, at + 1.0):
+                        continue
+                    if not any(ts >= message.ts for ts in jobs_by_user.get(user, [])):
+                        self.report.add(
+                            "notification_misses",
+                            f"{user} was offline when {conv_id}#{message.seq} was stored at "
+                            f"{at:.3f}, and no notification job covers it",
+                        )
+
+
+def _ranges(seqs: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3,7"``."""
+    out: list[str] = []
+    start = prev = seqs[0]
+    for seq in seqs[1:]:
+        if seq != prev + 1:
+            out.append(f"{start}-{prev}" if start != prev else str(start))
+            start = seq
+        prev = seq
+    out.append(f"{start}-{prev}" if start != prev else str(start))
+    return ",".join(out)

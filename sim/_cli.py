@@ -1,0 +1,178 @@
+"""``messenger sim``: run one seed, explore many, list the mutants.
+
+* ``messenger sim run --seed N [--users U] [--devices D] [--steps S] [--mutant NAME] [--trace]``
+  runs one seed; exit 0 when every invariant holds, 1 with the report and the end of the trace
+  when one fails. The trace hash is always printed.
+* ``messenger sim explore --seeds N [--start S] [--mutant NAME] ...`` runs seeds S..S+N-1 with
+  a progress line; on the first failure it prints the report and the exact ``messenger sim
+  run`` command that replays it, and exits 1.
+* ``messenger sim mutants`` lists the mutants with what each one breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter
+
+from ._determinism import derive_rng
+from ._faults import FaultPlan
+from ._world import RunConfig, RunResult, simulate
+from ._workload import Workload
+
+#: The mutants the node supports (``actors.MUTANTS``), with what each one breaks.
+MUTANTS: dict[str, str] = {
+    "ack_before_write": "acks a send before the durable write (G1), with seqs guessed from memory",
+    "no_cmid_dedupe": "stores every resend of a cmid as a new message (G2)",
+    "watermark_backwards": "assigns recv/read watermarks instead of max-merging them (G5)",
+    "seq_reuse_after_restart": "acks with a seq counter that restarts stale after a restart (G3)",
+    "no_presence_grace": "reports a user offline the moment the last device drops (G6)",
+    "deliver_to_removed": "keeps pushing a group's messages to removed members (G7)",
+}
+
+DEFAULT_USERS = 4
+DEFAULT_DEVICES = 2
+DEFAULT_STEPS = 120
+#: Lines of trace printed with a failure (the whole trace with ``--trace``).
+TRACE_TAIL = 60
+
+
+def build_config(
+    seed: int, *, users: int, devices: int, steps: int, mutant: str | None
+) -> RunConfig:
+    """The run of ``seed``: a swarm-chosen traffic mix and fault plan (both from the seed)."""
+    workload = Workload.swarm(
+        derive_rng(seed, "workload-mix"), users=users, devices=devices, steps=steps
+    )
+    plan = FaultPlan.swarm(derive_rng(seed, "fault-plan"))
+    mutants = frozenset({mutant}) if mutant else frozenset()
+    return RunConfig(seed=seed, workload=workload, plan=plan, mutants=mutants)
+
+
+def replay_command(config: RunConfig, args: argparse.Namespace) -> str:
+    """The exact command that replays ``config``."""
+    parts = ["messenger sim run", f"--seed {config.seed}"]
+    if args.users != DEFAULT_USERS:
+        parts.append(f"--users {args.users}")
+    if args.devices != DEFAULT_DEVICES:
+        parts.append(f"--devices {args.devices}")
+    if args.steps != DEFAULT_STEPS:
+        parts.append(f"--steps {args.steps}")
+    if args.mutant:
+        parts.append(f"--mutant {args.mutant}")
+    return " ".join(parts) + " --trace"
+
+
+def _add_shape(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="simulated users")
+    parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help="devices per user")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="chaos-phase steps")
+    parser.add_argument(
+        "--mutant", choices=sorted(MUTANTS), default=None, help="switch on one broken variant"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="messenger sim",
+        description="Deterministic simulation of the chat node under faults, checking G1-G9.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one seed and check every invariant")
+    run.add_argument("--seed", type=int, required=True)
+    _add_shape(run)
+    run.add_argument("--trace", action="store_true", help="print the whole trace")
+    explore = sub.add_parser("explore", help="run many seeds; stop at the first failure")
+    explore.add_argument("--seeds", type=int, required=True, help="how many seeds")
+    explore.add_argument("--start", type=int, default=0, help="first seed")
+    _add_shape(explore)
+    sub.add_parser("mutants", help="list the mutants")
+    return parser
+
+
+def _summary(result: RunResult) -> str:
+    return (
+        f"{result.sessions} sessions, {result.steps_done} steps, "
+        f"{result.virtual_s:.1f} virtual s in {result.wall_s:.2f} CPU s"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    config = build_config(
+        args.seed, users=args.users, devices=args.devices, steps=args.steps, mutant=args.mutant
+    )
+    print(config.describe())
+    result = simulate(config)
+    if args.trace:
+        print(result.trace.render())
+    elif not result.ok:
+        print(f"--- last {TRACE_TAIL} trace lines (--trace for all) ---")
+        print(result.trace.render(last=TRACE_TAIL))
+    print(result.report.render())
+    print(_summary(result))
+    print(f"trace hash: {result.trace_hash}")
+    return 0 if result.ok else 1
+
+
+def _explore(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    cpu_started = time.process_time()
+    faults: Counter[str] = Counter()
+    sessions = 0
+    virtual = 0.0
+    every = max(1, args.seeds // 20)
+    for index, seed in enumerate(range(args.start, args.start + args.seeds), start=1):
+        config = build_config(
+            seed, users=args.users, devices=args.devices, steps=args.steps, mutant=args.mutant
+        )
+        result = simulate(config)
+        faults.update(result.report.faults)
+        sessions += result.sessions
+        virtual += result.virtual_s
+        if not result.ok:
+            print(f"\nseed {seed} FAILED ({index}/{args.seeds} seeds run)")
+            print(config.describe())
+            print(result.report.render())
+            print(f"trace hash: {result.trace_hash}")
+            print(f"replay: {replay_command(config, args)}")
+            return 1
+        if index % every == 0 or index == args.seeds:
+            done = index / args.seeds
+            bar = "#" * int(done * 30)
+            print(
+                f"[{bar:<30}] {index}/{args.seeds} seeds ok, {sessions} sessions, "
+                f"{time.monotonic() - started:.0f} s",
+                flush=True,
+            )
+    cpu = time.process_time() - cpu_started
+    print(f"all {args.seeds} seeds passed (seeds {args.start}..{args.start + args.seeds - 1})")
+    print(
+        f"{sessions} client sessions in {cpu:.1f} CPU s = "
+        f"{sessions / max(cpu, 1e-9) * 60:.0f} sessions per CPU-minute; "
+        f"{virtual:.0f} virtual s = {virtual / max(cpu, 1e-9):.0f} virtual s per CPU s"
+    )
+    fired = ", ".join(f"{k}={v}" for k, v in sorted(faults.items())) or "none"
+    print(f"faults fired: {fired}")
+    return 0
+
+
+def _mutants() -> int:
+    width = max(len(name) for name in MUTANTS)
+    for name, text in MUTANTS.items():
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``messenger sim``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return _run(args)
+    if args.command == "explore":
+        return _explore(args)
+    return _mutants()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

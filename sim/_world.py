@@ -1,0 +1,492 @@
+"""The simulated world: the real chat node, the MemoryStore, devices, faults and the checker.
+
+One :func:`simulate` call is one run: it builds the world from a :class:`RunConfig`, runs
+it inside one deterministic ``trio.run`` (see :mod:`sim._determinism`) and returns a
+:class:`RunResult` with the checker's report and the trace.
+
+Wiring. The node is ``actors.Node`` built on a ``persistence._memory.MemoryStore`` with
+``StoreFaults``, a seeded ``random.Random``, a ``wall_ms`` derived from virtual time and a
+``NodeConfig`` carrying the mutants, started with ``nursery.start(node.run)`` inside its own
+task. A device dials a :class:`~sim._network.Link`; the node gets the server end through
+``Node.attach_stream`` (its real HTTP/WebSocket gateway), the device runs trio-websocket's
+client on the other end. A crash is ``Node.crash()`` plus a reset of every link (as the OS
+would do to a killed process's sockets); a restart is a new ``Node`` on the same Store.
+
+Phases. Setup (everyone connects, a first message per user), chaos (``steps`` workload
+actions with faults; safety is checked after every step), heal (faults off, node up, every
+device back; liveness is checked when the world has converged or after ``HEAL_S``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from actors import NodeConfig
+from actors import Node as ActorNode
+from actors._auth import InvalidToken
+from persistence._memory import MemoryStore, StoreFaults
+from protocol import GroupAdd, GroupCreate, GroupLeave, GroupRemove, History, PresenceSub
+
+from . import _history as h
+from ._checker import Checker, Report
+from ._determinism import derive_rng, run_deterministic
+from ._device import SimDevice
+from ._faults import FAULT_KINDS, FaultPlan
+from ._network import Arm, Link
+from ._trace import Trace
+from ._truth import Truth, snapshot
+from ._workload import Workload
+
+#: Wall clock of virtual time 0, in ms since the epoch (2026-01-01T00:00:00Z).
+EPOCH_MS = 1_767_225_600_000
+#: Virtual seconds the healed phase may take before missing messages count as lost.
+HEAL_S = 60.0
+#: The node's presence grace and heartbeat in the simulator (the protocol's defaults/minimum).
+GRACE_S = 5.0
+HEARTBEAT_S = 10
+
+
+@attrs.frozen(kw_only=True)
+class RunConfig:
+    """Everything that determines a run: the seed, the workload, the faults, the mutants."""
+
+    seed: int
+    workload: Workload
+    plan: FaultPlan
+    mutants: frozenset[str] = frozenset()
+
+    def describe(self) -> str:
+        mutants = ",".join(sorted(self.mutants)) or "none"
+        return (
+            f"seed {self.seed}: {self.workload.describe()}\n"
+            f"  faults: {self.plan.describe()}\n  mutants: {mutants}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    """The outcome of one run."""
+
+    config: RunConfig
+    report: Report
+    trace: Trace
+    sessions: int
+    virtual_s: float
+    wall_s: float
+    steps_done: int
+    failed_at_step: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok
+
+    @property
+    def trace_hash(self) -> str:
+        return self.trace.digest()
+
+
+def _verify_token(token: str, _now_s: float) -> str:
+    if not token.startswith("sim."):
+        raise InvalidToken("not a simulator token")
+    return token[4:]
+
+
+class World:
+    """See the module docstring; one instance per run, used from inside ``trio.run``."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        seed = config.seed
+        self.trace = Trace()
+        self.history = h.History(self.trace)
+        self.checker = Checker(history=self.history, grace_s=GRACE_S, epoch_ms=EPOCH_MS)
+        self.faults = StoreFaults()
+        self.store = MemoryStore(rng=derive_rng(seed, "store"), faults=self.faults)
+        self._workload_rng = derive_rng(seed, "workload")
+        self._fault_rng = derive_rng(seed, "faults")
+        self.node: ActorNode | None = None
+        self.incarnation = 0
+        self._node_scope: trio.CancelScope | None = None
+        self.links: list[Link] = []
+        self._store_fired: dict[str, int] = {}
+        self._arm_next: dict[str, Arm] = {}
+        self.users = [f"u{i}" for i in range(config.workload.users)]
+        self.devices: list[SimDevice] = []
+        self._nursery: trio.Nursery | None = None
+        self.failed_at_step: int | None = None
+        self.steps_done = 0
+
+    # ------------------------------------------------------------------ node
+
+    def _node_config(self) -> NodeConfig:
+        return NodeConfig(
+            heartbeat_s=HEARTBEAT_S,
+            presence_grace_s=GRACE_S,
+            conversation_idle_s=5.0,
+            mutants=self.config.mutants,
+        )
+
+    def _wall_ms(self) -> int:
+        return EPOCH_MS + int(trio.current_time() * 1000)
+
+    async def _start_node(self) -> None:
+        assert self._nursery is not None
+        self.incarnation += 1
+        node = ActorNode(
+            store=self.store,
+            verify_token=_verify_token,
+            rng=derive_rng(self.config.seed, f"node/{self.incarnation}"),
+            wall_ms=self._wall_ms,
+            config=self._node_config(),
+            name=f"node{self.incarnation}",
+        )
+        scope = trio.CancelScope()
+        self._node_scope = scope
+        await self._nursery.start(self._run_node, node, scope, self.incarnation)
+        self.node = node
+        self.history.record(h.NodeEvent(at=trio.current_time(), what="started", incarnation=self.incarnation))
+
+    async def _run_node(
+        self, node: ActorNode, scope: trio.CancelScope, incarnation: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with scope:
+            try:
+                await node.run(task_status=task_status)
+            except Exception as exc:  # noqa: BLE001 - a dying node is a finding, not a sim crash
+                self.history.record(
+                    h.NodeEvent(at=trio.current_time(), what="died", incarnation=incarnation, detail=repr(exc)[:200])
+                )
+                if self.node is node:
+                    self._crash_links()
+                    self.node = None
+
+    def _crash_links(self) -> None:
+        for link in self.links:
+            link.cut()
+        self.links = []
+
+    def _crash_node(self) -> bool:
+        node = self.node
+        if node is None:
+            return False
+        node.crash()
+        self.node = None
+        self._crash_links()
+        self.history.record(h.NodeEvent(at=trio.current_time(), what="crashed", incarnation=self.incarnation))
+        return True
+
+    # ------------------------------------------------------------------ network
+
+    def _dial(self, name: str) -> Link:
+        node = self.node
+        if node is None:
+            raise ConnectionRefusedError(f"{name}: no node listening")
+        link = Link(name=name, on_fault=self._link_fault)
+        armed = self._arm_next.pop(name, None)
+        if armed is not None:
+            link.arm(armed, after=self._fault_rng.randrange(0, 3))
+        self.links = [lk for lk in self.links if lk.up]
+        self.links.append(link)
+        node.attach_stream(link.server)
+        return link
+
+    def _link_fault(self, kind: str, detail: str) -> None:
+        self.history.record(h.FaultFired(at=trio.current_time(), kind=kind, detail=detail))
+
+    # ------------------------------------------------------------------ running
+
+    async def main(self) -> RunResult:
+        started = time.process_time()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await self._start_node()
+            self._make_devices(nursery)
+            await self._setup()
+            await self._chaos()
+            if self.failed_at_step is None:
+                await self._heal()
+            self.history.sealed = True
+            nursery.cancel_scope.cancel()
+        report = self.checker.report
+        return RunResult(
+            config=self.config,
+            report=report,
+            trace=self.trace,
+            sessions=sum(d.sessions_opened for d in self.devices),
+            virtual_s=trio.current_time(),
+            wall_s=time.process_time() - started,
+            steps_done=self.steps_done,
+            failed_at_step=self.failed_at_step,
+        )
+
+    def _make_devices(self, nursery: trio.Nursery) -> None:
+        for user in self.users:
+            for d in range(self.config.workload.devices):
+                device = SimDevice(
+                    user=user,
+                    device=f"d{d}",
+                    rng=derive_rng(self.config.seed, f"client/{user}/d{d}"),
+                    history=self.history,
+                    dial=self._dial_for,
+                    heartbeat_s=HEARTBEAT_S,
+                )
+                self.devices.append(device)
+                nursery.start_soon(device.run)
+
+    def _dial_for(self, name: str) -> Link:
+        link = self._dial(name)
+        device = next(d for d in self.devices if d.name == name)
+        number = device.session_no + 1
+        user, dev = device.user, device.device
+
+        def down(how: str) -> None:
+            self.history.record(
+                h.SessionClosed(at=trio.current_time(), user=user, device=dev, session=number, how=how)
+            )
+
+        link.on_down = down
+        return link
+
+    def _truth(self) -> Truth:
+        return snapshot(self.store)
+
+    def _check(self) -> bool:
+        self._note_store_faults()
+        report = self.checker.check_safety(self._truth())
+        return report.ok
+
+    def _note_store_faults(self) -> None:
+        for kind, count in sorted(self.faults.fired.items()):
+            before = self._store_fired.get(kind, 0)
+            for _ in range(count - before):
+                self.history.record(
+                    h.FaultFired(at=trio.current_time(), kind=f"store_{kind}", detail="fired in the Store")
+                )
+            self._store_fired[kind] = count
+
+    async def _setup(self) -> None:
+        rng = self._workload_rng
+        await trio.sleep(0.5)
+        for i, user in enumerate(self.users):
+            peer = self.users[(i + 1) % len(self.users)]
+            if peer != user:
+                self._device_of(user).send(f"hello.{user}.{peer}", to=peer)
+        if len(self.users) >= 3:
+            founder = self._device_of(self.users[0])
+            founder.request(GroupCreate(title="setup", members=tuple(self.users[1:3])))
+        await trio.sleep(0.5 + rng.random())
+        self._check()
+
+    def _device_of(self, user: str) -> SimDevice:
+        choices = [d for d in self.devices if d.user == user]
+        return self._workload_rng.choice(choices)
+
+    async def _chaos(self) -> None:
+        workload = self.config.workload
+        rng = self._workload_rng
+        for step in range(workload.steps):
+            await self._inject_faults(step)
+            self._act(step)
+            await trio.sleep(rng.expovariate(1 / workload.step_gap_s))
+            self.steps_done = step + 1
+            if not self._check():
+                self.failed_at_step = step
+                return
+
+    async def _heal(self) -> None:
+        self.trace.add("world", "heal: faults off, node up, every device back")
+        self.faults.failing = 0
+        self.faults.ambiguous = 0
+        self.faults.latency = 0.0
+        if self.node is None:
+            await self._start_node()
+        for link in self.links:
+            link.stall(False)
+            link.latency = 0.0
+            link.armed = None
+        self._arm_next.clear()
+        for device in self.devices:
+            device.set_wanted(True)
+        deadline = trio.current_time() + HEAL_S
+        while trio.current_time() < deadline:
+            await trio.sleep(0.5)
+            if self._converged():
+                break
+        await trio.sleep(1.0)
+        self._note_store_faults()
+        self.checker.check_liveness(self._truth(), [(d.user, d.device) for d in self.devices])
+        self.trace.add("world", f"healed after {trio.current_time():.3f} s")
+
+    def _converged(self) -> bool:
+        truth = self._truth()
+        for device in self.devices:
+            if not device.synced or device.session.outbox:
+                return False
+            for conv_id, conv in truth.convs.items():
+                for message in conv.messages:
+                    if conv.can_see(device.user, message.seq) and not device.session.holds(
+                        conv_id, message.seq
+                    ):
+                        return False
+        return True
+
+    # ------------------------------------------------------------------ workload
+
+    def _act(self, step: int) -> None:
+        rng = self._workload_rng
+        weights = self.config.workload.weights()
+        kinds = list(weights)
+        action = rng.choices(kinds, weights=[weights[k] for k in kinds])[0]
+        device = rng.choice(self.devices)
+        truth = self._truth()
+        mine = sorted(c for c, t in truth.convs.items() if t.conv.is_member(device.user))
+        if action == "send":
+            body = f"m{step}.{device.user}.{device.device}"
+            others = [u for u in self.users if u != device.user]
+            if mine and (not others or rng.random() < 0.7):
+                device.send(body, conv=rng.choice(mine))
+            elif others:
+                device.send(body, to=rng.choice(others))
+        elif action == "read" and mine:
+            device.mark_read(rng.choice(mine))
+        elif action == "history":
+            every = sorted(truth.convs)
+            if every:
+                conv = rng.choice(mine) if mine and rng.random() < 0.8 else rng.choice(every)
+                device.request(History(conv=conv, limit=rng.randint(1, 30)))
+        elif action == "presence":
+            users = [u for u in self.users if u != device.user]
+            if users:
+                picked = rng.sample(users, k=rng.randint(1, len(users)))
+                device.request(PresenceSub(users=tuple(sorted(picked))))
+        elif action == "group":
+            self._group_action(device, truth, step)
+        elif action == "typing" and mine:
+            device.session.typing(rng.choice(mine))
+
+    def _group_action(self, device: SimDevice, truth: Truth, step: int) -> None:
+        rng = self._workload_rng
+        groups = sorted(
+            c for c, t in truth.convs.items() if t.conv.kind == "group" and t.conv.is_member(device.user)
+        )
+        others = [u for u in self.users if u != device.user]
+        roll = rng.random()
+        if not groups or roll < 0.2:
+            members = tuple(sorted(rng.sample(others, k=min(len(others), rng.randint(1, 3)))))
+            device.request(GroupCreate(title=f"g{step}", members=members))
+            return
+        conv_id = rng.choice(groups)
+        conv = truth.convs[conv_id].conv
+        outsiders = [u for u in others if not conv.is_member(u)]
+        insiders = [u for u in others if conv.is_member(u)]
+        if roll < 0.55 and outsiders:
+            device.request(GroupAdd(conv=conv_id, user=rng.choice(outsiders)))
+        elif roll < 0.85 and insiders:
+            device.request(GroupRemove(conv=conv_id, user=rng.choice(insiders)))
+        else:
+            device.request(GroupLeave(conv=conv_id))
+
+    # ------------------------------------------------------------------ faults
+
+    async def _inject_faults(self, step: int) -> None:
+        plan = self.config.plan
+        rng = self._fault_rng
+        for kind in FAULT_KINDS:
+            rate = plan.rate(kind)
+            if rate <= 0 or rng.random() >= rate:
+                continue
+            await self._inject(kind, rng)
+
+    def _fired(self, kind: str, detail: str) -> None:
+        self.history.record(h.FaultFired(at=trio.current_time(), kind=kind, detail=detail))
+
+    def _connected(self) -> list[SimDevice]:
+        return [d for d in self.devices if d.link is not None and d.link.up]
+
+    async def _inject(self, kind: str, rng: random.Random) -> None:
+        assert self._nursery is not None
+        connected = self._connected()
+        device = rng.choice(connected) if connected else None
+        if kind == "abrupt_disconnect" and device is not None and device.link is not None:
+            device.link.cut()
+            self._fired(kind, device.name)
+        elif kind == "clean_disconnect" and device is not None:
+            away = rng.choice((rng.uniform(0.1, 2.0), rng.uniform(GRACE_S + 0.5, 8.0)))
+            self._nursery.start_soon(self._away, device, away)
+        elif kind == "lost_ack" and device is not None and device.link is not None:
+            device.link.arm(Arm.BEFORE_ACK)
+            device.send(f"la{self.steps_done}.{device.user}.{device.device}", to=self._other(device))
+        elif kind == "cut_during_sync" and device is not None and device.link is not None:
+            self._arm_next[device.name] = Arm.DURING_SYNC
+            device.link.cut()
+            self._fired("abrupt_disconnect", f"{device.name} (to reconnect into a cut sync)")
+        elif kind == "mid_frame" and device is not None and device.link is not None:
+            device.link.arm(Arm.MID_FRAME, prefix=rng.randint(1, 40))
+        elif kind == "node_crash" and self._crash_node():
+            self._fired(kind, f"node #{self.incarnation}")
+            self._nursery.start_soon(self._restart_after, rng.uniform(0.2, 3.0))
+        elif kind == "store_fail":
+            self.faults.fail_next(rng.randint(1, 3))
+        elif kind == "store_ambiguous":
+            self.faults.ambiguous_next(1)
+        elif kind == "slow_store" and self.faults.latency == 0:
+            latency = rng.uniform(0.01, 0.3)
+            self.faults.latency = latency
+            self._fired(kind, f"{latency * 1000:.0f} ms per operation")
+            self._nursery.start_soon(self._store_recovers, rng.uniform(1.0, 6.0))
+        elif kind == "stalled_client" and device is not None and device.link is not None:
+            duration = rng.uniform(0.5, 25.0)
+            device.link.stall(True)
+            self._fired(kind, f"{device.name} for {duration:.1f} s")
+            self._nursery.start_soon(self._unstall, device.link, duration)
+        elif kind == "slow_link" and device is not None and device.link is not None:
+            device.link.latency = rng.uniform(0.02, 0.5)
+            self._fired(kind, f"{device.name} {device.link.latency * 1000:.0f} ms per write")
+
+    def _other(self, device: SimDevice) -> str:
+        others = [u for u in self.users if u != device.user]
+        return self._workload_rng.choice(others) if others else device.user
+
+    async def _away(self, device: SimDevice, seconds: float) -> None:
+        if await device.disconnect_clean():
+            self._fired("clean_disconnect", f"{device.name} away {seconds:.1f} s")
+        await trio.sleep(seconds)
+        device.set_wanted(True)
+
+    async def _restart_after(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        if self.node is None:
+            await self._start_node()
+
+    async def _store_recovers(self, seconds: float) -> None:
+        await trio.sleep(seconds)
+        self.faults.latency = 0.0
+
+    async def _unstall(self, link: Link, seconds: float) -> None:
+        await trio.sleep(seconds)
+        link.stall(False)
+
+
+def simulate(config: RunConfig) -> RunResult:
+    """Run one simulation, deterministically in ``config.seed``.
+
+    The node's own log lines (store errors it retries, connections it drops) are expected
+    under faults and would drown the report, so the ``actors`` logger is muted meanwhile.
+    """
+    world = World(config)
+    node_log = logging.getLogger("actors")
+    level = node_log.level
+    node_log.setLevel(logging.CRITICAL)
+    try:
+        return run_deterministic(world.main, config.seed)
+    finally:
+        node_log.setLevel(level)
+
+
+RunFactory = Callable[[int], RunConfig]
