@@ -86,6 +86,8 @@ class _ConnsWorker:
         self.results.put(("idle", self.plan.worker, {}))
         await self._command("connect")
         async with trio.open_nursery() as nursery:
+            if self.plan.ping:  # from the start: the first connections must not time out
+                nursery.start_soon(keep_alive, clients, self.ping_stats)
             began = time.monotonic()
             await self._connect_all(nursery, clients)
             connect_s = time.monotonic() - began
@@ -101,8 +103,6 @@ class _ConnsWorker:
                     },
                 )
             )
-            if self.plan.ping:
-                nursery.start_soon(keep_alive, clients, self.ping_stats)
             await self._command("stop")
             info = {
                 "pings": self.ping_stats.pings,

@@ -217,10 +217,11 @@ class _LoadWorker:
             for i, (user, token) in enumerate(zip(self.plan.users, self.plan.tokens, strict=True))
         ]
         async with trio.open_nursery() as nursery:
+            # Keep-alive from the start: the first connections must not time out.
+            nursery.start_soon(keep_alive, self.clients, self.ping_stats)
             began = time.monotonic()
             await self._connect_all(nursery)
             connect_s = time.monotonic() - began
-            nursery.start_soon(keep_alive, self.clients, self.ping_stats)
             await self._create_groups()
             self.results.put(
                 (

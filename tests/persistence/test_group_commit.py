@@ -59,7 +59,11 @@ async def test_many_conversations_through_one_store_are_merged(
                 conv,
                 [
                     Draft(
-                        sender="alice", device="d", cmid=f"{conv.split(':')[2]}-{k}", body=f"{conv} {k}", ts=k
+                        sender="alice",
+                        device="d",
+                        cmid=f"{conv.split(':')[2]}-{k}",
+                        body=f"{conv} {k}",
+                        ts=k,
                     )
                 ],
             )
@@ -83,9 +87,10 @@ async def test_two_stores_merge_many_conversations_without_gaps_or_duplicates(
 
     async def actor(store: MongoStore, conv: str, sender: str) -> None:
         rng = random.Random(f"{conv}{sender}")
+        tag = conv.split(":")[2]
         for start in range(0, per_sender, batch):
             drafts = [
-                Draft(sender=sender, device="d", cmid=f"m{i}", body=f"{sender} {i}", ts=i)
+                Draft(sender=sender, device="d", cmid=f"{tag}-m{i}", body=f"{sender} {i}", ts=i)
                 for i in range(start, start + batch)
             ]
             results = await store.append(conv, drafts)
@@ -107,7 +112,16 @@ async def test_two_stores_merge_many_conversations_without_gaps_or_duplicates(
             assert mine == list(range(per_sender))
     # Resends through the other store replay the originals, whatever commit they were in.
     again = await other.append(
-        convs[0], [Draft(sender="alice", device="d", cmid="m0", body="alice 0", ts=0)]
+        convs[0],
+        [
+            Draft(
+                sender="alice",
+                device="d",
+                cmid=f"{convs[0].split(':')[2]}-m0",
+                body="alice 0",
+                ts=0,
+            )
+        ],
     )
     assert again == [m for m in await one.range(convs[0], 1, 1000) if m.body == "alice 0"]
 
