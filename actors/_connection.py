@@ -28,7 +28,7 @@ from collections.abc import Callable
 import trio
 
 from persistence import ConvRow as StoredConvRow
-from persistence import StoreError
+from persistence import StoreError, UnknownConversation
 from protocol import (
     ClientFrame,
     CloseCode,
@@ -342,6 +342,11 @@ class ConnectionActor:
             return
         try:
             await self._handle_frame(frame)
+        except UnknownConversation as exc:
+            # Authorization before existence: nobody is a member of a conversation that does
+            # not exist, and answering not_found would let anyone probe which ids exist.
+            message = f"you are not a member of conversation {exc.conv!r}"
+            await self._refuse(frame, ErrorCode.FORBIDDEN, message, False)
         except StoreError as exc:
             await self._refuse(frame, exc.code, exc.message, exc.retryable)
         except Exception:

@@ -43,6 +43,13 @@ from protocol import (
     encode,
 )
 
+#: How a connection can end (besides cancellation).
+_CONNECTION_ENDED = (
+    trio_websocket.ConnectionClosed,
+    trio_websocket.HandshakeError,
+    trio.BrokenResourceError,
+    OSError,
+)
 #: Seconds between reconnect attempts after a connection was lost.
 RECONNECT_DELAY_S = 0.5
 #: First backoff (doubling per attempt) before resending a send nacked with ``retry: true``.
@@ -213,43 +220,61 @@ class BenchClient:
             await trio.sleep(RECONNECT_DELAY_S)
 
     async def _session(self, task_status: trio.TaskStatus[None] | None) -> None:
+        """One connection, from TCP connect to its end, which is always an exception:
+        ``ConnectionClosed``, ``HandshakeError``, ``OSError`` or ``BrokenResourceError``
+        (raised bare, never inside an exception group)."""
         self._synced = trio.Event()
         began = trio.current_time()
         stream = await trio.open_tcp_stream(
             self.endpoint.host, self.endpoint.port, local_address=self.endpoint.local_address
         )
+        ended: Exception | None = None
         async with trio.open_nursery() as nursery:
-            ws = await trio_websocket.wrap_client_stream(
-                nursery,
-                stream,
-                self.endpoint.host,
-                self.endpoint.resource,
-                message_queue_size=64,
-            )
+            ws: trio_websocket.WebSocketConnection | None = None
             try:
-                await ws.send_message(encode(Hello(token=self.token, device=self.device)))
-                welcome = await self._expect_welcome(ws)
-                self.heartbeat_s = welcome.heartbeat_s
-                self._ws = ws
-                self._queue = [pending.text for pending in self.outbox.values()]
-                for pending in self.outbox.values():
-                    pending.retry_at = None
-                self._retrying = 0
-                self._wake = trio.Event()
-                nursery.start_soon(self._writer, ws)
-                while not self._synced.is_set():
-                    self._receive(await ws.get_message())
-                self.handshake_s = trio.current_time() - began
-                self.syncs += 1
-                if task_status is not None:
-                    task_status.started()
-                while True:
-                    self._receive(await ws.get_message())
+                ws = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    stream,
+                    self.endpoint.host,
+                    self.endpoint.resource,
+                    message_queue_size=64,
+                )
+                await self._converse(nursery, ws, began, task_status)
+            except _CONNECTION_ENDED as exc:
+                ended = exc
             finally:
                 self._ws = None
                 with trio.CancelScope(shield=True), trio.move_on_after(self.close_timeout_s):
-                    await ws.aclose()
+                    await (ws.aclose() if ws is not None else stream.aclose())
                 nursery.cancel_scope.cancel()
+        assert ended is not None  # _converse only ever ends by raising
+        raise ended
+
+    async def _converse(
+        self,
+        nursery: trio.Nursery,
+        ws: trio_websocket.WebSocketConnection,
+        began: float,
+        task_status: trio.TaskStatus[None] | None,
+    ) -> None:
+        await ws.send_message(encode(Hello(token=self.token, device=self.device)))
+        welcome = await self._expect_welcome(ws)
+        self.heartbeat_s = welcome.heartbeat_s
+        self._ws = ws
+        self._queue = [pending.text for pending in self.outbox.values()]
+        for pending in self.outbox.values():
+            pending.retry_at = None
+        self._retrying = 0
+        self._wake = trio.Event()
+        nursery.start_soon(self._writer, ws)
+        while not self._synced.is_set():
+            self._receive(await ws.get_message())
+        self.handshake_s = trio.current_time() - began
+        self.syncs += 1
+        if task_status is not None:
+            task_status.started()
+        while True:
+            self._receive(await ws.get_message())
 
     async def _expect_welcome(self, ws: trio_websocket.WebSocketConnection) -> Welcome:
         frame = decode_server_frame(await ws.get_message())
@@ -263,8 +288,11 @@ class BenchClient:
             await self._wake.wait()
             self._wake = trio.Event()
             queue, self._queue = self._queue, []
-            for text in queue:
-                await ws.send_message(text)
+            try:
+                for text in queue:
+                    await ws.send_message(text)
+            except trio_websocket.ConnectionClosed:
+                return  # the reader sees the close too and ends the session
 
     def _write(self, text: str) -> None:
         self._queue.append(text)

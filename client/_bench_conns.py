@@ -126,7 +126,16 @@ class _ConnsWorker:
                     return
             self.handshake.record(int(client.handshake_s * 1e9))
 
+        async def report_progress() -> None:
+            while True:
+                await trio.sleep(1.0)
+                self.results.put(("progress", worker, self.handshake.count))
+
+        worker = self.plan.worker
         with trio.fail_after(CONNECT_TIMEOUT_S):
-            async with trio.open_nursery() as connecting:
-                for client in clients:
-                    connecting.start_soon(connect, client)
+            async with trio.open_nursery() as progress:
+                progress.start_soon(report_progress)
+                async with trio.open_nursery() as connecting:
+                    for client in clients:
+                        connecting.start_soon(connect, client)
+                progress.cancel_scope.cancel()

@@ -245,10 +245,19 @@ class _LoadWorker:
                 await nursery.start(client.run)
             self.handshake.record(int(client.handshake_s * 1e9))
 
+        async def report_progress() -> None:
+            while True:
+                await trio.sleep(1.0)
+                self.results.put(("progress", worker, self.handshake.count))
+
+        worker = self.plan.worker
         with trio.fail_after(SETUP_TIMEOUT_S):
-            async with trio.open_nursery() as connecting:
-                for client in self.clients:
-                    connecting.start_soon(connect, client)
+            async with trio.open_nursery() as progress:
+                progress.start_soon(report_progress)
+                async with trio.open_nursery() as connecting:
+                    for client in self.clients:
+                        connecting.start_soon(connect, client)
+                progress.cancel_scope.cancel()
 
     async def _create_groups(self) -> None:
         """Create every conversation of more than two members (direct ones need nothing)."""

@@ -199,6 +199,8 @@ class _Workers:
             ctx.Process(target=target, args=(plan, control, self.results), daemon=True)
             for plan, control in zip(plans, self.controls, strict=True)
         ]
+        #: The latest ``("progress", worker, connected)`` of each worker.
+        self.connected = [0] * len(plans)
         for process in self.processes:
             process.start()
 
@@ -233,6 +235,8 @@ class _Workers:
                 on_wait()
             elif message[0] == kind:
                 got[message[1]] = message[2]
+            elif message[0] == "progress":
+                self.connected[message[1]] = message[2]
         return [got[i] for i in range(len(self.processes))]
 
     def close(self) -> None:
@@ -407,9 +411,14 @@ def _run_load(
     began = time.monotonic()
     workers = _Workers(load_worker, plans)
     try:
-        ready = workers.collect(
-            "ready", 600, lambda: _progress(f"  ... setting up ({time.monotonic() - began:.0f} s)")
-        )
+
+        def report() -> None:
+            _progress(
+                f"  ... setting up: {sum(workers.connected):,} connected "
+                f"({time.monotonic() - began:.0f} s)"
+            )
+
+        ready = workers.collect("ready", 600, report)
         setup_s = time.monotonic() - began
         _progress(f"{args.clients:,} clients connected and conversations set up in {setup_s:.1f} s")
         metrics_before = scrape_metrics(url)
@@ -702,7 +711,9 @@ def _run_conns(
         workers.broadcast("connect")
 
         def report() -> None:
-            _progress(f"  ... connecting ({time.monotonic() - began:.0f} s)")
+            _progress(
+                f"  ... {sum(workers.connected):,} connected ({time.monotonic() - began:.0f} s)"
+            )
 
         connected = workers.collect("connected", 300, report)
         connect_s = time.monotonic() - began

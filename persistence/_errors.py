@@ -39,6 +39,18 @@ class NotFound(StoreError):
     code = ErrorCode.NOT_FOUND
 
 
+class UnknownConversation(NotFound):
+    """No conversation has this id.
+
+    The node answers it as ``forbidden``: authorization comes before existence, and nobody is
+    a member of a conversation that does not exist (so ids cannot be probed).
+    """
+
+    def __init__(self, conv: str) -> None:
+        super().__init__(f"conversation {conv!r} does not exist")
+        self.conv = conv
+
+
 class Forbidden(StoreError):
     """The user is not allowed to do this (not a member, not the creator, group full, ...)."""
 

@@ -20,7 +20,15 @@ from protocol import (
     is_valid_id,
 )
 
-from ._errors import BadInput, Conflict, Forbidden, NotFound, StoreError, TooLarge
+from ._errors import (
+    BadInput,
+    Conflict,
+    Forbidden,
+    NotFound,
+    StoreError,
+    TooLarge,
+    UnknownConversation,
+)
 from ._types import Conversation, Draft, MemberOp, StoredMessage
 
 #: Hex digits of a group id after ``"g:"``.
@@ -78,8 +86,8 @@ def not_member(conv: Conversation, user: str) -> Forbidden:
     return Forbidden(f"user {user!r} is not a member of conversation {conv.id!r}")
 
 
-def no_such_conversation(conv: str) -> NotFound:
-    return NotFound(f"conversation {conv!r} does not exist")
+def no_such_conversation(conv: str) -> UnknownConversation:
+    return UnknownConversation(conv)
 
 
 def check_title(title: object) -> str:

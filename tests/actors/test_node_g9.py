@@ -70,7 +70,7 @@ OPEN_CASES: list[tuple[str, Any, str, str]] = [
         "nack",
         "forbidden",
     ),
-    ("unknown-conv", {"type": "history", "conv": "g:nope", "rid": "r"}, "error", "not_found"),
+    ("unknown-conv", {"type": "history", "conv": "g:nope", "rid": "r"}, "error", "forbidden"),
 ]
 
 
