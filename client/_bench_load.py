@@ -41,6 +41,8 @@ CONNECT_CONCURRENCY = 64
 #: ``group_create`` requests in flight at once, per worker.
 GROUP_CONCURRENCY = 32
 SETUP_TIMEOUT_S = 300.0
+#: Bodies of the messages that set up direct conversations (not measured).
+_SETUP = "setup:"
 
 
 @attrs.frozen(kw_only=True)
@@ -127,10 +129,15 @@ class _LoadWorker:
     window_start_ns: int = 0
     window_end_ns: int = 0
     next_msg: int = 0
+    setup_acks: dict[str, trio.Event] = attrs.Factory(dict)
 
     # ------------------------------------------------------------------ hooks (ClientHooks)
 
     def on_ack(self, client: BenchClient, ack: Ack, body: str) -> None:
+        if body.startswith(_SETUP):
+            self.convs[self.group_of[client.index]] = ack.conv
+            self.setup_acks.pop(ack.cmid).set()
+            return
         now = time.monotonic_ns()
         msg_no = _msg_no(body)
         record = self.records.get(msg_no) if msg_no is not None else None
@@ -151,7 +158,7 @@ class _LoadWorker:
             self.window.acked += 1
 
     def on_msg(self, client: BenchClient, msg: Msg, redundant: bool) -> None:
-        if msg.kind != "text":
+        if msg.kind != "text" or msg.body.startswith(_SETUP):
             return
         if redundant:
             self.redundant_pushes += 1
@@ -260,8 +267,18 @@ class _LoadWorker:
                 progress.cancel_scope.cancel()
 
     async def _create_groups(self) -> None:
-        """Create every conversation of more than two members (direct ones need nothing)."""
+        """Create every conversation before the load: a group by ``group_create``, a direct
+        one by a first message addressed ``to`` the partner, whose ack names the conversation
+        (as a real client does once, then sends by ``conv``)."""
         limiter = trio.CapacityLimiter(GROUP_CONCURRENCY)
+
+        async def first_message(gid: int, group: tuple[int, ...]) -> None:
+            cmid = f"setup{gid}"
+            acked = self.setup_acks[cmid] = trio.Event()
+            async with limiter:
+                sender, partner = self.clients[group[0]], self.clients[group[1]]
+                sender.send(cmid, f"{_SETUP}{gid}", to=partner.user)
+                await acked.wait()
 
         async def create(gid: int, group: tuple[int, ...]) -> None:
             done = trio.Event()
@@ -287,8 +304,7 @@ class _LoadWorker:
         with trio.fail_after(SETUP_TIMEOUT_S):
             async with trio.open_nursery() as creating:
                 for gid, group in enumerate(self.plan.groups):
-                    if len(group) > 2:
-                        creating.start_soon(create, gid, group)
+                    creating.start_soon(create if len(group) > 2 else first_message, gid, group)
 
     async def _wait_start(self) -> int:
         message = await trio.to_thread.run_sync(self.control.get, abandon_on_cancel=True)

@@ -22,6 +22,7 @@ import multiprocessing
 import platform
 import queue
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -156,6 +157,11 @@ def _conns_parser() -> argparse.ArgumentParser:
 
 
 # ----------------------------------------------------------------------------- plumbing
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so the node we started is stopped on the way out."""
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: sys.exit(143))
 
 
 def _progress(text: str) -> None:
@@ -335,6 +341,7 @@ def load_main(argv: list[str]) -> int:
     """Entry point of ``messenger bench load``; the exit status (1 if the check failed)."""
     args = _load_parser().parse_args(argv)
     args.argv = list(argv)
+    _exit_on_sigterm()
     if args.group_size < 2 or args.group_size > 256:
         print("messenger bench load: --group-size must be from 2 to 256", file=sys.stderr)
         return _EXIT_USAGE
@@ -666,6 +673,7 @@ def conns_main(argv: list[str]) -> int:
     """Entry point of ``messenger bench conns``; the exit status."""
     args = _conns_parser().parse_args(argv)
     args.argv = list(argv)
+    _exit_on_sigterm()
     raise_fd_limit()
     try:
         with _node(args) as (url, pid, data_dir):

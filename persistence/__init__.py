@@ -9,8 +9,8 @@ from ._errors import Forbidden as Forbidden
 from ._errors import NotFound as NotFound
 from ._errors import StoreError as StoreError
 from ._errors import TooLarge as TooLarge
-from ._errors import UnknownConversation as UnknownConversation
 from ._errors import Unavailable as Unavailable
+from ._errors import UnknownConversation as UnknownConversation
 from ._memory import MemoryStore as MemoryStore
 from ._memory import StoreFaults as StoreFaults
 from ._mongo import MongoStore as MongoStore

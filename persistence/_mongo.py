@@ -200,6 +200,11 @@ class MongoStore(Store):
         # and whether some append() call is currently leading (running a merged commit).
         self._queue: list[_Request] = []
         self._leading = False
+        #: Merged commits so far and the append() calls and drafts they carried (for metrics
+        #: and the benchmark: calls / commits is the group-commit batch size).
+        self.commits = 0
+        self.committed_calls = 0
+        self.committed_drafts = 0
 
     @classmethod
     async def connect(cls, uri: str, database: str = "messenger", **kwargs: Any) -> MongoStore:
@@ -305,7 +310,15 @@ class MongoStore(Store):
         doc = self._db.keys.find_one({"_id": key})
         if doc is None:
             return None
-        found = self._fetch(doc["conv"], doc["seq"], doc["seq"])
+        conv, seq = doc["conv"], doc["seq"]
+        if "chunk" in doc:
+            # Keys written since the group commit name their chunk: one point read on _id.
+            chunk = self._db.chunks.find_one({"_id": _chunk_id(conv, doc["chunk"])})
+            found = [
+                _decode_message(conv, m) for m in (chunk or {}).get("msgs", []) if m["s"] == seq
+            ]
+        else:
+            found = self._fetch(conv, seq, seq)  # older keys: a range read
         if not found:
             raise Unavailable(f"idempotency key {key!r} points at a missing message")
         return found[0]
@@ -604,39 +617,62 @@ class MongoStore(Store):
                 if not request.finished:
                     request.finish(failure)
             raise
+        self.commits += 1
+        self.committed_calls += len(batch)
+        self.committed_drafts += sum(len(r.drafts) for r in batch)
         for request, outcome in zip(batch, outcomes, strict=True):
             request.finish(outcome)
 
-    def _load_head(self, conv_id: str) -> _Head | None:
-        # Order matters: the end first, then the membership. A membership change committed in
-        # between lies after `end`, so a write at end+1 collides with it and re-reads.
-        end = self._read_last_seq(conv_id)
-        doc = self._db.convs.find_one({"_id": conv_id})
-        if doc is None:
-            return None
-        head = _Head(_decode_conv(doc), end)
-        self._heads[conv_id] = head
-        return head
+    def _catch_up(self, starts: dict[str, int]) -> tuple[dict[str, int], set[str]]:
+        """Follow each conversation's chunks from a known chunk end to its current end.
 
-    def _refresh_head(self, head: _Head) -> _Head:
-        """Catch up with chunks others wrote after ``head.end`` (point reads on ``_id``)."""
-        conv_id, end, membership_changed = head.conv.id, head.end, False
+        Chunks are contiguous, so the chunk after end ``e`` has ``_id`` ``conv|e+1``: every
+        step is one ``$in`` point read for all the conversations at once (SecantusDB answers
+        ``_id`` ranges with a collection scan, ``_id`` equality with the index). A conversation
+        still moving after :data:`CATCH_UP_PROBES` steps falls back to the range read.
+        Returns the ends and the conversations in which a membership event was passed.
+        """
+        ends = dict(starts)
+        moving = set(ends)
+        changed: set[str] = set()
         for _ in range(CATCH_UP_PROBES):
-            doc = self._db.chunks.find_one(
-                {"_id": _chunk_id(conv_id, end + 1)}, projection={"last": 1, "msgs.k": 1}
-            )
-            if doc is None:
+            if not moving:
                 break
-            end = int(doc["last"])
-            membership_changed |= any(m.get("k") == "member" for m in doc["msgs"])
-        else:
-            fresh = self._load_head(conv_id)
-            assert fresh is not None, "conversations are never deleted"
-            return fresh
-        conv = self._load_conv(conv_id)[0] if membership_changed else head.conv
-        fresh = _Head(conv, end)
-        self._heads[conv_id] = fresh
-        return fresh
+            found = self._db.chunks.find(
+                {"_id": {"$in": sorted(_chunk_id(c, ends[c] + 1) for c in moving)}},
+                projection={"conv": 1, "last": 1, "msgs.k": 1},
+            )
+            advanced = set()
+            for doc in found:
+                conv_id = doc["conv"]
+                ends[conv_id] = int(doc["last"])
+                advanced.add(conv_id)
+                if any(m.get("k") == "member" for m in doc["msgs"]):
+                    changed.add(conv_id)
+            moving &= advanced
+        for conv_id in sorted(moving):
+            ends[conv_id] = self._read_last_seq(conv_id)
+            changed.add(conv_id)  # we skipped chunks unseen: assume membership changed
+        return ends, changed
+
+    def _load_heads(self, conv_ids: Iterable[str], starts: dict[str, _Head] | None = None) -> None:
+        """(Re)load the heads of ``conv_ids`` into ``self._heads`` (unknown ids: absent).
+
+        Order matters: the ends first, then the membership. A membership change committed in
+        between lies after the end we found, so a write at end+1 collides with it.
+        """
+        starts = starts or {}
+        ends, changed = self._catch_up({c: starts[c].end if c in starts else 0 for c in conv_ids})
+        reread = sorted(c for c in ends if c not in starts or c in changed)
+        convs = {c: starts[c].conv for c in ends if c in starts}
+        if reread:
+            for doc in self._db.convs.find({"_id": {"$in": reread}}):
+                convs[doc["_id"]] = _decode_conv(doc)
+        for conv_id in ends:
+            if conv_id in convs:
+                self._heads[conv_id] = _Head(convs[conv_id], ends[conv_id])
+            else:
+                self._heads.pop(conv_id, None)
 
     def _commit_sync(
         self, batch: list[_Request]
@@ -646,10 +682,9 @@ class MongoStore(Store):
         Re-run as a whole by :meth:`_call` after a transient failure: that is safe because
         every message of an earlier attempt that did commit is found by its key and replayed.
         """
-        heads: dict[str, _Head | None] = {}
-        for request in batch:
-            if request.conv not in heads:
-                heads[request.conv] = self._heads.get(request.conv) or self._load_head(request.conv)
+        wanted = list(dict.fromkeys(request.conv for request in batch))
+        self._load_heads([c for c in wanted if c not in self._heads])
+        heads: dict[str, _Head | None] = {c: self._heads.get(c) for c in wanted}
         outcomes: list[list[StoredMessage | StoreError] | StoreError] = []
         results: list[list[StoredMessage | StoreError | None]] = []
         first_slot: dict[str, tuple[int, int]] = {}
@@ -678,8 +713,17 @@ class MongoStore(Store):
                     # A cached "no" is never trusted: the sender may have been added by
                     # another node. (A cached "yes" is checked by the chunk insert itself.)
                     fresh.add(request.conv)
-                    head = heads[request.conv] = self._load_head(request.conv)
+                    self._heads.pop(request.conv, None)
+                    self._load_heads([request.conv])
+                    head = heads[request.conv] = self._heads.get(request.conv)
                     assert head is not None, "conversations are never deleted"
+                    # Slots judged on the old head are written at the new end: judge again.
+                    for q, j in list(todo.get(request.conv, [])):
+                        prior = batch[q].drafts[j]
+                        if not head.conv.is_member(prior.sender):
+                            todo[request.conv].remove((q, j))
+                            key_qj = f"{prior.sender}|{prior.device}|{prior.cmid}"
+                            results[q][j] = self._refuse(head.conv, key_qj, prior)
                 if head.conv.is_member(draft.sender):
                     todo.setdefault(request.conv, []).append((r, i))
                 else:
@@ -758,10 +802,12 @@ class MongoStore(Store):
                             raise Unavailable(f"idempotency key {keys[slot]!r} vanished") from None
                         r, i = slot
                         results[r][i] = replay(original, conv_id, batch[r].drafts[i])
+                olds = {c: heads[c] for c in dup.convs}
+                self._load_heads(dup.convs, {c: h for c, h in olds.items() if h is not None})
                 for conv_id in dup.convs:
-                    old = heads[conv_id]
-                    assert old is not None
-                    head = heads[conv_id] = self._refresh_head(old)
+                    old, head = olds[conv_id], self._heads.get(conv_id)
+                    assert old is not None and head is not None
+                    heads[conv_id] = head
                     if head.conv is not old.conv:  # membership changed: judge the slots again
                         for r, i in list(todo[conv_id]):
                             draft = batch[r].drafts[i]
@@ -793,9 +839,15 @@ class MongoStore(Store):
 
     def _write_group(self, plan: dict[str, list[StoredMessage]], s: ClientSession) -> None:
         keys = [
-            {"_id": f"{m.sender}|{m.device}|{m.cmid}", "conv": conv_id, "seq": m.seq}
+            {
+                "_id": f"{m.sender}|{m.device}|{m.cmid}",
+                "conv": conv_id,
+                "seq": m.seq,
+                # The first seq of the chunk holding it, so a replay is a point read.
+                "chunk": messages[(n // CHUNK_MAX) * CHUNK_MAX].seq,
+            }
             for conv_id, messages in plan.items()
-            for m in messages
+            for n, m in enumerate(messages)
         ]
         chunks = [
             {
@@ -1084,7 +1136,7 @@ class _Head:
     """A chunk end ``end`` of a conversation seen by this instance, and its membership then.
 
     ``conv`` is valid through ``end`` because it was read after ``end`` was (see
-    :meth:`MongoStore._load_head`), or because this instance itself wrote every chunk since.
+    :meth:`MongoStore._load_heads`), or because this instance itself wrote every chunk since.
     A write at ``end + 1`` succeeds only if nobody wrote after ``end`` — no message and no
     membership change — so a cached head never admits a message a fresh read would refuse.
     """

@@ -636,7 +636,7 @@ class ClientSession:
         state = self._conv(msg.conv)
         if state.watermark is None:
             state.watermark = self._base_at(msg)
-        if False:
+        if state.holds(msg.seq):
             if pushed and state.reported >= msg.seq:
                 state.reported = msg.seq - 1
                 self._due(state, now)

@@ -50,7 +50,7 @@ CATEGORIES: dict[str, str] = {
     "presence_mismatches": "G6: offline reported without grace or while connected",
     "authorization_leaks": "G7: messages, receipts, history or presence outside visibility",
     "notification_misses": "G8: a member with no connection got no notification job",
-    "uncontained": "G9: the node died by itself or answered 'internal'",
+    "uncontained": "G9: the node died, answered 'internal', or ignored a bad frame",
 }
 
 #: Virtual seconds of slack for comparisons between client-side and node-side moments.
@@ -117,14 +117,13 @@ class Checker:
     _displayed: dict[tuple[str, str], set[tuple[str, int]]] = attrs.Factory(
         lambda: defaultdict(set)
     )
-    _acked_at: dict[tuple[str, str], set[tuple[str, int]]] = attrs.Factory(
-        lambda: defaultdict(set)
-    )
+    _acked_at: dict[tuple[str, str], set[tuple[str, int]]] = attrs.Factory(lambda: defaultdict(set))
     _pushed: dict[tuple[str, str, int, str], list[int]] = attrs.Factory(lambda: defaultdict(list))
     _session_writes: dict[tuple[str, str, int, str], list[str]] = attrs.Factory(
         lambda: defaultdict(list)
     )
     _writes: Counter[tuple[str, str, int, str]] = attrs.Factory(Counter)
+    _first_write: dict[tuple[str, str, str], int] = attrs.Factory(dict)
     _session_acks: dict[tuple[str, str, int], dict[str, int]] = attrs.Factory(
         lambda: defaultdict(dict)
     )
@@ -138,6 +137,10 @@ class Checker:
     # presence
     _sessions: dict[tuple[str, str, int], _Session] = attrs.Factory(dict)
     _pending_presence: list[PresenceSeen] = attrs.Factory(list)
+    # G9: bad frames awaiting their error/nack, per (user, device, session)
+    _garbage: dict[tuple[str, str, int], list[FrameOut]] = attrs.Factory(
+        lambda: defaultdict(list)
+    )
     # content checks against the store wait until the Store holds the seq (G1 checks it)
     _pending_content: list[PushSeen | Displayed | HistorySeen] = attrs.Factory(list)
 
@@ -145,10 +148,7 @@ class Checker:
 
     def check_safety(self, truth: Truth) -> Report:
         """Consume the events since the last call and check every safety property."""
-        new = self.history.events[self._cursor :]
-        self._cursor = len(self.history.events)
-        for event in new:
-            self._consume(event, truth)
+        self._consume_new()
         self._check_store(truth)
         self._check_content(truth)
         self._check_receipts(truth)
@@ -182,12 +182,27 @@ class Checker:
                         f"{user}/{device} never got {conv_id} seqs {_ranges(missing)} "
                         f"(last_seq {conv.last_seq})",
                     )
-        self._check_notifications(truth)
+        self.check_notifications(truth)
+        self._check_garbage_answered()
         return self.report
+
+    def _check_garbage_answered(self) -> None:
+        for (user, device, session), pending in self._garbage.items():
+            state = self._sessions.get((user, device, session))
+            for frame in pending:
+                ended = state.closed if state is not None else None
+                if ended is not None and ended < frame.at + 2.0:
+                    continue  # the connection went away before an answer was due
+                text = str(frame.get("text"))[:60]
+                self.report.add(
+                    "uncontained",
+                    f"{user}/{device} session {session} wrote bad frame {text!r} at "
+                    f"{frame.at:.3f} and never got an error or nack",
+                )
 
     # ------------------------------------------------------------------ events
 
-    def _consume(self, event: Event, truth: Truth) -> None:
+    def _consume(self, event: Event, _truth: Truth | None) -> None:
         match event:
             case SendIssued(body=body):
                 self._sends[body] = event
@@ -200,6 +215,12 @@ class Checker:
                 self._acked_at[dev].add((event.conv, event.seq))
                 acks = self._session_acks[(event.user, event.device, event.session)]
                 acks.setdefault(event.cmid, event.seq)
+            case ErrorSeen(rid=None) | NackSeen(code="bad_frame" | "too_large") if self._garbage[
+                (event.user, event.device, event.session)
+            ]:
+                self._garbage[(event.user, event.device, event.session)].pop(0)
+                if isinstance(event, NackSeen):
+                    self._writes[(event.user, event.device, event.session, event.cmid)] += 1
             case NackSeen():
                 # A nacked send may be stored by a later resend on the same connection, after
                 # sends written behind it: it no longer tells anything about arrival order.
@@ -258,7 +279,13 @@ class Checker:
             self._cmid_body.setdefault((user, device, cmid), body)
             target = str(frame.get("conv") or "to:" + str(frame.get("to")))
             self._writes[(user, device, frame.session, cmid)] += 1
-            self._session_writes[(user, device, frame.session, target)].append(cmid)
+            first = self._first_write.setdefault((user, device, cmid), frame.session)
+            if first == frame.session:
+                # Only first writes tell arrival order: a resend may find its cmid stored
+                # (or queued) from an earlier connection, after sends written behind it here.
+                self._session_writes[(user, device, frame.session, target)].append(cmid)
+        elif frame.type == "garbage":
+            self._garbage[(user, device, frame.session)].append(frame)
         elif frame.type in ("recv", "read"):
             conv, seq = str(frame.get("conv")), frame.get("seq")
             if isinstance(seq, int):
@@ -299,7 +326,8 @@ class Checker:
             if len(messages) > 1:
                 where = ", ".join(f"{m.conv}#{m.seq}" for m in messages)
                 self.report.add(
-                    "duplicated", f"cmid {cmid} of {sender}/{device} stored {len(messages)}x: {where}"
+                    "duplicated",
+                    f"cmid {cmid} of {sender}/{device} stored {len(messages)}x: {where}",
                 )
             for message in messages:
                 if message.kind != "text":
@@ -318,13 +346,14 @@ class Checker:
         for conv_id, conv in truth.convs.items():
             for message in conv.messages:
                 if message.kind == "text":
-                    key = (message.sender, message.device, message.body)
-                    copies[key].append(f"{conv_id}#{message.seq} cmid {message.cmid}")
-        for (sender, device, body), where in copies.items():
-            if len(where) > 1:
+                    copy_key = (message.sender, message.device, message.body)
+                    copies[copy_key].append(f"{conv_id}#{message.seq} cmid {message.cmid}")
+        for (sender, device, body), places in copies.items():
+            if len(places) > 1:
                 self.report.add(
                     "duplicated",
-                    f"send {body!r} of {sender}/{device} stored {len(where)}x: {', '.join(where)}",
+                    f"send {body!r} of {sender}/{device} stored {len(places)}x: "
+                    + ", ".join(places),
                 )
         for ack in self._acks:
             stored = truth.by_key.get((ack.user, ack.device, ack.cmid))
@@ -335,11 +364,12 @@ class Checker:
             first = stored[0]
             if (first.conv, first.seq, first.id) != (ack.conv, ack.seq, ack.id):
                 self.report.add(
-                    "wrong_ack", f"{where}, but the Store has {first.conv}#{first.seq} id={first.id}"
+                    "wrong_ack",
+                    f"{where}, but the Store has {first.conv}#{first.seq} id={first.id}",
                 )
         self._acks = [a for a in self._acks if (a.user, a.device, a.cmid) not in truth.by_key]
-        for key, writes in self._session_writes.items():
-            user, device, session, _target = key
+        for write_key, writes in self._session_writes.items():
+            user, device, session, _target = write_key
             acked = self._session_acks.get((user, device, session), {})
             once = [c for c in writes if self._writes[(user, device, session, c)] == 1]
             order = [(cmid, acked[cmid]) for cmid in once if cmid in acked]
@@ -406,16 +436,15 @@ class Checker:
                 )
                 continue
             own = max(
-                (
-                    m.seq
-                    for m in conv.messages
-                    if m.sender == receipt.of_user and m.kind == "text"
-                ),
+                (m.seq for m in conv.messages if m.sender == receipt.of_user and m.kind == "text"),
                 default=0,
             )
             for field, value, sent in (
-                ("delivered", receipt.delivered, max(self._recv_sent.get(
-                    (receipt.of_user, receipt.conv), 0), own)),
+                (
+                    "delivered",
+                    receipt.delivered,
+                    max(self._recv_sent.get((receipt.of_user, receipt.conv), 0), own),
+                ),
                 ("read", receipt.read, self._read_sent.get((receipt.of_user, receipt.conv), 0)),
             ):
                 if value is None:
@@ -436,13 +465,13 @@ class Checker:
                     )
                 self._receipt_seen[key] = max(before, value)
         self._pending_receipts = []
-        for key, seq in truth.recv.items():
-            before = self._store_recv.get(key, 0)
+        for recv_key, seq in truth.recv.items():
+            before = self._store_recv.get(recv_key, 0)
             if seq < before:
                 self.report.add(
-                    "untruthful_receipts", f"stored recv of {key} went back {before} -> {seq}"
+                    "untruthful_receipts", f"stored recv of {recv_key} went back {before} -> {seq}"
                 )
-            self._store_recv[key] = max(seq, before)
+            self._store_recv[recv_key] = max(seq, before)
         for rkey, seq in truth.read.items():
             before = self._store_read.get(rkey, 0)
             if seq < before:
@@ -488,6 +517,43 @@ class Checker:
                 )
         self._pending_presence = []
 
+    def check_offline_reported(
+        self, of_user: str, since: float, observers: Iterable[tuple[str, str]]
+    ) -> Report:
+        """G6 liveness: ``of_user``'s last device left at ``since``; each observer subscribed
+        to them must have been told ``offline`` after the grace, with a true ``last_seen``."""
+        self._consume_new()
+        for user, device in observers:
+            told = [
+                e
+                for e in self.history.events[: self._cursor]
+                if isinstance(e, PresenceSeen)
+                and (e.user, e.device, e.of_user, e.status) == (user, device, of_user, "offline")
+                and e.at >= since
+            ]
+            if not told:
+                self.report.add(
+                    "presence_mismatches",
+                    f"{user}/{device} was never told {of_user} went offline (left at "
+                    f"{since:.3f}, grace {self.grace_s} s)",
+                )
+                continue
+            seen_ms = told[0].last_seen
+            left_ms = self.epoch_ms + int(since * 1000)
+            if seen_ms is None or not left_ms - 1 <= seen_ms <= self.epoch_ms + told[0].at * 1000:
+                self.report.add(
+                    "presence_mismatches",
+                    f"{user}/{device} was told {of_user} last_seen={seen_ms}, but they left at "
+                    f"{left_ms} ms",
+                )
+        return self.report
+
+    def _consume_new(self) -> None:
+        new = self.history.events[self._cursor :]
+        self._cursor = len(self.history.events)
+        for event in new:
+            self._consume(event, None)
+
     # ------------------------------------------------------------------ G8 notifications
 
     def _offline_throughout(self, user: str, lo: float, hi: float) -> bool:
@@ -496,7 +562,8 @@ class Checker:
                 return False
         return True
 
-    def _check_notifications(self, truth: Truth) -> None:
+    def check_notifications(self, truth: Truth) -> Report:
+        """G8: every message stored while a member was surely offline has a job for them."""
         jobs_by_user: dict[str, list[int]] = defaultdict(list)
         for job in truth.jobs:
             jobs_by_user[job.user].append(job.last_ts)
@@ -516,6 +583,7 @@ class Checker:
                             f"{user} was offline when {conv_id}#{message.seq} was stored at "
                             f"{at:.3f}, and no notification job covers it",
                         )
+        return self.report
 
 
 def _ranges(seqs: list[int]) -> str:

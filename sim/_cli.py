@@ -18,8 +18,8 @@ from collections import Counter
 
 from ._determinism import derive_rng
 from ._faults import FaultPlan
-from ._world import RunConfig, RunResult, simulate
 from ._workload import Workload
+from ._world import RunConfig, RunResult, simulate
 
 #: The mutants the node supports (``actors.MUTANTS``), with what each one breaks.
 MUTANTS: dict[str, str] = {

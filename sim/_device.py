@@ -92,6 +92,7 @@ class SimDevice:
         self._wake = trio.Event()
         self._wanted_changed = trio.Event()
         self._ws: trio_websocket.WebSocketConnection | None = None
+        self._raw: list[str] = []
 
     # ------------------------------------------------------------------ workload actions
 
@@ -118,6 +119,17 @@ class SimDevice:
     def request(self, frame: Any) -> None:
         self.session.request(frame)
         self._kick()
+
+    def send_raw(self, text: str) -> bool:
+        """Write ``text`` as one WebSocket message, bypassing the session (G9 probes).
+
+        Only while connected (queued behind the session's own output); False otherwise.
+        """
+        if self._ws is None or not self.session.is_open:
+            return False
+        self._raw.append(text)
+        self._kick()
+        return True
 
     def mark_read(self, conv: str) -> None:
         status = self.session.conversation(conv)
@@ -167,7 +179,12 @@ class SimDevice:
         try:
             async with trio.open_nursery() as nursery:
                 ws = await trio_websocket.wrap_client_stream(
-                    nursery, link.client, "sim", "/v1/ws", message_queue_size=0
+                    # trio-websocket annotates SocketStream, but any trio Stream works
+                    nursery,
+                    link.client,  # type: ignore[arg-type]
+                    "sim",
+                    "/v1/ws",
+                    message_queue_size=0,
                 )
                 self._ws = ws
                 self.session.connect()
@@ -181,6 +198,7 @@ class SimDevice:
             pass
         finally:
             self._ws = None
+            self._raw = []
             with trio.CancelScope(shield=True):
                 await link.client.aclose()
         if self.session.state not in (ClientState.DISCONNECTED, ClientState.IDLE):
@@ -210,6 +228,10 @@ class SimDevice:
         while True:
             for text in self.session.data_to_send():
                 self._record_out(text, number)
+                await ws.send_message(text)
+            raw, self._raw = self._raw, []
+            for text in raw:
+                self._record_garbage(text, number)
                 await ws.send_message(text)
             self._drain_events(number)
             deadline = self.session.next_deadline()
@@ -251,6 +273,18 @@ class SimDevice:
             )
         )
 
+    def _record_garbage(self, text: str, number: int) -> None:
+        self._record(
+            h.FrameOut(
+                at=trio.current_time(),
+                user=self.user,
+                device=self.device,
+                session=number,
+                type="garbage",
+                fields=(("text", text),),
+            )
+        )
+
     def _on_text(self, text: str | bytes, number: int) -> bool:
         """Record and feed one server message; True when it was ``welcome``."""
         now = trio.current_time()
@@ -270,7 +304,12 @@ class SimDevice:
                 )
             )
             return False
-        common = {"at": now, "user": self.user, "device": self.device, "session": number}
+        common: dict[str, Any] = {
+            "at": now,
+            "user": self.user,
+            "device": self.device,
+            "session": number,
+        }
         match frame:
             case Msg():
                 self._record(
@@ -288,7 +327,9 @@ class SimDevice:
                 )
             case Ack():
                 self._record(
-                    h.AckSeen(**common, cmid=frame.cmid, conv=frame.conv, seq=frame.seq, id=frame.id)
+                    h.AckSeen(
+                        **common, cmid=frame.cmid, conv=frame.conv, seq=frame.seq, id=frame.id
+                    )
                 )
             case Nack():
                 self._record(
@@ -314,15 +355,17 @@ class SimDevice:
                     )
                 )
             case Error():
-                self._record(h.ErrorSeen(**common, code=frame.code.value, message=frame.message))
+                self._record(
+                    h.ErrorSeen(
+                        **common, code=frame.code.value, message=frame.message, rid=frame.rid
+                    )
+                )
             case _:
                 pass
         try:
             self.session.receive_frame(frame, now)
         except RemoteProtocolError as exc:
-            self._record(
-                h.ErrorSeen(**common, code="client_protocol", message=exc.message)
-            )
+            self._record(h.ErrorSeen(**common, code="client_protocol", message=exc.message))
         welcomed = self.session.is_open and type(frame).__name__ == "Welcome"
         self._drain_events(number)
         return welcomed
@@ -371,9 +414,7 @@ class SimDevice:
                 case StateChanged(state=ClientState.OPEN):
                     self.sessions_opened += 1
                     self._record(
-                        h.SessionOpened(
-                            at=now, user=self.user, device=self.device, session=number
-                        )
+                        h.SessionOpened(at=now, user=self.user, device=self.device, session=number)
                     )
                 case RequestCompleted(request=request, result=result):
                     self._on_result(request, result, number, now)

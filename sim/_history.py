@@ -165,6 +165,7 @@ class ErrorSeen:
     session: int
     code: str
     message: str
+    rid: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -226,6 +227,11 @@ Event: TypeAlias = (
 )
 
 
+def _short(value: object, limit: int = 60) -> str:
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
 def _describe(event: Event) -> tuple[str, str]:
     """(actor, text) for the trace: compact, stable, one line."""
     match event:
@@ -238,7 +244,7 @@ def _describe(event: Event) -> tuple[str, str]:
         case SendIssued(cmid=cmid, body=body, conv=conv, to=to):
             return actor, f"send {cmid} -> {conv or 'to:' + str(to)} {body!r}"
         case FrameOut(session=s, type=t, fields=fields):
-            shown = " ".join(f"{k}={v}" for k, v in fields)
+            shown = " ".join(f"{k}={_short(v)}" for k, v in fields)
             return actor, f"s{s} >> {t} {shown}".rstrip()
         case AckSeen(session=s, cmid=cmid, conv=conv, seq=seq, id=mid):
             return actor, f"s{s} << ack {cmid} {conv}#{seq} id={mid}"

@@ -29,9 +29,7 @@ class ConvTruth:
 
     def can_see(self, user: str, seq: int) -> bool:
         """True if ``user`` may see the message at ``seq`` (G7, PROTOCOL "Visibility")."""
-        return any(
-            lo <= seq and (hi is None or seq <= hi) for lo, hi in self.periods.get(user, ())
-        )
+        return any(lo <= seq and (hi is None or seq <= hi) for lo, hi in self.periods.get(user, ()))
 
     def ever_member(self, user: str) -> bool:
         """True if ``user`` belonged to the conversation at some point."""
@@ -42,7 +40,9 @@ class ConvTruth:
         return len(self.messages)
 
 
-def _periods(conv: Conversation, messages: tuple[StoredMessage, ...]) -> dict[str, list]:
+def _periods(
+    conv: Conversation, messages: tuple[StoredMessage, ...]
+) -> dict[str, list[tuple[int, int | None]]]:
     if conv.kind == "direct":
         return {user: [(1, None)] for user in conv.members}
     periods: dict[str, list[tuple[int, int | None]]] = {}

@@ -32,6 +32,8 @@ class Workload:
     presence: float = 1.0
     group: float = 1.0
     typing: float = 0.5
+    #: Malformed or forbidden frames written past the client session (G9).
+    garbage: float = 0.3
 
     @classmethod
     def swarm(cls, rng: random.Random, *, users: int, devices: int, steps: int) -> Workload:
@@ -47,6 +49,7 @@ class Workload:
             presence=round(rng.uniform(0, 2), 2),
             group=round(rng.uniform(0, 2.5), 2),
             typing=round(rng.uniform(0, 1), 2),
+            garbage=round(rng.uniform(0, 1), 2),
         )
 
     def weights(self) -> dict[str, float]:
@@ -57,6 +60,7 @@ class Workload:
             "presence": self.presence,
             "group": self.group,
             "typing": self.typing,
+            "garbage": self.garbage,
         }
 
     def describe(self) -> str:

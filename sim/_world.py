@@ -27,8 +27,8 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from actors import NodeConfig
 from actors import Node as ActorNode
+from actors import NodeConfig
 from actors._auth import InvalidToken
 from persistence._memory import MemoryStore, StoreFaults
 from protocol import GroupAdd, GroupCreate, GroupLeave, GroupRemove, History, PresenceSub
@@ -42,6 +42,24 @@ from ._network import Arm, Link
 from ._trace import Trace
 from ._truth import Truth, snapshot
 from ._workload import Workload
+
+#: Frames a broken or hostile client might write; each must get an error or nack (G9).
+GARBAGE: tuple[str, ...] = (
+    "this is not json",
+    "[1, 2, 3]",
+    '{"type": "nope"}',
+    '{"no_type": true}',
+    '{"type": "send", "cmid": "bad id!", "body": "x", "to": "u0"}',
+    '{"type": "send", "cmid": "garbage.1", "body": 42, "to": "u0"}',
+    '{"type": "send", "cmid": "garbage.2", "body": "x"}',
+    '{"type": "history", "conv": "g:000000000000000000000000"}',
+    '{"type": "history", "conv": "d:u0:u1", "limit": 0}',
+    '{"type": "recv", "conv": "d:u0:u1", "seq": -1}',
+    '{"type": "hello", "token": "sim.u0", "device": "d9"}',
+    '{"type": "group_create", "title": "", "members": []}',
+    '{"type": "send", "cmid": "garbage.3", "to": "u0", "body": "' + "x" * 17_000 + '"}',
+    '{"type": "ping", "pad": "' + "y" * 70_000 + '"}',
+)
 
 #: Wall clock of virtual time 0, in ms since the epoch (2026-01-01T00:00:00Z).
 EPOCH_MS = 1_767_225_600_000
@@ -60,6 +78,9 @@ class RunConfig:
     workload: Workload
     plan: FaultPlan
     mutants: frozenset[str] = frozenset()
+    #: Stop the chaos phase at the first violated step (replays stay short); tests that count
+    #: fired faults run to the end instead.
+    stop_on_failure: bool = True
 
     def describe(self) -> str:
         mutants = ",".join(sorted(self.mutants)) or "none"
@@ -150,17 +171,29 @@ class World:
         self._node_scope = scope
         await self._nursery.start(self._run_node, node, scope, self.incarnation)
         self.node = node
-        self.history.record(h.NodeEvent(at=trio.current_time(), what="started", incarnation=self.incarnation))
+        self.history.record(
+            h.NodeEvent(at=trio.current_time(), what="started", incarnation=self.incarnation)
+        )
 
     async def _run_node(
-        self, node: ActorNode, scope: trio.CancelScope, incarnation: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        node: ActorNode,
+        scope: trio.CancelScope,
+        incarnation: int,
+        *,
+        task_status: trio.TaskStatus[ActorNode] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         with scope:
             try:
                 await node.run(task_status=task_status)
-            except Exception as exc:  # noqa: BLE001 - a dying node is a finding, not a sim crash
+            except Exception as exc:
                 self.history.record(
-                    h.NodeEvent(at=trio.current_time(), what="died", incarnation=incarnation, detail=repr(exc)[:200])
+                    h.NodeEvent(
+                        at=trio.current_time(),
+                        what="died",
+                        incarnation=incarnation,
+                        detail=repr(exc)[:200],
+                    )
                 )
                 if self.node is node:
                     self._crash_links()
@@ -178,7 +211,9 @@ class World:
         node.crash()
         self.node = None
         self._crash_links()
-        self.history.record(h.NodeEvent(at=trio.current_time(), what="crashed", incarnation=self.incarnation))
+        self.history.record(
+            h.NodeEvent(at=trio.current_time(), what="crashed", incarnation=self.incarnation)
+        )
         return True
 
     # ------------------------------------------------------------------ network
@@ -190,7 +225,7 @@ class World:
         link = Link(name=name, on_fault=self._link_fault)
         armed = self._arm_next.pop(name, None)
         if armed is not None:
-            link.arm(armed, after=self._fault_rng.randrange(0, 3))
+            link.arm(armed, after=self._fault_rng.randrange(0, 2))
         self.links = [lk for lk in self.links if lk.up]
         self.links.append(link)
         node.attach_stream(link.server)
@@ -209,7 +244,7 @@ class World:
             self._make_devices(nursery)
             await self._setup()
             await self._chaos()
-            if self.failed_at_step is None:
+            if self.failed_at_step is None or not self.config.stop_on_failure:
                 await self._heal()
             self.history.sealed = True
             nursery.cancel_scope.cancel()
@@ -247,7 +282,9 @@ class World:
 
         def down(how: str) -> None:
             self.history.record(
-                h.SessionClosed(at=trio.current_time(), user=user, device=dev, session=number, how=how)
+                h.SessionClosed(
+                    at=trio.current_time(), user=user, device=dev, session=number, how=how
+                )
             )
 
         link.on_down = down
@@ -266,7 +303,9 @@ class World:
             before = self._store_fired.get(kind, 0)
             for _ in range(count - before):
                 self.history.record(
-                    h.FaultFired(at=trio.current_time(), kind=f"store_{kind}", detail="fired in the Store")
+                    h.FaultFired(
+                        at=trio.current_time(), kind=f"store_{kind}", detail="fired in the Store"
+                    )
                 )
             self._store_fired[kind] = count
 
@@ -295,9 +334,10 @@ class World:
             self._act(step)
             await trio.sleep(rng.expovariate(1 / workload.step_gap_s))
             self.steps_done = step + 1
-            if not self._check():
+            if not self._check() and self.failed_at_step is None:
                 self.failed_at_step = step
-                return
+                if self.config.stop_on_failure:
+                    return
 
     async def _heal(self) -> None:
         self.trace.add("world", "heal: faults off, node up, every device back")
@@ -322,6 +362,44 @@ class World:
         self._note_store_faults()
         self.checker.check_liveness(self._truth(), [(d.user, d.device) for d in self.devices])
         self.trace.add("world", f"healed after {trio.current_time():.3f} s")
+        await self._presence_probe()
+        self._check()
+
+    async def _presence_probe(self) -> None:
+        """G6 liveness: one user leaves; every contact's device must hear so after the grace."""
+        truth = self._truth()
+        user = self._workload_rng.choice(self.users)
+        contacts = sorted(
+            {
+                other
+                for conv in truth.convs.values()
+                if conv.conv.is_member(user)
+                for other in conv.conv.members
+                if other != user
+            }
+        )
+        observers = [d for d in self.devices if d.user in contacts]
+        if not observers:
+            return
+        self.trace.add("world", f"presence probe: {user} leaves, {len(observers)} devices watch")
+        for device in observers:
+            device.request(PresenceSub(users=(user,)))
+        await trio.sleep(1.0)
+        leaving = [d for d in self.devices if d.user == user]
+        left_at = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            for device in leaving:
+                nursery.start_soon(device.disconnect_clean)
+        await trio.sleep(2.0)
+        # G8: a message for the absent user must leave a notification job behind.
+        sender = observers[0]
+        sender.send(f"away.{user}.{sender.user}", to=user)
+        await trio.sleep(GRACE_S)
+        self.checker.check_offline_reported(user, left_at, [(d.user, d.device) for d in observers])
+        self.checker.check_notifications(self._truth())
+        for device in leaving:
+            device.set_wanted(True)
+        await trio.sleep(1.0)
 
     def _converged(self) -> bool:
         truth = self._truth()
@@ -369,11 +447,15 @@ class World:
             self._group_action(device, truth, step)
         elif action == "typing" and mine:
             device.session.typing(rng.choice(mine))
+        elif action == "garbage":
+            device.send_raw(rng.choice(GARBAGE))
 
     def _group_action(self, device: SimDevice, truth: Truth, step: int) -> None:
         rng = self._workload_rng
         groups = sorted(
-            c for c, t in truth.convs.items() if t.conv.kind == "group" and t.conv.is_member(device.user)
+            c
+            for c, t in truth.convs.items()
+            if t.conv.kind == "group" and t.conv.is_member(device.user)
         )
         others = [u for u in self.users if u != device.user]
         roll = rng.random()
@@ -421,7 +503,9 @@ class World:
             self._nursery.start_soon(self._away, device, away)
         elif kind == "lost_ack" and device is not None and device.link is not None:
             device.link.arm(Arm.BEFORE_ACK)
-            device.send(f"la{self.steps_done}.{device.user}.{device.device}", to=self._other(device))
+            device.send(
+                f"la{self.steps_done}.{device.user}.{device.device}", to=self._other(device)
+            )
         elif kind == "cut_during_sync" and device is not None and device.link is not None:
             self._arm_next[device.name] = Arm.DURING_SYNC
             device.link.cut()

@@ -12,8 +12,8 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from ._faults import FAULT_KINDS, FaultPlan
-from ._world import RunConfig
 from ._workload import Workload
+from ._world import RunConfig
 
 #: Per-step fault rates Hypothesis may pick (coarse values shrink and read better).
 _RATES = (0.02, 0.05, 0.1, 0.2)
@@ -21,9 +21,9 @@ _RATES = (0.02, 0.05, 0.1, 0.2)
 
 def fault_plans(kinds: tuple[str, ...] = tuple(FAULT_KINDS)) -> st.SearchStrategy[FaultPlan]:
     """A subset of ``kinds``, each at one of a few rates; shrinks towards no faults."""
-    return st.dictionaries(st.sampled_from(kinds), st.sampled_from(_RATES), max_size=len(kinds)).map(
-        FaultPlan.of
-    )
+    return st.dictionaries(
+        st.sampled_from(kinds), st.sampled_from(_RATES), max_size=len(kinds)
+    ).map(FaultPlan.of)
 
 
 def workloads(
@@ -42,6 +42,7 @@ def workloads(
         presence=st.sampled_from((0.0, 1.0)),
         group=st.sampled_from((0.0, 1.0, 2.0)),
         typing=st.sampled_from((0.0, 0.5)),
+        garbage=st.sampled_from((0.0, 0.5)),
     )
 
 

@@ -13,8 +13,8 @@ from sim import RunConfig, simulate
 from sim.strategies import run_configs
 
 
-@settings(max_examples=8, deadline=None)
-@given(config=run_configs(max_steps=40))
+@settings(max_examples=5, deadline=None)
+@given(config=run_configs(max_steps=30))
 def test_every_drawn_run_keeps_g1_to_g9(config: RunConfig) -> None:
     note(config.describe())
     result = simulate(config)

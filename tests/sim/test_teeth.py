@@ -24,8 +24,13 @@ BUDGET = 25
 def test_every_fault_kind_fires_in_a_typical_exploration() -> None:
     fired: Counter[str] = Counter()
     plan = FaultPlan.of(dict.fromkeys(FAULT_KINDS, 0.05))
-    for seed in range(3):
-        config = RunConfig(seed=seed, workload=Workload(users=4, devices=2, steps=80), plan=plan)
+    for seed in range(4):
+        config = RunConfig(
+            seed=seed,
+            workload=Workload(users=4, devices=2, steps=80),
+            plan=plan,
+            stop_on_failure=False,
+        )
         fired.update(simulate(config).report.faults)
     missing = set(FAULT_KINDS) - set(fired)
     assert not missing, f"never fired: {sorted(missing)}; fired: {dict(fired)}"
