@@ -385,6 +385,8 @@ async def keep_alive(clients: list[BenchClient], stats: PingStats) -> None:
     gap_s = heartbeat_s / max(1, len(clients))
 
     async def ping(client: BenchClient) -> None:
+        if not client.connected:
+            return
         stats.pings += 1
         with trio.move_on_after(heartbeat_s):
             if await client.ping():

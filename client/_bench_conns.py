@@ -100,6 +100,7 @@ class _ConnsWorker:
                         "failed": self.failed_connects,
                         "connect_s": connect_s,
                         "handshake": self.handshake.to_wire(),
+                        "pings": self.ping_stats.pings,
                     },
                 )
             )

@@ -727,6 +727,7 @@ def _run_conns(
         connect_s = time.monotonic() - began
         opened = sum(c["clients"] - c["failed"] for c in connected)
         _progress(f"{opened:,} connections open in {connect_s:.1f} s; settling {args.settle} s")
+        settle_began = time.monotonic()
         time.sleep(args.settle)
         rss_n = sampler.watcher.rss_bytes() if sampler.watcher else None
         metrics_n = scrape_metrics(url)
@@ -751,7 +752,8 @@ def _run_conns(
     for part in done:
         for code, n in part["problems"].items():
             problems[code] = problems.get(code, 0) + n
-    pings = sum(p["pings"] for p in done)
+    pings = sum(p["pings"] for p in done) - sum(c["pings"] for c in connected)
+    idle_s = hold_s + (hold_began - settle_began)
     per_conn_kib = (rss_n - rss_0) / opened / 1024 if rss_0 and rss_n and opened else None
     return {
         "bench": "conns",
@@ -774,9 +776,9 @@ def _run_conns(
         "node_rss_mib_at_n": rss_n / MIB if rss_n else None,
         "rss_kib_per_connection": per_conn_kib,
         "hold_s": hold_s,
-        "pings": pings,
+        "pings_while_idle": pings,
         "pongs": sum(p["pongs"] for p in done),
-        "pings_per_s": pings / hold_s if hold_s > 0 else None,
+        "pings_per_s": pings / idle_s if idle_s > 0 else None,
         "reconnects": sum(p["reconnects"] for p in done),
         "problems": problems,
         "resources_during_hold": sampler.summary(),

@@ -12,9 +12,22 @@ about as much as a whole document, so the hot path avoids them; see docs/benchma
   holding the batch's messages in ``msgs``. The ``_id`` is the (conv, seq) uniqueness: two
   writers that both believe the conversation ends at seq N both insert ``conv|N+1`` and exactly
   one wins. Chunks never overlap because every writer starts after a known chunk end.
-* ``keys``: one document per text message, ``_id = sender|device|cmid`` → (conv, seq): the
-  idempotency key, unique forever. Keys and chunks of a batch are written in one transaction,
-  so no key exists without its message and no message without its key.
+* ``keys``: one document per text message, ``_id = sender|device|cmid`` → (conv, seq, first
+  seq of its chunk): the idempotency key, unique forever. Keys and chunks are written in one
+  transaction, so no key exists without its message and no message without its key.
+
+Group commit across conversations (:meth:`MongoStore.append`): concurrent ``append`` calls —
+from many conversation actors — are merged into ONE transaction (one chunk per conversation,
+one key per message, one commit = one journal flush). The first caller leads; calls arriving
+while a commit is in flight queue up and the next leader takes them all. A duplicate chunk
+``_id`` means another writer extended that conversation: only that conversation's end is
+re-read (and its membership, if a membership event was passed) and the merged write retried;
+a duplicate key means that message was stored before: it is replayed from the key.
+
+Cached per conversation (``_Head``): a chunk end and the membership valid through it. A cached
+"member" is checked by the write itself (the chunk insert at end+1 fails if anybody, e.g. a
+membership change on another node, wrote after that end); a cached "not a member" is never
+trusted (re-read before refusing). So the cache has no staleness window for appends.
 * ``convs``: conversation metadata and membership, with ``member_ids``/``past_ids`` arrays for
   the per-user listings. Membership changes write their event chunk and the new membership in
   one transaction.

@@ -55,14 +55,18 @@ async def _single(store: MongoStore, seconds: float, size: int, body: str) -> No
 
 async def _many(store: MongoStore, seconds: float, convs: int, body: str) -> None:
     print(f"  creating {convs} conversations ...", flush=True)
-    ids = [(await store.direct_conversation(f"u{i}", f"v{convs}-{i}")).id for i in range(convs)]
+    ids = [
+        (await store.direct_conversation(f"n{convs}u{i}", f"n{convs}v{i}")).id for i in range(convs)
+    ]
     # Warm-up, reported apart: the first append a store makes to a conversation reads where
     # the conversation ends and its membership; afterwards both are cached.
     t0 = time.perf_counter()
     async with trio.open_nursery() as nursery:
         for i, conv in enumerate(ids):
             nursery.start_soon(
-                store.append, conv, [Draft(sender=f"u{i}", device="d1", cmid="w", body=body, ts=0)]
+                store.append,
+                conv,
+                [Draft(sender=f"n{convs}u{i}", device="d1", cmid="w", body=body, ts=0)],
             )
     print(
         f"  warm-up: first append to each of {convs} conversations took "
@@ -81,7 +85,7 @@ async def _many(store: MongoStore, seconds: float, convs: int, body: str) -> Non
         while time.perf_counter() < deadline:
             t0 = time.perf_counter()
             [result] = await store.append(
-                conv, [Draft(sender=f"u{i}", device="d1", cmid=f"m{k}", body=body, ts=0)]
+                conv, [Draft(sender=f"n{convs}u{i}", device="d1", cmid=f"m{k}", body=body, ts=0)]
             )
             latencies.append(time.perf_counter() - t0)
             if not isinstance(result, StoredMessage):

@@ -38,8 +38,9 @@ Rules -- everything that decides what the session does lives in this file:
 4. **Reporting ``recv``.** When ``w`` rises past what was reported, a ``recv {conv, w}`` is
    due ``recv_delay_s`` later (batched: one frame per conversation however many messages
    arrived); :meth:`~ClientSession.tick` sends what is due. ``w`` only ever covers a
-   contiguous prefix, so the report is cumulative and true. An ``ack`` at ``reported + 1``
-   moves ``reported`` without a frame (the server moves the watermark itself, G4). A
+   contiguous prefix, so the report is cumulative and true. An ``ack`` that raises ``w`` is
+   reported like a push: the server moves its watermark on an ack only if it already had
+   ``seq - 1``, and the client cannot know whether its earlier ``recv`` got there first. A
    duplicate push means the server believes we lack that seq (a lost ``recv``): the current
    ``w`` is reported again.
 5. **Gaps.** When a pushed or acked seq leaves a hole above ``w`` (live pushes arrive in
@@ -576,7 +577,7 @@ class ClientSession:
             case Msg():
                 self._on_msg(frame, now, pushed=True)
             case Ack():
-                self._on_ack(frame)
+                self._on_ack(frame, now)
             case Nack():
                 self._on_nack(frame, now)
             case Receipt():
@@ -631,7 +632,7 @@ class ClientSession:
         entry = self._outbox.get(msg.cmid) if msg.cmid is not None else None
         if entry is not None and msg.sender == self.user:
             ack = Ack(cmid=entry.frame.cmid, conv=msg.conv, seq=msg.seq, id=msg.id, ts=msg.ts)
-            self._on_ack(ack)
+            self._on_ack(ack, now)
             return
         state = self._conv(msg.conv)
         if state.watermark is None:
@@ -646,15 +647,12 @@ class ClientSession:
         if pushed:
             self._check_gap(msg.conv, state)
 
-    def _on_ack(self, ack: Ack) -> None:
+    def _on_ack(self, ack: Ack, now: float) -> None:
         state = self._conv(ack.conv)
         if state.watermark is None and (ack.seq == 1 or self._state is ClientState.SYNCED):
             state.watermark = 0
         if not state.holds(ack.seq):
-            state.above.add(ack.seq)
-            state.advance()
-        if state.reported == ack.seq - 1:
-            state.reported = ack.seq
+            self._hold(state, ack.seq, now)
         entry = self._outbox.pop(ack.cmid, None)
         if entry is not None:
             self._emit(Acked(cmid=ack.cmid, ack=ack, send=entry.frame))

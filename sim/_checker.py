@@ -19,6 +19,8 @@ from collections.abc import Iterable
 
 import attrs
 
+from persistence import StoredMessage
+
 from ._history import (
     AckSeen,
     Displayed,
@@ -137,10 +139,9 @@ class Checker:
     # presence
     _sessions: dict[tuple[str, str, int], _Session] = attrs.Factory(dict)
     _pending_presence: list[PresenceSeen] = attrs.Factory(list)
+    _node_starts: list[float] = attrs.Factory(list)
     # G9: bad frames awaiting their error/nack, per (user, device, session)
-    _garbage: dict[tuple[str, str, int], list[FrameOut]] = attrs.Factory(
-        lambda: defaultdict(list)
-    )
+    _garbage: dict[tuple[str, str, int], list[FrameOut]] = attrs.Factory(lambda: defaultdict(list))
     # content checks against the store wait until the Store holds the seq (G1 checks it)
     _pending_content: list[PushSeen | Displayed | HistorySeen] = attrs.Factory(list)
 
@@ -174,7 +175,7 @@ class Checker:
                 missing = [
                     m.seq
                     for m in conv.messages
-                    if conv.can_see(user, m.seq) and (conv_id, m.seq) not in held
+                    if conv.visible_now(user, m.seq) and (conv_id, m.seq) not in held
                 ]
                 if missing:
                     self.report.add(
@@ -187,335 +188,19 @@ class Checker:
         return self.report
 
     def _check_garbage_answered(self) -> None:
+        """G9: a bad frame on a connection that is still up (so nothing stalled or cut it
+        since) must have had its error or nack by the end of the healed phase."""
         for (user, device, session), pending in self._garbage.items():
             state = self._sessions.get((user, device, session))
+            if state is None or state.closed is not None:
+                continue
             for frame in pending:
-                ended = state.closed if state is not None else None
-                if ended is not None and ended < frame.at + 2.0:
-                    continue  # the connection went away before an answer was due
                 text = str(frame.get("text"))[:60]
                 self.report.add(
                     "uncontained",
                     f"{user}/{device} session {session} wrote bad frame {text!r} at "
                     f"{frame.at:.3f} and never got an error or nack",
                 )
-
-    # ------------------------------------------------------------------ events
-
-    def _consume(self, event: Event, _truth: Truth | None) -> None:
-        match event:
-            case SendIssued(body=body):
-                self._sends[body] = event
-            case FrameOut():
-                self._on_frame_out(event)
-            case AckSeen():
-                self._acks.append(event)
-                dev = (event.user, event.device)
-                self._held[dev].add((event.conv, event.seq))
-                self._acked_at[dev].add((event.conv, event.seq))
-                acks = self._session_acks[(event.user, event.device, event.session)]
-                acks.setdefault(event.cmid, event.seq)
-            case ErrorSeen(rid=None) | NackSeen(code="bad_frame" | "too_large") if self._garbage[
-                (event.user, event.device, event.session)
-            ]:
-                self._garbage[(event.user, event.device, event.session)].pop(0)
-                if isinstance(event, NackSeen):
-                    self._writes[(event.user, event.device, event.session, event.cmid)] += 1
-            case NackSeen():
-                # A nacked send may be stored by a later resend on the same connection, after
-                # sends written behind it: it no longer tells anything about arrival order.
-                self._writes[(event.user, event.device, event.session, event.cmid)] += 1
-            case PushSeen():
-                self._on_push(event)
-            case Displayed():
-                dev = (event.user, event.device)
-                if (event.conv, event.seq) in self._displayed[dev]:
-                    self.report.add(
-                        "duplicated",
-                        f"{event.user}/{event.device} displayed {event.conv}#{event.seq} twice "
-                        f"(at {event.at:.3f})",
-                    )
-                elif (event.conv, event.seq) in self._acked_at[dev]:
-                    self.report.add(
-                        "duplicated",
-                        f"{event.user}/{event.device} displayed its own acked "
-                        f"{event.conv}#{event.seq} again (at {event.at:.3f})",
-                    )
-                self._displayed[dev].add((event.conv, event.seq))
-                self._held[dev].add((event.conv, event.seq))
-                self._pending_content.append(event)
-            case HistorySeen():
-                self._pending_content.append(event)
-            case ReceiptSeen():
-                self._pending_receipts.append(event)
-            case PresenceSeen():
-                self._pending_presence.append(event)
-            case SessionOpened(user=user, device=device, session=session, at=at):
-                self._sessions[(user, device, session)] = _Session(user, device, session, at)
-            case SessionClosed(user=user, device=device, session=session, at=at):
-                found = self._sessions.get((user, device, session))
-                if found is not None and found.closed is None:
-                    found.closed = at
-            case NodeEvent(what="died", detail=detail, incarnation=inc):
-                self.report.add("uncontained", f"node #{inc} died by itself: {detail}")
-            case ErrorSeen(code="internal", message=message):
-                self.report.add(
-                    "uncontained", f"{event.user}/{event.device} got error internal: {message}"
-                )
-            case _:
-                pass
-        if isinstance(event, SendResolved):
-            send_body = self._cmid_body.get((event.user, event.device, event.cmid))
-            if send_body is not None:
-                self._resolved[send_body] = event
-            if event.conv is not None and event.seq is not None:
-                self._held[(event.user, event.device)].add((event.conv, event.seq))
-                self._acked_at[(event.user, event.device)].add((event.conv, event.seq))
-
-    def _on_frame_out(self, frame: FrameOut) -> None:
-        user, device = frame.user, frame.device
-        if frame.type == "send":
-            cmid, body = str(frame.get("cmid")), str(frame.get("body"))
-            self._cmid_body.setdefault((user, device, cmid), body)
-            target = str(frame.get("conv") or "to:" + str(frame.get("to")))
-            self._writes[(user, device, frame.session, cmid)] += 1
-            first = self._first_write.setdefault((user, device, cmid), frame.session)
-            if first == frame.session:
-                # Only first writes tell arrival order: a resend may find its cmid stored
-                # (or queued) from an earlier connection, after sends written behind it here.
-                self._session_writes[(user, device, frame.session, target)].append(cmid)
-        elif frame.type == "garbage":
-            self._garbage[(user, device, frame.session)].append(frame)
-        elif frame.type in ("recv", "read"):
-            conv, seq = str(frame.get("conv")), frame.get("seq")
-            if isinstance(seq, int):
-                marks = self._recv_sent if frame.type == "recv" else self._read_sent
-                marks[(user, conv)] = max(marks.get((user, conv), 0), seq)
-
-    def _on_push(self, push: PushSeen) -> None:
-        key = (push.user, push.device, push.session, push.conv)
-        seen = self._pushed[key]
-        if seen and push.seq < max(seen) and push.seq not in seen:
-            self.report.add(
-                "out_of_order",
-                f"{push.user}/{push.device} session {push.session} got {push.conv}#{push.seq} "
-                f"after #{max(seen)} (at {push.at:.3f})",
-            )
-        seen.append(push.seq)
-        self._pending_content.append(push)
-
-    # ------------------------------------------------------------------ store checks
-
-    def _stored_by_body(self, truth: Truth, send: SendIssued) -> object | None:
-        for key, messages in truth.by_key.items():
-            if key[0] == send.user and key[1] == send.device:
-                for message in messages:
-                    if message.body == send.body:
-                        return message
-        return None
-
-    def _check_store(self, truth: Truth) -> None:
-        for conv_id, conv in truth.convs.items():
-            for index, message in enumerate(conv.messages, start=1):
-                if message.seq != index:
-                    self.report.add(
-                        "out_of_order", f"{conv_id} holds seq {message.seq} at position {index}"
-                    )
-                    break
-        for (sender, device, cmid), messages in truth.by_key.items():
-            if len(messages) > 1:
-                where = ", ".join(f"{m.conv}#{m.seq}" for m in messages)
-                self.report.add(
-                    "duplicated",
-                    f"cmid {cmid} of {sender}/{device} stored {len(messages)}x: {where}",
-                )
-            for message in messages:
-                if message.kind != "text":
-                    continue
-                body = self._cmid_body.get((sender, device, cmid))
-                send = self._sends.get(message.body)
-                if body != message.body or send is None or send.user != sender:
-                    self.report.add(
-                        "unexpected",
-                        f"{message.conv}#{message.seq} from {sender}/{device} cmid {cmid} "
-                        f"body {message.body!r} matches no send that device wrote",
-                    )
-        # The workload gives every logical send a unique body: storing one twice is a
-        # duplicate even when the two copies carry different cmids (a client resending badly).
-        copies: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-        for conv_id, conv in truth.convs.items():
-            for message in conv.messages:
-                if message.kind == "text":
-                    copy_key = (message.sender, message.device, message.body)
-                    copies[copy_key].append(f"{conv_id}#{message.seq} cmid {message.cmid}")
-        for (sender, device, body), places in copies.items():
-            if len(places) > 1:
-                self.report.add(
-                    "duplicated",
-                    f"send {body!r} of {sender}/{device} stored {len(places)}x: "
-                    + ", ".join(places),
-                )
-        for ack in self._acks:
-            stored = truth.by_key.get((ack.user, ack.device, ack.cmid))
-            where = f"{ack.user}/{ack.device} ack {ack.cmid} -> {ack.conv}#{ack.seq} id={ack.id}"
-            if not stored:
-                self.report.add("lost", f"{where} (at {ack.at:.3f}) is not in the Store")
-                continue
-            first = stored[0]
-            if (first.conv, first.seq, first.id) != (ack.conv, ack.seq, ack.id):
-                self.report.add(
-                    "wrong_ack",
-                    f"{where}, but the Store has {first.conv}#{first.seq} id={first.id}",
-                )
-        self._acks = [a for a in self._acks if (a.user, a.device, a.cmid) not in truth.by_key]
-        for write_key, writes in self._session_writes.items():
-            user, device, session, _target = write_key
-            acked = self._session_acks.get((user, device, session), {})
-            once = [c for c in writes if self._writes[(user, device, session, c)] == 1]
-            order = [(cmid, acked[cmid]) for cmid in once if cmid in acked]
-            seqs = [seq for _cmid, seq in order]
-            if seqs != sorted(seqs):
-                self.report.add(
-                    "out_of_order",
-                    f"{user}/{device} session {session} sent {[c for c, _ in order]} in that "
-                    f"order but they were acked at seqs {seqs}",
-                )
-
-    def _check_content(self, truth: Truth) -> None:
-        waiting: list[PushSeen | Displayed | HistorySeen] = []
-        for event in self._pending_content:
-            if isinstance(event, HistorySeen):
-                conv = truth.convs.get(event.conv)
-                for seq, mid in event.messages:
-                    stored = truth.message(event.conv, seq)
-                    if conv is None or stored is None or stored.id != mid:
-                        self.report.add(
-                            "unexpected",
-                            f"{event.user}/{event.device} history listed {event.conv}#{seq} "
-                            f"id={mid}, not as stored",
-                        )
-                    elif not conv.can_see(event.user, seq):
-                        self.report.add(
-                            "authorization_leaks",
-                            f"{event.user}/{event.device} history listed {event.conv}#{seq} "
-                            f"outside its visibility (at {event.at:.3f})",
-                        )
-                continue
-            conv = truth.convs.get(event.conv)
-            stored = truth.message(event.conv, event.seq)
-            if conv is None or stored is None:
-                waiting.append(event)  # G1 flags an ack that never gets stored
-                continue
-            what = "pushed" if isinstance(event, PushSeen) else "displayed"
-            if stored.id != event.id or stored.body != event.body:
-                self.report.add(
-                    "unexpected",
-                    f"{event.user}/{event.device} {what} {event.conv}#{event.seq} "
-                    f"id={event.id} body={event.body!r}, Store has id={stored.id} "
-                    f"body={stored.body!r}",
-                )
-            if not conv.can_see(event.user, event.seq):
-                self.report.add(
-                    "authorization_leaks",
-                    f"{event.user}/{event.device} {what} {event.conv}#{event.seq}, outside "
-                    f"{event.user}'s visibility {list(conv.periods.get(event.user, ()))} "
-                    f"(at {event.at:.3f})",
-                )
-        self._pending_content = waiting
-
-    # ------------------------------------------------------------------ G5 receipts
-
-    def _check_receipts(self, truth: Truth) -> None:
-        for receipt in self._pending_receipts:
-            conv = truth.convs.get(receipt.conv)
-            who = f"{receipt.user}/{receipt.device}"
-            if conv is None or not conv.ever_member(receipt.user):
-                self.report.add(
-                    "authorization_leaks",
-                    f"{who} got a receipt for {receipt.conv}, never its conversation",
-                )
-                continue
-            own = max(
-                (m.seq for m in conv.messages if m.sender == receipt.of_user and m.kind == "text"),
-                default=0,
-            )
-            for field, value, sent in (
-                (
-                    "delivered",
-                    receipt.delivered,
-                    max(self._recv_sent.get((receipt.of_user, receipt.conv), 0), own),
-                ),
-                ("read", receipt.read, self._read_sent.get((receipt.of_user, receipt.conv), 0)),
-            ):
-                if value is None:
-                    continue
-                if value > sent:
-                    self.report.add(
-                        "untruthful_receipts",
-                        f"{who} told {receipt.of_user} {field}={value} in {receipt.conv} at "
-                        f"{receipt.at:.3f}, but {receipt.of_user}'s devices reported only {sent}",
-                    )
-                key = (receipt.user, receipt.device, receipt.conv, receipt.of_user, field)
-                before = self._receipt_seen.get(key, 0)
-                if value < before:
-                    self.report.add(
-                        "untruthful_receipts",
-                        f"{who} saw {receipt.of_user}'s {field} in {receipt.conv} go back from "
-                        f"{before} to {value} (at {receipt.at:.3f})",
-                    )
-                self._receipt_seen[key] = max(before, value)
-        self._pending_receipts = []
-        for recv_key, seq in truth.recv.items():
-            before = self._store_recv.get(recv_key, 0)
-            if seq < before:
-                self.report.add(
-                    "untruthful_receipts", f"stored recv of {recv_key} went back {before} -> {seq}"
-                )
-            self._store_recv[recv_key] = max(seq, before)
-        for rkey, seq in truth.read.items():
-            before = self._store_read.get(rkey, 0)
-            if seq < before:
-                self.report.add(
-                    "untruthful_receipts", f"stored read of {rkey} went back {before} -> {seq}"
-                )
-            self._store_read[rkey] = max(seq, before)
-
-    # ------------------------------------------------------------------ G6 presence
-
-    def _check_presence(self, truth: Truth) -> None:
-        for seen in self._pending_presence:
-            who = f"{seen.user}/{seen.device}"
-            shared = any(
-                c.ever_member(seen.user) and c.ever_member(seen.of_user)
-                for c in truth.convs.values()
-            )
-            if not shared:
-                self.report.add(
-                    "authorization_leaks",
-                    f"{who} got presence of {seen.of_user}, who shares no conversation with it",
-                )
-            sessions = [s for s in self._sessions.values() if s.user == seen.of_user]
-            if seen.status == "offline":
-                open_then = [
-                    s
-                    for s in sessions
-                    if s.opened <= seen.at
-                    and (s.closed is None or s.closed > seen.at - self.grace_s + TOLERANCE_S)
-                ]
-                if open_then:
-                    s = open_then[0]
-                    closed = "still open" if s.closed is None else f"closed at {s.closed:.3f}"
-                    self.report.add(
-                        "presence_mismatches",
-                        f"{who} told {seen.of_user} offline at {seen.at:.3f}, but "
-                        f"{s.device} session {s.session} {closed} (grace {self.grace_s} s)",
-                    )
-            elif seen.status == "online" and not any(s.opened <= seen.at for s in sessions):
-                self.report.add(
-                    "presence_mismatches",
-                    f"{who} told {seen.of_user} online at {seen.at:.3f} before any session",
-                )
-        self._pending_presence = []
 
     def check_offline_reported(
         self, of_user: str, since: float, observers: Iterable[tuple[str, str]]
@@ -553,6 +238,357 @@ class Checker:
         self._cursor = len(self.history.events)
         for event in new:
             self._consume(event, None)
+
+    # ------------------------------------------------------------------ events
+
+    def _consume(self, event: Event, _truth: Truth | None) -> None:
+        match event:
+            case SendIssued(body=body):
+                self._sends[body] = event
+            case FrameOut():
+                self._on_frame_out(event)
+            case AckSeen():
+                self._acks.append(event)
+                dev = (event.user, event.device)
+                self._held[dev].add((event.conv, event.seq))
+                self._acked_at[dev].add((event.conv, event.seq))
+                acks = self._session_acks[(event.user, event.device, event.session)]
+                acks.setdefault(event.cmid, event.seq)
+            case ErrorSeen(rid=None) | NackSeen(code="bad_frame" | "too_large") if self._garbage[
+                (event.user, event.device, event.session)
+            ]:
+                self._garbage[(event.user, event.device, event.session)].pop(0)
+                if isinstance(event, NackSeen):
+                    self._writes[(event.user, event.device, event.session, event.cmid)] += 1
+            case NackSeen():
+                # A nacked send may be stored by a later resend on the same connection, after
+                # sends written behind it: it no longer tells anything about arrival order.
+                self._writes[(event.user, event.device, event.session, event.cmid)] += 1
+            case PushSeen():
+                self._on_push(event)
+            case Displayed():
+                self._on_display(event)
+            case HistorySeen():
+                self._pending_content.append(event)
+            case ReceiptSeen():
+                self._pending_receipts.append(event)
+            case PresenceSeen():
+                self._pending_presence.append(event)
+            case SessionOpened(user=user, device=device, session=session, at=at):
+                self._sessions[(user, device, session)] = _Session(user, device, session, at)
+            case SessionClosed(user=user, device=device, session=session, at=at):
+                found = self._sessions.get((user, device, session))
+                if found is not None and found.closed is None:
+                    found.closed = at
+            case NodeEvent(what="started", at=at):
+                self._node_starts.append(at)
+            case NodeEvent(what="died", detail=detail, incarnation=inc):
+                self.report.add("uncontained", f"node #{inc} died by itself: {detail}")
+            case SendResolved():
+                self._on_resolved(event)
+            case _:
+                pass
+        if isinstance(event, ErrorSeen) and event.code == "internal":
+            self.report.add(
+                "uncontained", f"{event.user}/{event.device} got error internal: {event.message}"
+            )
+
+    def _on_display(self, event: Displayed) -> None:
+        dev = (event.user, event.device)
+        if (event.conv, event.seq) in self._displayed[dev]:
+            self.report.add(
+                "duplicated",
+                f"{event.user}/{event.device} displayed {event.conv}#{event.seq} twice "
+                f"(at {event.at:.3f})",
+            )
+        elif (event.conv, event.seq) in self._acked_at[dev]:
+            self.report.add(
+                "duplicated",
+                f"{event.user}/{event.device} displayed its own acked "
+                f"{event.conv}#{event.seq} again (at {event.at:.3f})",
+            )
+        self._displayed[dev].add((event.conv, event.seq))
+        self._held[dev].add((event.conv, event.seq))
+        self._pending_content.append(event)
+
+    def _on_resolved(self, event: SendResolved) -> None:
+        body = self._cmid_body.get((event.user, event.device, event.cmid))
+        if body is not None:
+            self._resolved[body] = event
+        if event.conv is not None and event.seq is not None:
+            self._held[(event.user, event.device)].add((event.conv, event.seq))
+            self._acked_at[(event.user, event.device)].add((event.conv, event.seq))
+
+    def _on_frame_out(self, frame: FrameOut) -> None:
+        user, device = frame.user, frame.device
+        if frame.type == "send":
+            cmid, body = str(frame.get("cmid")), str(frame.get("body"))
+            self._cmid_body.setdefault((user, device, cmid), body)
+            target = str(frame.get("conv") or "to:" + str(frame.get("to")))
+            self._writes[(user, device, frame.session, cmid)] += 1
+            first = self._first_write.setdefault((user, device, cmid), frame.session)
+            if first == frame.session:
+                # Only first writes tell arrival order: a resend may find its cmid stored
+                # (or queued) from an earlier connection, after sends written behind it here.
+                self._session_writes[(user, device, frame.session, target)].append(cmid)
+        elif frame.type == "garbage":
+            self._garbage[(user, device, frame.session)].append(frame)
+        elif frame.type in ("recv", "read"):
+            conv, seq = str(frame.get("conv")), frame.get("seq")
+            if isinstance(seq, int):
+                marks = self._recv_sent if frame.type == "recv" else self._read_sent
+                marks[(user, conv)] = max(marks.get((user, conv), 0), seq)
+
+    def _on_push(self, push: PushSeen) -> None:
+        key = (push.user, push.device, push.session, push.conv)
+        seen = self._pushed[key]
+        if seen and push.seq < max(seen) and push.seq not in seen:
+            self.report.add(
+                "out_of_order",
+                f"{push.user}/{push.device} session {push.session} got {push.conv}#{push.seq} "
+                f"after #{max(seen)} (at {push.at:.3f})",
+            )
+        seen.append(push.seq)
+        self._pending_content.append(push)
+
+    # ------------------------------------------------------------------ store checks
+
+    def _stored_by_body(self, truth: Truth, send: SendIssued) -> StoredMessage | None:
+        for key, messages in truth.by_key.items():
+            if key[0] == send.user and key[1] == send.device:
+                for message in messages:
+                    if message.body == send.body:
+                        return message
+        return None
+
+    def _check_store(self, truth: Truth) -> None:
+        for conv_id, conv in truth.convs.items():
+            for index, message in enumerate(conv.messages, start=1):
+                if message.seq != index:
+                    self.report.add(
+                        "out_of_order", f"{conv_id} holds seq {message.seq} at position {index}"
+                    )
+                    break
+        self._check_identity(truth)
+        self._check_acks(truth)
+        self._check_send_order()
+
+    def _check_identity(self, truth: Truth) -> None:
+        """G2 and "nobody sends as another": one stored message per cmid and per send."""
+        for (sender, device, cmid), messages in truth.by_key.items():
+            if len(messages) > 1:
+                where = ", ".join(f"{m.conv}#{m.seq}" for m in messages)
+                self.report.add(
+                    "duplicated",
+                    f"cmid {cmid} of {sender}/{device} stored {len(messages)}x: {where}",
+                )
+            for message in messages:
+                if message.kind != "text":
+                    continue
+                body = self._cmid_body.get((sender, device, cmid))
+                send = self._sends.get(message.body)
+                if body != message.body or send is None or send.user != sender:
+                    self.report.add(
+                        "unexpected",
+                        f"{message.conv}#{message.seq} from {sender}/{device} cmid {cmid} "
+                        f"body {message.body!r} matches no send that device wrote",
+                    )
+        # The workload gives every logical send a unique body: storing one twice is a
+        # duplicate even when the two copies carry different cmids (a client resending badly).
+        copies: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+        for conv_id, conv in truth.convs.items():
+            for message in conv.messages:
+                if message.kind == "text":
+                    copy_key = (message.sender, message.device, message.body)
+                    copies[copy_key].append(f"{conv_id}#{message.seq} cmid {message.cmid}")
+        for (sender, device, body), places in copies.items():
+            if len(places) > 1:
+                self.report.add(
+                    "duplicated",
+                    f"send {body!r} of {sender}/{device} stored {len(places)}x: "
+                    + ", ".join(places),
+                )
+
+    def _check_acks(self, truth: Truth) -> None:
+        """G1: an ack names the stored message of its cmid (checked once, when it arrives)."""
+        for ack in self._acks:
+            stored = truth.by_key.get((ack.user, ack.device, ack.cmid))
+            where = f"{ack.user}/{ack.device} ack {ack.cmid} -> {ack.conv}#{ack.seq} id={ack.id}"
+            if not stored:
+                self.report.add("lost", f"{where} (at {ack.at:.3f}) is not in the Store")
+                continue
+            first = stored[0]
+            if (first.conv, first.seq, first.id) != (ack.conv, ack.seq, ack.id):
+                self.report.add(
+                    "wrong_ack",
+                    f"{where}, but the Store has {first.conv}#{first.seq} id={first.id}",
+                )
+        self._acks = []
+
+    def _check_send_order(self) -> None:
+        """G3: sends first written on one connection to one target are stored in that order."""
+        for write_key, writes in self._session_writes.items():
+            user, device, session, _target = write_key
+            acked = self._session_acks.get((user, device, session), {})
+            once = [c for c in writes if self._writes[(user, device, session, c)] == 1]
+            order = [(cmid, acked[cmid]) for cmid in once if cmid in acked]
+            seqs = [seq for _cmid, seq in order]
+            if seqs != sorted(seqs):
+                self.report.add(
+                    "out_of_order",
+                    f"{user}/{device} session {session} sent {[c for c, _ in order]} in that "
+                    f"order but they were acked at seqs {seqs}",
+                )
+
+    def _check_content(self, truth: Truth) -> None:
+        """G3/G7: what devices were shown is what the Store holds, and theirs to see."""
+        waiting: list[PushSeen | Displayed | HistorySeen] = []
+        for event in self._pending_content:
+            if isinstance(event, HistorySeen):
+                self._check_history(event, truth)
+                continue
+            conv = truth.convs.get(event.conv)
+            stored = truth.message(event.conv, event.seq)
+            if conv is None or stored is None:
+                waiting.append(event)  # not stored yet: look again after the next step
+                continue
+            what = "pushed" if isinstance(event, PushSeen) else "displayed"
+            if stored.id != event.id or stored.body != event.body:
+                self.report.add(
+                    "unexpected",
+                    f"{event.user}/{event.device} {what} {event.conv}#{event.seq} "
+                    f"id={event.id} body={event.body!r}, Store has id={stored.id} "
+                    f"body={stored.body!r}",
+                )
+            if not conv.can_see(event.user, event.seq):
+                self.report.add(
+                    "authorization_leaks",
+                    f"{event.user}/{event.device} {what} {event.conv}#{event.seq}, outside "
+                    f"{event.user}'s visibility {list(conv.periods.get(event.user, ()))} "
+                    f"(at {event.at:.3f})",
+                )
+        self._pending_content = waiting
+
+    def _check_history(self, event: HistorySeen, truth: Truth) -> None:
+        conv = truth.convs.get(event.conv)
+        for seq, mid in event.messages:
+            stored = truth.message(event.conv, seq)
+            if conv is None or stored is None or stored.id != mid:
+                self.report.add(
+                    "unexpected",
+                    f"{event.user}/{event.device} history listed {event.conv}#{seq} "
+                    f"id={mid}, not as stored",
+                )
+            elif not conv.can_see(event.user, seq):
+                self.report.add(
+                    "authorization_leaks",
+                    f"{event.user}/{event.device} history listed {event.conv}#{seq} "
+                    f"outside its visibility (at {event.at:.3f})",
+                )
+
+    # ------------------------------------------------------------------ G5 receipts
+
+    def _check_receipts(self, truth: Truth) -> None:
+        for receipt in self._pending_receipts:
+            self._check_receipt(receipt, truth)
+        self._pending_receipts = []
+        for recv_key, seq in truth.recv.items():
+            before = self._store_recv.get(recv_key, 0)
+            if seq < before:
+                self.report.add(
+                    "untruthful_receipts", f"stored recv of {recv_key} went back {before} -> {seq}"
+                )
+            self._store_recv[recv_key] = max(seq, before)
+        for read_key, seq in truth.read.items():
+            before = self._store_read.get(read_key, 0)
+            if seq < before:
+                self.report.add(
+                    "untruthful_receipts", f"stored read of {read_key} went back {before} -> {seq}"
+                )
+            self._store_read[read_key] = max(seq, before)
+
+    def _check_receipt(self, receipt: ReceiptSeen, truth: Truth) -> None:
+        conv = truth.convs.get(receipt.conv)
+        who = f"{receipt.user}/{receipt.device}"
+        if conv is None or not conv.ever_member(receipt.user):
+            self.report.add(
+                "authorization_leaks",
+                f"{who} got a receipt for {receipt.conv}, never its conversation",
+            )
+            return
+        # An ack moves the sender's own watermark (G4), so its own seqs count as received.
+        own = max(
+            (m.seq for m in conv.messages if m.sender == receipt.of_user and m.kind == "text"),
+            default=0,
+        )
+        recv_sent = max(self._recv_sent.get((receipt.of_user, receipt.conv), 0), own)
+        read_sent = self._read_sent.get((receipt.of_user, receipt.conv), 0)
+        for field, value, sent in (
+            ("delivered", receipt.delivered, recv_sent),
+            ("read", receipt.read, read_sent),
+        ):
+            if value is None:
+                continue
+            if value > sent:
+                self.report.add(
+                    "untruthful_receipts",
+                    f"{who} told {receipt.of_user} {field}={value} in {receipt.conv} at "
+                    f"{receipt.at:.3f}, but {receipt.of_user}'s devices reported only {sent}",
+                )
+            key = (receipt.user, receipt.device, receipt.conv, receipt.of_user, field)
+            before = self._receipt_seen.get(key, 0)
+            if value < before:
+                self.report.add(
+                    "untruthful_receipts",
+                    f"{who} saw {receipt.of_user}'s {field} in {receipt.conv} go back from "
+                    f"{before} to {value} (at {receipt.at:.3f})",
+                )
+            self._receipt_seen[key] = max(before, value)
+
+    # ------------------------------------------------------------------ G6 presence
+
+    def _check_presence(self, truth: Truth) -> None:
+        for seen in self._pending_presence:
+            self._check_presence_frame(seen, truth)
+        self._pending_presence = []
+
+    def _check_presence_frame(self, seen: PresenceSeen, truth: Truth) -> None:
+        who = f"{seen.user}/{seen.device}"
+        shared = any(
+            c.ever_member(seen.user) and c.ever_member(seen.of_user) for c in truth.convs.values()
+        )
+        if not shared:
+            self.report.add(
+                "authorization_leaks",
+                f"{who} got presence of {seen.of_user}, who shares no conversation with it",
+            )
+        sessions = [s for s in self._sessions.values() if s.user == seen.of_user]
+        if seen.status == "offline":
+            open_then = [
+                s
+                for s in sessions
+                if s.opened <= seen.at
+                and (s.closed is None or s.closed > seen.at - self.grace_s + TOLERANCE_S)
+            ]
+            if open_then:
+                s = open_then[0]
+                closed = "still open" if s.closed is None else f"closed at {s.closed:.3f}"
+                restarts = [
+                    t
+                    for t in self._node_starts
+                    if s.closed is not None and s.closed <= t <= seen.at
+                ]
+                context = f"; the node restarted at {restarts[0]:.3f}" if restarts else ""
+                self.report.add(
+                    "presence_mismatches",
+                    f"{who} told {seen.of_user} offline at {seen.at:.3f}, but "
+                    f"{s.device} session {s.session} {closed} (grace {self.grace_s} s{context})",
+                )
+        elif seen.status == "online" and not any(s.opened <= seen.at for s in sessions):
+            self.report.add(
+                "presence_mismatches",
+                f"{who} told {seen.of_user} online at {seen.at:.3f} before any session",
+            )
 
     # ------------------------------------------------------------------ G8 notifications
 

@@ -31,6 +31,15 @@ class ConvTruth:
         """True if ``user`` may see the message at ``seq`` (G7, PROTOCOL "Visibility")."""
         return any(lo <= seq and (hi is None or seq <= hi) for lo, hi in self.periods.get(user, ()))
 
+    def visible_now(self, user: str, seq: int) -> bool:
+        """True if ``user`` may see ``seq`` under the current membership.
+
+        PROTOCOL: a user sees the messages from the event that *last* added them on, so a
+        re-added user no longer sees an earlier period. Liveness asks for these messages;
+        :meth:`can_see` (any period) is what a past push may legitimately have carried.
+        """
+        return self.conv.can_see(user, seq)
+
     def ever_member(self, user: str) -> bool:
         """True if ``user`` belonged to the conversation at some point."""
         return user in self.periods

@@ -408,7 +408,7 @@ class World:
                 return False
             for conv_id, conv in truth.convs.items():
                 for message in conv.messages:
-                    if conv.can_see(device.user, message.seq) and not device.session.holds(
+                    if conv.visible_now(device.user, message.seq) and not device.session.holds(
                         conv_id, message.seq
                     ):
                         return False
@@ -538,8 +538,9 @@ class World:
         return self._workload_rng.choice(others) if others else device.user
 
     async def _away(self, device: SimDevice, seconds: float) -> None:
-        if await device.disconnect_clean():
+        if device.link is not None and device.link.up:
             self._fired("clean_disconnect", f"{device.name} away {seconds:.1f} s")
+        await device.disconnect_clean()
         await trio.sleep(seconds)
         device.set_wanted(True)
 

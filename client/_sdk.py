@@ -1,0 +1,512 @@
+"""The trio client SDK: a :class:`protocol.ClientSession` driven over a reconnecting WebSocket.
+
+Ownership: a :class:`Client` owns one session and, while open, one background task tree
+(started by ``async with``): the connection loop, and per connection a reader, a writer
+and a keep-alive task. Only those tasks touch the WebSocket; callers only touch the
+session (which is plain data, and trio is single-threaded) and then wake the writer.
+
+Cancellation: cancelling :meth:`Client.send` or a request helper abandons the wait, not
+the message -- a send stays in the outbox and is delivered (its ``Acked`` still arrives on
+:meth:`Client.events`). Leaving ``async with`` flushes pending ``recv`` reports (bounded
+by one second), closes the connection with 1000 and fails every waiter with
+:class:`ClientClosed`.
+
+Randomness and time: cmids and backoff jitter come from the injected ``rng``; time is
+``trio.current_time()``; nothing else is read from the environment, so under the
+simulator's ``MockClock`` and a seeded ``rng`` a client is deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack, suppress
+from types import TracebackType
+from typing import Final, Generic, TypeVar
+
+import attrs
+import trio
+import trio_websocket
+
+from protocol import (
+    Ack,
+    Acked,
+    ClientSession,
+    ClientState,
+    ConvRow,
+    Convs,
+    ErrorCode,
+    Event,
+    GroupAdd,
+    GroupCreate,
+    GroupLeave,
+    GroupRemove,
+    History,
+    Msg,
+    PresenceSub,
+    PresenceUnsub,
+    RemoteProtocolError,
+    RequestCompleted,
+    RequestFailed,
+    RequestFrame,
+    Result,
+    SendFailed,
+    StateChanged,
+    history_messages,
+)
+
+from ._errors import ClientClosed, RequestError, RequestInterrupted, SendRefused
+from ._transport import Transport, TransportError, WebSocketLike, websocket_transport
+
+_log = logging.getLogger("messenger.client")
+
+#: Close codes after which reconnecting cannot help: bad token, a bug of ours, or another
+#: connection of this very device took over (fighting it would loop forever).
+FATAL_CLOSE_CODES: Final = frozenset({4400, 4401, 4409})
+
+_CONNECTION_ERRORS: Final = (
+    trio_websocket.ConnectionClosed,
+    trio_websocket.HandshakeError,
+    TransportError,
+    OSError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+_CONNECTED: Final = frozenset({ClientState.CONNECTING, ClientState.OPEN, ClientState.SYNCED})
+
+_T = TypeVar("_T")
+_ConnTask = Callable[[WebSocketLike], Awaitable[None]]
+
+
+@attrs.frozen(kw_only=True)
+class Reconnecting:
+    """The connection is down; the next attempt (``attempt`` in a row) is in ``delay_s``."""
+
+    attempt: int
+    delay_s: float
+    close_code: int | None
+    reason: str
+
+
+ClientEvent = Event | Reconnecting
+
+
+@attrs.frozen(kw_only=True)
+class HistoryPage:
+    """One page of ``history``: ``messages`` oldest first; ``more`` if older ones exist."""
+
+    messages: tuple[Msg, ...]
+    more: bool
+
+
+class _Waiter(Generic[_T]):
+    """A one-shot slot a task waits on until another task fills it with a value or error."""
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: _T | None = None
+        self._error: BaseException | None = None
+
+    def set(self, value: _T) -> None:
+        if not self._done.is_set():
+            self._value = value
+            self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self._error = error
+            self._done.set()
+
+    async def wait(self) -> _T:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+class Client:
+    """A device's connection to a chat node that survives disconnects.
+
+    ``Client(url, token, device)`` dials ``url``; pass ``transport=`` instead to supply
+    connections yourself (the simulator does). ``async with`` starts it; it connects,
+    reconnects with jittered exponential backoff (``backoff_base_s`` doubling up to
+    ``backoff_max_s``) and keeps the connection alive with WebSocket pings every half
+    ``heartbeat_s``; a connection whose pong does not come back within ``heartbeat_s`` is
+    dropped and redialled.
+
+    Events are delivered on :meth:`events` through a buffer of ``event_buffer``; when the
+    buffer is full the reader waits (backpressure), so read events from a task that does
+    not itself wait on :meth:`send`. ``keep_events=False`` discards them (load generators).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        token: str,
+        device: str,
+        transport: Transport | None = None,
+        rng: random.Random | None = None,
+        recv_delay_s: float = 0.05,
+        backoff_base_s: float = 0.25,
+        backoff_max_s: float = 10.0,
+        welcome_timeout_s: float = 15.0,
+        event_buffer: int = 1024,
+        keep_events: bool = True,
+    ) -> None:
+        if transport is None:
+            if url is None:
+                raise ValueError("Client needs a url or a transport")
+            transport = websocket_transport(url)
+        self._transport = transport
+        self._rng = rng if rng is not None else random.Random()
+        self._session = ClientSession(
+            token=token, device=device, rng=self._rng, recv_delay_s=recv_delay_s
+        )
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._welcome_timeout_s = welcome_timeout_s
+        self._keep_events = keep_events
+        self._events_send, self._events_receive = trio.open_memory_channel[ClientEvent](
+            event_buffer
+        )
+        self._send_waiters: dict[str, _Waiter[Ack]] = {}
+        self._request_waiters: dict[str, _Waiter[RequestCompleted | RequestFailed]] = {}
+        self._wakeup = trio.Event()
+        self._idle = trio.Event()
+        self._state_changed = trio.Event()
+        self._conn_open = trio.Event()
+        self._ws: WebSocketLike | None = None
+        self._close_code: int | None = None
+        self._close_reason = ""
+        self._stopped: ClientClosed | None = None
+        self._run_scope = trio.CancelScope()
+        self._stack = AsyncExitStack()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Client:
+        nursery = await self._stack.enter_async_context(trio.open_nursery())
+        nursery.start_soon(self._run)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        await self.aclose()
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    async def aclose(self) -> None:
+        """Flush ``recv`` reports, close the connection and stop. Idempotent."""
+        if self._stopped is None:
+            self._stopped = ClientClosed("the client was closed")
+            ws = self._ws
+            if ws is not None and self._session.is_open:
+                self._session.flush_recv()
+                self._idle = trio.Event()
+                self._kick()
+                with trio.move_on_after(1.0):
+                    await self._idle.wait()
+            if ws is not None:
+                with trio.move_on_after(1.0):
+                    await ws.aclose()
+        self._finish()
+
+    def _finish(self) -> None:
+        assert self._stopped is not None
+        self._run_scope.cancel()
+        for send_waiter in self._send_waiters.values():
+            send_waiter.fail(self._stopped)
+        for request_waiter in self._request_waiters.values():
+            request_waiter.fail(self._stopped)
+        self._send_waiters.clear()
+        self._request_waiters.clear()
+        self._events_send.close()
+        self._state_changed.set()
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def session(self) -> ClientSession:
+        """The protocol state (read it; drive it only through this client)."""
+        return self._session
+
+    @property
+    def state(self) -> ClientState:
+        return self._session.state
+
+    @property
+    def user(self) -> str | None:
+        return self._session.user
+
+    @property
+    def stopped(self) -> ClientClosed | None:
+        """Why the client stopped for good, or None while it runs."""
+        return self._stopped
+
+    def events(self) -> trio.MemoryReceiveChannel[ClientEvent]:
+        """The events, in order (one consumer). Iteration ends when the client stops."""
+        return self._events_receive
+
+    async def wait_synced(self) -> None:
+        """Wait until the session is synced (raises :class:`ClientClosed` if it stops)."""
+        while self._session.state is not ClientState.SYNCED:
+            self._check_running()
+            await self._state_changed.wait()
+
+    # ------------------------------------------------------------------ sending
+
+    async def send(self, body: str, *, conv: str | None = None, to: str | None = None) -> Ack:
+        """Send a message and wait for its ``ack``, across any number of reconnects.
+
+        Raises :class:`SendRefused` for a ``nack`` that will not succeed on retry,
+        :class:`ClientClosed` if the client stops first."""
+        cmid = self.send_nowait(body, conv=conv, to=to)
+        waiter = self._send_waiters[cmid] = _Waiter()
+        return await waiter.wait()
+
+    def send_nowait(self, body: str, *, conv: str | None = None, to: str | None = None) -> str:
+        """Queue a message and return its ``cmid``; its ``Acked``/``SendFailed`` arrives on
+        :meth:`events`."""
+        self._check_running()
+        cmid = self._session.send(body, conv=conv, to=to)
+        self._kick()
+        return cmid
+
+    def mark_read(self, conv: str, seq: int) -> None:
+        """Tell the node (and so the other members) we have read ``conv`` up to ``seq``."""
+        self._check_running()
+        self._session.mark_read(conv, seq)
+        self._kick()
+
+    def typing(self, conv: str) -> None:
+        """Tell the other members we are typing (dropped while disconnected)."""
+        self._check_running()
+        self._session.typing(conv)
+        self._kick()
+
+    # ------------------------------------------------------------------ requests
+
+    async def history(
+        self, conv: str, *, before: int | None = None, limit: int = 50
+    ) -> HistoryPage:
+        """The newest ``limit`` messages of ``conv`` below seq ``before``."""
+        result = await self._request(History(conv=conv, before=before, limit=limit), retry=True)
+        return HistoryPage(messages=history_messages(result), more=bool(result.get("more")))
+
+    async def convs(self) -> tuple[ConvRow, ...]:
+        """Our conversations with their watermarks and unread counts."""
+        result = await self._request(Convs(), retry=True)
+        rows = result.get("convs", ())
+        return tuple(row for row in rows if isinstance(row, ConvRow))
+
+    async def group_create(self, title: str, members: list[str] | tuple[str, ...]) -> str:
+        """Create a group; returns its conversation id. Not repeated after a drop
+        (raises :class:`RequestInterrupted`): a second try could create a second group."""
+        result = await self._request(GroupCreate(title=title, members=tuple(members)), retry=False)
+        conv = result.get("conv")
+        if not isinstance(conv, str):
+            raise RemoteProtocolError(ErrorCode.BAD_FRAME, "group_create result carries no 'conv'")
+        return conv
+
+    async def group_add(self, conv: str, user: str) -> None:
+        """Add ``user`` to group ``conv`` (idempotent, so repeated across drops)."""
+        await self._request(GroupAdd(conv=conv, user=user), retry=True)
+
+    async def group_remove(self, conv: str, user: str) -> None:
+        """Remove ``user`` from group ``conv`` (creator only)."""
+        await self._request(GroupRemove(conv=conv, user=user), retry=False)
+
+    async def group_leave(self, conv: str) -> None:
+        """Leave group ``conv``."""
+        await self._request(GroupLeave(conv=conv), retry=False)
+
+    def presence_sub(self, users: list[str] | tuple[str, ...]) -> str:
+        """Follow the presence of ``users`` (kept across reconnects); returns the rid a
+        ``forbidden`` error would carry as a :class:`~protocol.RequestFailed` event."""
+        self._check_running()
+        rid = self._session.request(PresenceSub(users=tuple(users)))
+        self._kick()
+        return rid
+
+    def presence_unsub(self, users: list[str] | tuple[str, ...]) -> None:
+        """Stop following the presence of ``users``."""
+        self._check_running()
+        self._session.request(PresenceUnsub(users=tuple(users)))
+        self._kick()
+
+    async def _request(self, frame: RequestFrame, *, retry: bool) -> Result:
+        while True:
+            self._check_running()
+            rid = self._session.request(frame)
+            waiter: _Waiter[RequestCompleted | RequestFailed] = _Waiter()
+            self._request_waiters[rid] = waiter
+            self._kick()
+            try:
+                outcome = await waiter.wait()
+            finally:
+                self._request_waiters.pop(rid, None)
+            if isinstance(outcome, RequestCompleted):
+                return outcome.result
+            if outcome.error is not None:
+                raise RequestError(outcome.error)
+            if not retry:
+                raise RequestInterrupted(f"the connection dropped during {frame.TYPE}")
+
+    # ------------------------------------------------------------------ connection loop
+
+    async def _run(self) -> None:
+        attempt = 0
+        with self._run_scope:
+            while True:
+                reached_open = await self._connect_once()
+                if self._stopped is not None:
+                    return
+                code, reason = self._close_code, self._close_reason
+                if self._session.state in _CONNECTED:
+                    self._session.connection_lost(code, reason)
+                await self._dispatch()
+                if code in FATAL_CLOSE_CODES:
+                    self._stopped = ClientClosed(
+                        f"the node closed the session for good ({code}: {reason})", code
+                    )
+                    self._finish()
+                    return
+                attempt = 1 if reached_open else attempt + 1
+                delay = self._backoff(attempt)
+                await self._publish(
+                    Reconnecting(attempt=attempt, delay_s=delay, close_code=code, reason=reason)
+                )
+                await trio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        """Equal jitter: half the exponential delay plus a random part of the other half."""
+        delay: float = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
+        return delay / 2 + self._rng.random() * delay / 2
+
+    async def _connect_once(self) -> bool:
+        """One connection from dial to drop; returns whether it got a ``welcome``."""
+        self._close_code, self._close_reason = None, ""
+        self._conn_open = trio.Event()
+        try:
+            async with self._transport() as ws:
+                self._ws = ws
+                self._session.connect()
+                await self._dispatch()
+                async with trio.open_nursery() as nursery:
+                    for task in (self._reader, self._writer, self._keepalive):
+                        nursery.start_soon(self._guard, task, ws, nursery.cancel_scope)
+        except _CONNECTION_ERRORS as exc:
+            self._note_close(exc)
+        finally:
+            self._ws = None
+        return self._conn_open.is_set()
+
+    async def _guard(self, task: _ConnTask, ws: WebSocketLike, scope: trio.CancelScope) -> None:
+        """Run a per-connection task; when it fails the connection is over for all three."""
+        try:
+            await task(ws)
+        except _CONNECTION_ERRORS as exc:
+            self._note_close(exc)
+        scope.cancel()
+
+    def _note_close(self, exc: BaseException) -> None:
+        if self._close_code is not None or self._close_reason:
+            return
+        if isinstance(exc, trio_websocket.ConnectionClosed) and exc.reason is not None:
+            self._close_code, self._close_reason = exc.reason.code, exc.reason.reason or ""
+        elif isinstance(exc, TransportError):
+            self._close_code, self._close_reason = exc.code, str(exc)
+        else:
+            self._close_reason = f"{type(exc).__name__}: {exc}"
+
+    async def _reader(self, ws: WebSocketLike) -> None:
+        while True:
+            message = await ws.get_message()
+            if not isinstance(message, str):
+                _log.warning("ignoring a binary frame from the node")
+                continue
+            try:
+                self._session.receive_text(message, trio.current_time())
+            except RemoteProtocolError as exc:
+                _log.warning("the node broke the protocol: %s", exc)
+            await self._dispatch()
+            self._kick()
+
+    async def _writer(self, ws: WebSocketLike) -> None:
+        while True:
+            self._wakeup = trio.Event()
+            self._session.tick(trio.current_time())
+            for text in self._session.data_to_send():
+                await ws.send_message(text)
+            self._idle.set()
+            deadline = self._session.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._wakeup.wait()
+
+    async def _keepalive(self, ws: WebSocketLike) -> None:
+        with trio.move_on_after(self._welcome_timeout_s):
+            await self._conn_open.wait()
+        welcome = self._session.welcome
+        if not self._conn_open.is_set() or welcome is None:
+            raise TransportError(f"no welcome within {self._welcome_timeout_s} s")
+        heartbeat = welcome.heartbeat_s
+        count = 0
+        while True:
+            await trio.sleep(heartbeat / 2)
+            count += 1
+            with trio.move_on_after(heartbeat):
+                await ws.ping(b"ka%d" % count)
+                continue
+            raise TransportError(f"no pong within {heartbeat} s")
+
+    def _kick(self) -> None:
+        self._wakeup.set()
+
+    # ------------------------------------------------------------------ events
+
+    async def _dispatch(self) -> None:
+        for event in self._session.next_events():
+            match event:
+                case Acked(cmid=cmid, ack=ack):
+                    self._resolve_send(cmid, ack=ack)
+                case SendFailed(cmid=cmid, nack=nack):
+                    self._resolve_send(cmid, error=SendRefused(nack))
+                case RequestCompleted(rid=rid) | RequestFailed(rid=rid) if (
+                    rid in self._request_waiters
+                ):
+                    self._request_waiters.pop(rid).set(event)
+                    continue
+                case StateChanged(state=state):
+                    if state is ClientState.OPEN:
+                        self._conn_open.set()
+                    self._state_changed.set()
+                    self._state_changed = trio.Event()
+            await self._publish(event)
+
+    def _resolve_send(
+        self, cmid: str, *, ack: Ack | None = None, error: SendRefused | None = None
+    ) -> None:
+        waiter = self._send_waiters.pop(cmid, None)
+        if waiter is None:
+            return
+        if ack is not None:
+            waiter.set(ack)
+        elif error is not None:
+            waiter.fail(error)
+
+    async def _publish(self, event: ClientEvent) -> None:
+        if self._keep_events:
+            with suppress(trio.ClosedResourceError):
+                await self._events_send.send(event)
+
+    def _check_running(self) -> None:
+        if self._stopped is not None:
+            raise self._stopped
