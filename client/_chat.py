@@ -173,8 +173,8 @@ class Chat:
             cmid = self.client.send_nowait(body, to=self.open.to)
         self.pending[cmid] = body
         self.last_typing_sent = -_TYPING_EVERY_S
-        state = "" if self.client.state is State.SYNCED else " (queued until reconnected)"
-        self.out(f"… you: {body}{state}")
+        if self.client.state is not State.SYNCED:
+            self.out(f"… queued until reconnected: {body}")
 
     async def open_conv(self, name: str) -> None:
         row = self.find(name)
@@ -189,8 +189,10 @@ class Chat:
             self.out(f"* new conversation with {name}; your first line creates it")
             return
         self.open = _Open(label=row.name(self.me), conv=row.conv)
-        who = ", ".join(m for m in row.members if m != self.me)
-        self.out(f"* {row.name(self.me)} ({row.kind}; with {who})")
+        if row.kind == "group":
+            self.out(f"* group {row.name(self.me)}: {', '.join(row.members)}")
+        else:
+            self.out(f"* conversation with {row.name(self.me)}")
         await self.show_history(row.conv, before=None)
 
     def find(self, name: str) -> _Conv | None:
@@ -289,7 +291,7 @@ class Chat:
             case TypingStarted(notice=notice):
                 self.on_typing(notice.conv, notice.user)
             case Reconnecting(delay_s=delay, close_code=code, reason=reason):
-                why = f"{code} {reason}".strip() if code or reason else "no connection"
+                why = f"closed {code} {reason}".strip() if code else reason or "no connection"
                 self.out(f"* reconnecting… (in {delay:.1f} s; {why})")
             case StateChanged(state=State.SYNCED):
                 first = not self.was_synced
@@ -328,7 +330,11 @@ class Chat:
         if row is not None and msg.sender != self.me:
             row.unread += 1
         name = row.name(self.me) if row else msg.conv
-        self.out(f"* new in {name} from {msg.sender}: {msg.body}  (/open {name})")
+        if msg.kind == "member":
+            self.out(f"* {name}: {_member_event(msg)}  (/open {name})")
+            return
+        where = f" in {name}" if row is None or row.kind == "group" else ""
+        self.out(f"* new message{where} from {msg.sender}: {msg.body}  (/open {name})")
 
     def on_receipt(self, conv: str, user: str, delivered: int | None, read: int | None) -> None:
         row = self.convs.get(conv)

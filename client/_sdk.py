@@ -425,7 +425,8 @@ class Client:
         elif isinstance(exc, TransportError):
             self._close_code, self._close_reason = exc.code, str(exc)
         else:
-            self._close_reason = f"{type(exc).__name__}: {exc}"
+            cause = exc.__cause__ or exc
+            self._close_reason = str(cause) or type(cause).__name__
 
     async def _reader(self, ws: WebSocketLike) -> None:
         while True:

@@ -103,6 +103,12 @@ CHUNK_MAX = 256
 MAX_ROUNDS = 64
 #: Point reads to catch up with other writers' chunks before falling back to a full re-read.
 CATCH_UP_PROBES = 16
+#: Ids per ``$in`` point-read query (SecantusDB's ``$in`` gets slower per id when long).
+PROBES_PER_QUERY = 100
+#: Most drafts one merged commit carries: on SecantusDB the cost per message of a transaction
+#: grows again past a few hundred documents (docs/benchmarks.md), and a bound keeps one
+#: commit's latency bounded. A single bigger append() call is never split across commits.
+MERGE_MAX_DRAFTS = 512
 _DURABLE = WriteConcern(w="majority", j=True)
 _LIGHT = WriteConcern(w=1)
 _RETRY_LABELS = (
@@ -600,7 +606,14 @@ class MongoStore(Store):
                 return request.outcome()
         self._leading = True
         try:
-            batch, self._queue = self._queue, []
+            # The oldest queued calls, up to MERGE_MAX_DRAFTS; we are the oldest (a leader is
+            # either the first caller into an empty queue or the head a leader promoted).
+            taken, size = 0, 0
+            while taken < len(self._queue) and (taken == 0 or size < MERGE_MAX_DRAFTS):
+                size += len(self._queue[taken].drafts)
+                taken += 1
+            batch, self._queue = self._queue[:taken], self._queue[taken:]
+            assert batch[0] is request
             await self._commit(batch)
         finally:
             self._hand_off()
@@ -651,10 +664,15 @@ class MongoStore(Store):
         for _ in range(CATCH_UP_PROBES):
             if not moving:
                 break
-            found = self._db.chunks.find(
-                {"_id": {"$in": sorted(_chunk_id(c, ends[c] + 1) for c in moving)}},
-                projection={"conv": 1, "last": 1, "msgs.k": 1},
-            )
+            probes = sorted(_chunk_id(c, ends[c] + 1) for c in moving)
+            found = [
+                doc
+                for k in range(0, len(probes), PROBES_PER_QUERY)
+                for doc in self._db.chunks.find(
+                    {"_id": {"$in": probes[k : k + PROBES_PER_QUERY]}},
+                    projection={"conv": 1, "last": 1, "msgs.k": 1},
+                )
+            ]
             advanced = set()
             for doc in found:
                 conv_id = doc["conv"]
@@ -668,8 +686,10 @@ class MongoStore(Store):
             changed.add(conv_id)  # we skipped chunks unseen: assume membership changed
         return ends, changed
 
-    def _load_heads(self, conv_ids: Iterable[str], starts: dict[str, _Head] | None = None) -> None:
-        """(Re)load the heads of ``conv_ids`` into ``self._heads`` (unknown ids: absent).
+    def _load_heads(
+        self, conv_ids: Iterable[str], starts: dict[str, _Head] | None = None
+    ) -> dict[str, _Head]:
+        """(Re)load the heads of ``conv_ids``, also into ``self._heads`` (unknown ids: absent).
 
         Order matters: the ends first, then the membership. A membership change committed in
         between lies after the end we found, so a write at end+1 collides with it.
@@ -678,14 +698,18 @@ class MongoStore(Store):
         ends, changed = self._catch_up({c: starts[c].end if c in starts else 0 for c in conv_ids})
         reread = sorted(c for c in ends if c not in starts or c in changed)
         convs = {c: starts[c].conv for c in ends if c in starts}
-        if reread:
-            for doc in self._db.convs.find({"_id": {"$in": reread}}):
+        for k in range(0, len(reread), PROBES_PER_QUERY):
+            for doc in self._db.convs.find({"_id": {"$in": reread[k : k + PROBES_PER_QUERY]}}):
                 convs[doc["_id"]] = _decode_conv(doc)
+        loaded = {c: _Head(convs[c], ends[c]) for c in ends if c in convs}
         for conv_id in ends:
-            if conv_id in convs:
-                self._heads[conv_id] = _Head(convs[conv_id], ends[conv_id])
+            if conv_id in loaded:
+                self._heads[conv_id] = loaded[conv_id]
             else:
                 self._heads.pop(conv_id, None)
+        # Returned rather than read back from self._heads: another worker thread (a
+        # membership change of this store) may drop a cached head at any moment.
+        return loaded
 
     def _commit_sync(
         self, batch: list[_Request]
@@ -696,8 +720,9 @@ class MongoStore(Store):
         every message of an earlier attempt that did commit is found by its key and replayed.
         """
         wanted = list(dict.fromkeys(request.conv for request in batch))
-        self._load_heads([c for c in wanted if c not in self._heads])
-        heads: dict[str, _Head | None] = {c: self._heads.get(c) for c in wanted}
+        cached = {c: h for c in wanted if (h := self._heads.get(c)) is not None}
+        cached.update(self._load_heads([c for c in wanted if c not in cached]))
+        heads: dict[str, _Head | None] = {c: cached.get(c) for c in wanted}
         outcomes: list[list[StoredMessage | StoreError] | StoreError] = []
         results: list[list[StoredMessage | StoreError | None]] = []
         first_slot: dict[str, tuple[int, int]] = {}
@@ -727,8 +752,7 @@ class MongoStore(Store):
                     # another node. (A cached "yes" is checked by the chunk insert itself.)
                     fresh.add(request.conv)
                     self._heads.pop(request.conv, None)
-                    self._load_heads([request.conv])
-                    head = heads[request.conv] = self._heads.get(request.conv)
+                    head = heads[request.conv] = self._load_heads([request.conv]).get(request.conv)
                     assert head is not None, "conversations are never deleted"
                     # Slots judged on the old head are written at the new end: judge again.
                     for q, j in list(todo.get(request.conv, [])):
@@ -816,9 +840,11 @@ class MongoStore(Store):
                         r, i = slot
                         results[r][i] = replay(original, conv_id, batch[r].drafts[i])
                 olds = {c: heads[c] for c in dup.convs}
-                self._load_heads(dup.convs, {c: h for c, h in olds.items() if h is not None})
+                fresh = self._load_heads(
+                    dup.convs, {c: h for c, h in olds.items() if h is not None}
+                )
                 for conv_id in dup.convs:
-                    old, head = olds[conv_id], self._heads.get(conv_id)
+                    old, head = olds[conv_id], fresh.get(conv_id)
                     assert old is not None and head is not None
                     heads[conv_id] = head
                     if head.conv is not old.conv:  # membership changed: judge the slots again

@@ -140,6 +140,7 @@ class Checker:
     _sessions: dict[tuple[str, str, int], _Session] = attrs.Factory(dict)
     _pending_presence: list[PresenceSeen] = attrs.Factory(list)
     _node_starts: list[float] = attrs.Factory(list)
+    _closed_at: dict[tuple[str, str, int], float] = attrs.Factory(dict)
     # G9: bad frames awaiting their error/nack, per (user, device, session)
     _garbage: dict[tuple[str, str, int], list[FrameOut]] = attrs.Factory(lambda: defaultdict(list))
     # content checks against the store wait until the Store holds the seq (G1 checks it)
@@ -275,8 +276,14 @@ class Checker:
             case PresenceSeen():
                 self._pending_presence.append(event)
             case SessionOpened(user=user, device=device, session=session, at=at):
-                self._sessions[(user, device, session)] = _Session(user, device, session, at)
+                # The link may already be down: the SDK reads a welcome the node wrote just
+                # before a reset, so "opened" can follow "closed" for the same session.
+                closed = self._closed_at.get((user, device, session))
+                self._sessions[(user, device, session)] = _Session(
+                    user, device, session, at if closed is None else min(at, closed), closed
+                )
             case SessionClosed(user=user, device=device, session=session, at=at):
+                self._closed_at.setdefault((user, device, session), at)
                 found = self._sessions.get((user, device, session))
                 if found is not None and found.closed is None:
                     found.closed = at
@@ -563,25 +570,26 @@ class Checker:
                 f"{who} got presence of {seen.of_user}, who shares no conversation with it",
             )
         sessions = [s for s in self._sessions.values() if s.user == seen.of_user]
+        # Judge the node at the moment it wrote the frame: a stalled or slow reader may read
+        # an old "offline" long after the user came back.
+        sent = seen.sent_at
         if seen.status == "offline":
             open_then = [
                 s
                 for s in sessions
-                if s.opened <= seen.at
-                and (s.closed is None or s.closed > seen.at - self.grace_s + TOLERANCE_S)
+                if s.opened <= sent
+                and (s.closed is None or s.closed > sent - self.grace_s + TOLERANCE_S)
             ]
             if open_then:
                 s = open_then[0]
                 closed = "still open" if s.closed is None else f"closed at {s.closed:.3f}"
                 restarts = [
-                    t
-                    for t in self._node_starts
-                    if s.closed is not None and s.closed <= t <= seen.at
+                    t for t in self._node_starts if s.closed is not None and s.closed <= t <= sent
                 ]
                 context = f"; the node restarted at {restarts[0]:.3f}" if restarts else ""
                 self.report.add(
                     "presence_mismatches",
-                    f"{who} told {seen.of_user} offline at {seen.at:.3f}, but "
+                    f"{who} was told {seen.of_user} offline (sent at {sent:.3f}), but "
                     f"{s.device} session {s.session} {closed} (grace {self.grace_s} s{context})",
                 )
         elif seen.status == "online" and not any(s.opened <= seen.at for s in sessions):

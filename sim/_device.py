@@ -1,63 +1,122 @@
-"""A simulated device: the real client session machine over a real WebSocket on a virtual link.
+"""A simulated device: the real client SDK over a real WebSocket on a virtual link.
 
-:class:`SimDevice` drives :class:`protocol.ClientSession` -- the sans-IO client the SDK is
-built on, with its outbox, resend-with-the-same-cmid, (conv, seq) dedupe, ``recv`` batching
-and gap filling -- over trio-websocket's client on a :class:`~sim._network.Link` to the node.
-It reconnects with a jittered backoff from its own seeded RNG, keeps the connection alive with
-WebSocket pings, and records every frame it writes and reads, and every event the session
-hands to the application, in the run's :class:`~sim._history.History`.
+:class:`SimDevice` runs one ``client.Client`` -- the SDK applications use, with its
+reconnect loop and jittered backoff, keep-alive pings, and the ``protocol.ClientSession``
+inside it (outbox, resend with the same cmid, (conv, seq) dedupe, ``recv`` batching, gap
+filling). The SDK gets its connections from :meth:`SimDevice._transport`, the seam it offers
+for this: each connection is a fresh :class:`~sim._network.Link` to the node, with
+trio-websocket's client on our end and the node's gateway on the other.
+
+Between the SDK and the WebSocket sits :class:`_Tap`, which records every frame the device
+writes and reads in the run's :class:`~sim._history.History`; the SDK's events (what it
+shows the application) are recorded by :meth:`SimDevice._consume_events`.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import orjson
 import trio
 import trio_websocket
 
+from client import Client, ClientError, WebSocketLike
 from protocol import (
     Ack,
+    Acked,
+    ClientState,
     Error,
-    GroupCreate,
-    History,
     Msg,
     Nack,
+    NewMessage,
     Presence,
-    PresenceSub,
     Receipt,
     RemoteProtocolError,
-    Result,
-    decode_server_frame,
-)
-from protocol._client import (
-    Acked,
-    ClientSession,
-    ClientState,
-    NewMessage,
-    RequestCompleted,
     SendFailed,
     StateChanged,
+    decode_server_frame,
 )
 
 from . import _history as h
 from ._network import Link
 
-#: Opens a link to the node, or raises ``OSError`` when no node is listening.
+#: Opens a link to the node for a device (by name), or raises ``OSError`` when it cannot.
 Dialer = Callable[[str], Link]
 
-#: What a dead connection raises from trio-websocket or the stream under it.
-_GONE = (
-    trio_websocket.HandshakeError,
-    trio_websocket.ConnectionClosed,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-)
+#: Bound on closing one WebSocket from our side (the SDK's own default is the same).
+_CLOSE_TIMEOUT_S = 2.0
 
-#: Close codes after which the client would not come back by itself; the sim never sends them.
-_FATAL = frozenset({4401})
+
+class _Tap:
+    """A :class:`client.WebSocketLike` that records what passes through it."""
+
+    def __init__(
+        self, ws: trio_websocket.WebSocketConnection, link: Link, device: SimDevice, session: int
+    ):
+        self._ws = ws
+        self._link = link
+        self._device = device
+        self._session = session
+
+    async def get_message(self) -> str | bytes:
+        message = await self._ws.get_message()
+        self._device._record_in(message, self._session, self._link.sent_at())
+        return message
+
+    async def send_message(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self._device._record_out(message, self._session)
+        await self._ws.send_message(message)
+
+    async def ping(self, payload: bytes | None = None) -> None:
+        await self._ws.ping(payload)
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
+        await self._ws.aclose(code, reason)
+
+
+class _Connection:
+    """One SDK connection: a new link to the node with trio-websocket's client on it.
+
+    A class rather than an ``@asynccontextmanager`` generator: a generator abandoned by a
+    cancelled run would be finalized by trio after the run's main task ended.
+    """
+
+    def __init__(self, device: SimDevice) -> None:
+        self._device = device
+        self._link: Link | None = None
+        self._ws: trio_websocket.WebSocketConnection | None = None
+
+    async def __aenter__(self) -> WebSocketLike:
+        device = self._device
+        if not device.wanted:
+            raise ConnectionRefusedError(f"{device.name} is offline")
+        assert device._nursery is not None, "SimDevice.run has not started"
+        link = self._link = device.link = device._dial(device.name)
+        device.session_no += 1
+        try:
+            self._ws = await trio_websocket.wrap_client_stream(
+                device._nursery,
+                link.client,  # type: ignore[arg-type]  # any trio Stream works
+                "sim",
+                "/v1/ws",
+            )
+        except BaseException:
+            await trio.aclose_forcefully(link.client)
+            raise
+        tap = device._tap = _Tap(self._ws, link, device, device.session_no)
+        return tap
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._device._tap = None
+        with trio.move_on_after(_CLOSE_TIMEOUT_S, shield=True):
+            if self._ws is not None:
+                await self._ws.aclose()
+            if self._link is not None:
+                await self._link.client.aclose()
 
 
 class SimDevice:
@@ -71,37 +130,43 @@ class SimDevice:
         rng: random.Random,
         history: h.History,
         dial: Dialer,
-        heartbeat_s: float,
     ) -> None:
         self.user = user
         self.device = device
         self.name = f"{user}/{device}"
-        self._rng = rng
         self._history = history
         self._dial = dial
-        self._ping_every = heartbeat_s / 2
-        self.session = ClientSession(
-            token=f"sim.{user}", device=device, rng=rng, recv_delay_s=0.05, retry_max_s=4.0
+        self.client = Client(
+            token=f"sim.{user}",
+            device=device,
+            transport=self._transport,
+            rng=rng,
+            backoff_base_s=0.1,
+            backoff_max_s=4.0,
         )
-        #: The workload's wish: connect (True) or stay away (False).
+        #: False while the device is kept away from the network (a clean disconnect).
         self.wanted = True
+        self.absence = 0
         self.link: Link | None = None
         self.session_no = 0
         self.sessions_opened = 0
-        self.groups_created: list[str] = []
-        self._wake = trio.Event()
-        self._wanted_changed = trio.Event()
-        self._ws: trio_websocket.WebSocketConnection | None = None
-        self._raw: list[str] = []
+        self._tap: _Tap | None = None
+        self._nursery: trio.Nursery | None = None
 
-    # ------------------------------------------------------------------ workload actions
+    # ------------------------------------------------------------------ state
 
     @property
     def synced(self) -> bool:
-        return self.session.state is ClientState.SYNCED
+        return self.client.state is ClientState.SYNCED
 
-    def send(self, body: str, *, conv: str | None = None, to: str | None = None) -> str:
-        cmid = self.session.send(body, conv=conv, to=to)
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and self.link.up and self.client.session.is_open
+
+    # ------------------------------------------------------------------ workload actions
+
+    def send(self, body: str, *, conv: str | None = None, to: str | None = None) -> None:
+        cmid = self.client.send_nowait(body, conv=conv, to=to)
         self._record(
             h.SendIssued(
                 at=trio.current_time(),
@@ -113,147 +178,164 @@ class SimDevice:
                 to=to,
             )
         )
-        self._kick()
-        return cmid
-
-    def request(self, frame: Any) -> None:
-        self.session.request(frame)
-        self._kick()
-
-    def send_raw(self, text: str) -> bool:
-        """Write ``text`` as one WebSocket message, bypassing the session (G9 probes).
-
-        Only while connected (queued behind the session's own output); False otherwise.
-        """
-        if self._ws is None or not self.session.is_open:
-            return False
-        self._raw.append(text)
-        self._kick()
-        return True
 
     def mark_read(self, conv: str) -> None:
-        status = self.session.conversation(conv)
-        if status.watermark:
-            self.session.mark_read(conv, status.watermark)
-            self._kick()
+        watermark = self.client.session.conversation(conv).watermark
+        if watermark:
+            self.client.mark_read(conv, watermark)
+
+    def typing(self, conv: str) -> None:
+        self.client.typing(conv)
+
+    def presence_sub(self, users: tuple[str, ...]) -> None:
+        self.client.presence_sub(users)
+
+    def history(self, conv: str, limit: int) -> None:
+        self._spawn(self._history_request(conv, limit))
+
+    def group(self, what: str, call: Callable[[], Awaitable[Any]]) -> None:
+        """Run an SDK group request in the background; its outcome goes to the trace."""
+        self._spawn(self._group_request(what, call))
+
+    def send_raw(self, text: str) -> bool:
+        """Write ``text`` as one WebSocket message past the SDK (G9 probes); False if the
+        device is not connected."""
+        tap = self._tap
+        if tap is None or not self.connected:
+            return False
+        self._spawn(self._raw(tap, text))
+        return True
 
     def set_wanted(self, wanted: bool) -> None:
         self.wanted = wanted
-        self._wanted_changed.set()
 
-    async def disconnect_clean(self) -> bool:
-        """Close the WebSocket with 1000 (the device stays away until :meth:`set_wanted`)."""
-        ws = self._ws
-        self.set_wanted(False)
-        if ws is None or ws.closed:
-            return False
-        with trio.move_on_after(2):
-            await ws.aclose(1000, "bye")
-        return True
+    async def disconnect_clean(self) -> int:
+        """Close the WebSocket with 1000 and keep the device away until :meth:`set_wanted`.
+
+        Returns the number of this absence; :meth:`come_back` ends only the latest one, so a
+        timer left over from an earlier absence cannot cut a later one short.
+        """
+        self.wanted = False
+        self.absence += 1
+        absence = self.absence
+        tap = self._tap
+        if tap is not None:
+            with trio.move_on_after(_CLOSE_TIMEOUT_S):
+                await tap.aclose(1000, "bye")
+        return absence
+
+    def come_back(self, absence: int) -> None:
+        """End absence number ``absence`` if no later one started."""
+        if absence == self.absence:
+            self.wanted = True
 
     # ------------------------------------------------------------------ running
 
     async def run(self) -> None:
-        """Connect, serve, and reconnect with backoff for as long as the world runs."""
-        attempt = 0
-        while True:
-            while not self.wanted:
-                self._wanted_changed = trio.Event()
-                await self._wanted_changed.wait()
-            opened = await self._connect_once()
-            attempt = 0 if opened else attempt + 1
-            delay = min(2.0, 0.05 * 2**attempt) * (0.5 + self._rng.random())
-            await trio.sleep(delay)
+        """Run the SDK client and record its events until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            async with self.client:
+                await self._consume_events()
 
-    async def _connect_once(self) -> bool:
-        try:
-            link = self._dial(self.name)
-        except OSError:
-            return False
-        self.link = link
-        self.session_no += 1
-        number = self.session_no
-        welcomed = False
-        code: int | None = None
-        reason = ""
-        try:
-            async with trio.open_nursery() as nursery:
-                ws = await trio_websocket.wrap_client_stream(
-                    # trio-websocket annotates SocketStream, but any trio Stream works
-                    nursery,
-                    link.client,  # type: ignore[arg-type]
-                    "sim",
-                    "/v1/ws",
-                    message_queue_size=0,
-                )
-                self._ws = ws
-                self.session.connect()
-                nursery.start_soon(self._guard, nursery, self._writer(ws, number))
-                nursery.start_soon(self._guard, nursery, self._keepalive(ws))
-                welcomed = await self._reader(ws, number)
-                nursery.cancel_scope.cancel()
-                if ws.closed is not None:
-                    code, reason = ws.closed.code, ws.closed.reason or ""
-        except _GONE:
-            pass
-        finally:
-            self._ws = None
-            self._raw = []
-            with trio.CancelScope(shield=True):
-                await link.client.aclose()
-        if self.session.state not in (ClientState.DISCONNECTED, ClientState.IDLE):
-            self.session.connection_lost(code, reason)
-            self._drain_events(number)
-        return welcomed and code not in _FATAL
+    def _spawn(self, work: Awaitable[None]) -> None:
+        assert self._nursery is not None, "SimDevice.run has not started"
 
-    async def _reader(self, ws: trio_websocket.WebSocketConnection, number: int) -> bool:
-        welcomed = False
-        try:
-            while True:
-                text = await ws.get_message()
-                welcomed |= self._on_text(text, number)
-                self._kick()
-        except _GONE:
-            return welcomed
-
-    @staticmethod
-    async def _guard(nursery: trio.Nursery, work: Awaitable[None]) -> None:
-        """Run ``work``; when the connection dies under it, end the whole connection."""
-        try:
+        async def run() -> None:
             await work
-        except _GONE:
-            nursery.cancel_scope.cancel()
 
-    async def _writer(self, ws: trio_websocket.WebSocketConnection, number: int) -> None:
-        while True:
-            for text in self.session.data_to_send():
-                self._record_out(text, number)
-                await ws.send_message(text)
-            raw, self._raw = self._raw, []
-            for text in raw:
-                self._record_garbage(text, number)
-                await ws.send_message(text)
-            self._drain_events(number)
-            deadline = self.session.next_deadline()
-            self._wake = trio.Event()
-            with trio.move_on_at(deadline if deadline is not None else float("inf")):
-                await self._wake.wait()
-            self.session.tick(trio.current_time())
+        self._nursery.start_soon(run)
 
-    async def _keepalive(self, ws: trio_websocket.WebSocketConnection) -> None:
-        pings = 0
-        while True:
-            await trio.sleep(self._ping_every)
-            pings += 1
-            await ws.ping(pings.to_bytes(4, "big"))
+    def _transport(self) -> AbstractAsyncContextManager[WebSocketLike]:
+        return _Connection(self)
 
-    def _kick(self) -> None:
-        self._wake.set()
+    async def _raw(self, tap: _Tap, text: str) -> None:
+        try:
+            self._record_garbage(text, tap._session)
+            await tap._ws.send_message(text)
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+            return
+
+    async def _history_request(self, conv: str, limit: int) -> None:
+        try:
+            page = await self.client.history(conv, limit=limit)
+        except ClientError as exc:
+            self._history.trace.add(self.name, f"history {conv} failed: {exc}")
+            return
+        self._record(
+            h.HistorySeen(
+                at=trio.current_time(),
+                user=self.user,
+                device=self.device,
+                session=self.session_no,
+                conv=conv,
+                messages=tuple((m.seq, m.id) for m in page.messages),
+            )
+        )
+
+    async def _group_request(self, what: str, call: Callable[[], Awaitable[Any]]) -> None:
+        try:
+            outcome = await call()
+        except (ClientError, RemoteProtocolError) as exc:
+            self._history.trace.add(self.name, f"{what} failed: {exc}")
+            return
+        self._history.trace.add(self.name, f"{what} done" + (f": {outcome}" if outcome else ""))
 
     # ------------------------------------------------------------------ recording
 
     def _record(self, event: h.Event) -> None:
         self._history.record(event)
+
+    async def _consume_events(self) -> None:
+        async for event in self.client.events():
+            now = trio.current_time()
+            match event:
+                case NewMessage(message=msg):
+                    self._record(
+                        h.Displayed(
+                            at=now,
+                            user=self.user,
+                            device=self.device,
+                            conv=msg.conv,
+                            seq=msg.seq,
+                            id=msg.id,
+                            body=msg.body,
+                        )
+                    )
+                case Acked(cmid=cmid, ack=ack):
+                    self._record(
+                        h.SendResolved(
+                            at=now,
+                            user=self.user,
+                            device=self.device,
+                            cmid=cmid,
+                            conv=ack.conv,
+                            seq=ack.seq,
+                            id=ack.id,
+                        )
+                    )
+                case SendFailed(cmid=cmid, nack=nack):
+                    self._record(
+                        h.SendResolved(
+                            at=now,
+                            user=self.user,
+                            device=self.device,
+                            cmid=cmid,
+                            conv=None,
+                            seq=None,
+                            id=None,
+                            error=f"{nack.code.value}: {nack.message}",
+                        )
+                    )
+                case StateChanged(state=ClientState.OPEN):
+                    self.sessions_opened += 1
+                    self._record(
+                        h.SessionOpened(
+                            at=now, user=self.user, device=self.device, session=self.session_no
+                        )
+                    )
+                case _:
+                    pass
 
     def _record_out(self, text: str, number: int) -> None:
         data = orjson.loads(text)
@@ -285,31 +367,23 @@ class SimDevice:
             )
         )
 
-    def _on_text(self, text: str | bytes, number: int) -> bool:
-        """Record and feed one server message; True when it was ``welcome``."""
+    def _record_in(self, text: str | bytes, number: int, sent_at: float) -> None:
+        """Record one server message as seen on the wire (before the SDK handles it)."""
         now = trio.current_time()
-        if isinstance(text, bytes):
-            return False
-        try:
-            frame = decode_server_frame(text)
-        except RemoteProtocolError as exc:
-            self._record(
-                h.ErrorSeen(
-                    at=now,
-                    user=self.user,
-                    device=self.device,
-                    session=number,
-                    code="client_decode",
-                    message=exc.message,
-                )
-            )
-            return False
         common: dict[str, Any] = {
             "at": now,
             "user": self.user,
             "device": self.device,
             "session": number,
         }
+        if isinstance(text, bytes):
+            self._record(h.ErrorSeen(**common, code="binary", message=f"{len(text)} bytes"))
+            return
+        try:
+            frame = decode_server_frame(text)
+        except RemoteProtocolError as exc:
+            self._record(h.ErrorSeen(**common, code="client_decode", message=exc.message))
+            return
         match frame:
             case Msg():
                 self._record(
@@ -352,6 +426,7 @@ class SimDevice:
                         of_user=frame.user,
                         status=frame.status,
                         last_seen=frame.last_seen,
+                        sent_at=sent_at,
                     )
                 )
             case Error():
@@ -362,81 +437,3 @@ class SimDevice:
                 )
             case _:
                 pass
-        try:
-            self.session.receive_frame(frame, now)
-        except RemoteProtocolError as exc:
-            self._record(h.ErrorSeen(**common, code="client_protocol", message=exc.message))
-        welcomed = self.session.is_open and type(frame).__name__ == "Welcome"
-        self._drain_events(number)
-        return welcomed
-
-    def _drain_events(self, number: int) -> None:
-        now = trio.current_time()
-        for event in self.session.next_events():
-            match event:
-                case NewMessage(message=msg):
-                    self._record(
-                        h.Displayed(
-                            at=now,
-                            user=self.user,
-                            device=self.device,
-                            conv=msg.conv,
-                            seq=msg.seq,
-                            id=msg.id,
-                            body=msg.body,
-                        )
-                    )
-                case Acked(cmid=cmid, ack=ack):
-                    self._record(
-                        h.SendResolved(
-                            at=now,
-                            user=self.user,
-                            device=self.device,
-                            cmid=cmid,
-                            conv=ack.conv,
-                            seq=ack.seq,
-                            id=ack.id,
-                        )
-                    )
-                case SendFailed(cmid=cmid, nack=nack):
-                    self._record(
-                        h.SendResolved(
-                            at=now,
-                            user=self.user,
-                            device=self.device,
-                            cmid=cmid,
-                            conv=None,
-                            seq=None,
-                            id=None,
-                            error=f"{nack.code.value}: {nack.message}",
-                        )
-                    )
-                case StateChanged(state=ClientState.OPEN):
-                    self.sessions_opened += 1
-                    self._record(
-                        h.SessionOpened(at=now, user=self.user, device=self.device, session=number)
-                    )
-                case RequestCompleted(request=request, result=result):
-                    self._on_result(request, result, number, now)
-                case _:
-                    pass
-
-    def _on_result(self, request: Any, result: Result, number: int, now: float) -> None:
-        if isinstance(request, GroupCreate):
-            conv = result.get("conv")
-            if isinstance(conv, str):
-                self.groups_created.append(conv)
-        elif isinstance(request, History):
-            messages = result.get("messages", ())
-            self._record(
-                h.HistorySeen(
-                    at=now,
-                    user=self.user,
-                    device=self.device,
-                    session=number,
-                    conv=request.conv,
-                    messages=tuple((m.seq, m.id) for m in messages),
-                )
-            )
-        elif isinstance(request, PresenceSub):
-            pass

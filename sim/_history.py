@@ -141,6 +141,8 @@ class PresenceSeen:
     of_user: str
     status: str
     last_seen: int | None
+    #: When the node wrote the frame (``at`` is when the device read it).
+    sent_at: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -260,8 +262,9 @@ def _describe(event: Event) -> tuple[str, str]:
             return actor, f"display {conv}#{seq} id={mid}"
         case ReceiptSeen(session=s, conv=conv, of_user=who, delivered=d, read=r):
             return actor, f"s{s} << receipt {conv} {who} delivered={d} read={r}"
-        case PresenceSeen(session=s, of_user=who, status=status, last_seen=seen):
-            return actor, f"s{s} << presence {who} {status} last_seen={seen}"
+        case PresenceSeen(session=s, of_user=who, status=status, last_seen=seen, sent_at=sent):
+            late = f" (sent {sent:.3f})" if sent < event.at else ""
+            return actor, f"s{s} << presence {who} {status} last_seen={seen}{late}"
         case HistorySeen(session=s, conv=conv, messages=msgs):
             return actor, f"s{s} << history {conv} seqs={[seq for seq, _ in msgs]}"
         case ErrorSeen(session=s, code=code, message=message):

@@ -18,6 +18,7 @@ Nothing here reads a clock or a global RNG; the fault injector decides with its 
 
 from __future__ import annotations
 
+import collections
 import enum
 from collections.abc import Callable
 
@@ -103,6 +104,8 @@ FaultCallback = Callable[[str, str], None]
 
 #: First byte of a final WebSocket close frame (FIN bit + opcode 8); masking leaves it alone.
 _CLOSE_FRAME = b"\x88"
+#: First byte of a final, unfragmented text frame (the node never fragments).
+_TEXT_FRAME = b"\x81"
 
 
 @attrs.define(eq=False)
@@ -128,6 +131,9 @@ class Link:
     #: For DURING_SYNC: how many server writes after ``welcome`` pass before the cut.
     arm_after: int = 0
     _in_sync: bool = False
+    #: When the node wrote each text frame still to be read by the client, oldest first:
+    #: the client learns when a frame was *sent*, which a stalled reader cannot tell.
+    server_texts: collections.deque[float] = attrs.Factory(collections.deque)
     _c2s: _Pipe = attrs.Factory(_Pipe)
     _s2c: _Pipe = attrs.Factory(_Pipe)
     client: SimStream = attrs.field(init=False)
@@ -199,6 +205,12 @@ class Link:
                     return
                 self.arm_after -= 1
         pipe.write(data)
+        if role == "server" and data[:1] == _TEXT_FRAME:
+            self.server_texts.append(trio.current_time())
+
+    def sent_at(self) -> float:
+        """When the node wrote the text frame the client is reading now."""
+        return self.server_texts.popleft() if self.server_texts else trio.current_time()
 
     def _fire(self, armed: Arm, detail: str) -> None:
         self.armed = None

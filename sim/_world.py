@@ -31,7 +31,6 @@ from actors import Node as ActorNode
 from actors import NodeConfig
 from actors._auth import InvalidToken
 from persistence._memory import MemoryStore, StoreFaults
-from protocol import GroupAdd, GroupCreate, GroupLeave, GroupRemove, History, PresenceSub
 
 from . import _history as h
 from ._checker import Checker, Report
@@ -247,6 +246,7 @@ class World:
             if self.failed_at_step is None or not self.config.stop_on_failure:
                 await self._heal()
             self.history.sealed = True
+            await self._stop_devices()
             nursery.cancel_scope.cancel()
         report = self.checker.report
         return RunResult(
@@ -269,10 +269,20 @@ class World:
                     rng=derive_rng(self.config.seed, f"client/{user}/d{d}"),
                     history=self.history,
                     dial=self._dial_for,
-                    heartbeat_s=HEARTBEAT_S,
                 )
                 self.devices.append(device)
                 nursery.start_soon(device.run)
+
+    async def _stop_devices(self) -> None:
+        """Close every SDK client before the world is cancelled.
+
+        ``client.Client.__aexit__`` run under a cancelled scope raises out of ``aclose`` before
+        exiting its own nursery, leaving its tasks orphaned (trio then fails the whole run), so
+        the clients are closed first, outside any cancellation.
+        """
+        async with trio.open_nursery() as nursery:
+            for device in self.devices:
+                nursery.start_soon(device.client.aclose)
 
     def _dial_for(self, name: str) -> Link:
         link = self._dial(name)
@@ -318,7 +328,11 @@ class World:
                 self._device_of(user).send(f"hello.{user}.{peer}", to=peer)
         if len(self.users) >= 3:
             founder = self._device_of(self.users[0])
-            founder.request(GroupCreate(title="setup", members=tuple(self.users[1:3])))
+            members = tuple(self.users[1:3])
+            founder.group(
+                f"group_create setup {list(members)}",
+                lambda: founder.client.group_create("setup", members),
+            )
         await trio.sleep(0.5 + rng.random())
         self._check()
 
@@ -383,7 +397,7 @@ class World:
             return
         self.trace.add("world", f"presence probe: {user} leaves, {len(observers)} devices watch")
         for device in observers:
-            device.request(PresenceSub(users=(user,)))
+            device.presence_sub((user,))
         await trio.sleep(1.0)
         leaving = [d for d in self.devices if d.user == user]
         left_at = trio.current_time()
@@ -404,11 +418,12 @@ class World:
     def _converged(self) -> bool:
         truth = self._truth()
         for device in self.devices:
-            if not device.synced or device.session.outbox:
+            session = device.client.session
+            if not device.synced or session.outbox:
                 return False
             for conv_id, conv in truth.convs.items():
                 for message in conv.messages:
-                    if conv.visible_now(device.user, message.seq) and not device.session.holds(
+                    if conv.visible_now(device.user, message.seq) and not session.holds(
                         conv_id, message.seq
                     ):
                         return False
@@ -437,16 +452,16 @@ class World:
             every = sorted(truth.convs)
             if every:
                 conv = rng.choice(mine) if mine and rng.random() < 0.8 else rng.choice(every)
-                device.request(History(conv=conv, limit=rng.randint(1, 30)))
+                device.history(conv, rng.randint(1, 30))
         elif action == "presence":
             users = [u for u in self.users if u != device.user]
             if users:
                 picked = rng.sample(users, k=rng.randint(1, len(users)))
-                device.request(PresenceSub(users=tuple(sorted(picked))))
+                device.presence_sub(tuple(sorted(picked)))
         elif action == "group":
             self._group_action(device, truth, step)
         elif action == "typing" and mine:
-            device.session.typing(rng.choice(mine))
+            device.typing(rng.choice(mine))
         elif action == "garbage":
             device.send_raw(rng.choice(GARBAGE))
 
@@ -461,18 +476,27 @@ class World:
         roll = rng.random()
         if not groups or roll < 0.2:
             members = tuple(sorted(rng.sample(others, k=min(len(others), rng.randint(1, 3)))))
-            device.request(GroupCreate(title=f"g{step}", members=members))
+            client = device.client
+            device.group(
+                f"group_create g{step} {list(members)}",
+                lambda: client.group_create(f"g{step}", members),
+            )
             return
         conv_id = rng.choice(groups)
         conv = truth.convs[conv_id].conv
         outsiders = [u for u in others if not conv.is_member(u)]
         insiders = [u for u in others if conv.is_member(u)]
+        client = device.client
         if roll < 0.55 and outsiders:
-            device.request(GroupAdd(conv=conv_id, user=rng.choice(outsiders)))
+            user = rng.choice(outsiders)
+            device.group(f"group_add {conv_id} {user}", lambda: client.group_add(conv_id, user))
         elif roll < 0.85 and insiders:
-            device.request(GroupRemove(conv=conv_id, user=rng.choice(insiders)))
+            user = rng.choice(insiders)
+            device.group(
+                f"group_remove {conv_id} {user}", lambda: client.group_remove(conv_id, user)
+            )
         else:
-            device.request(GroupLeave(conv=conv_id))
+            device.group(f"group_leave {conv_id}", lambda: client.group_leave(conv_id))
 
     # ------------------------------------------------------------------ faults
 
@@ -489,7 +513,7 @@ class World:
         self.history.record(h.FaultFired(at=trio.current_time(), kind=kind, detail=detail))
 
     def _connected(self) -> list[SimDevice]:
-        return [d for d in self.devices if d.link is not None and d.link.up]
+        return [d for d in self.devices if d.connected]
 
     async def _inject(self, kind: str, rng: random.Random) -> None:
         assert self._nursery is not None
@@ -540,9 +564,9 @@ class World:
     async def _away(self, device: SimDevice, seconds: float) -> None:
         if device.link is not None and device.link.up:
             self._fired("clean_disconnect", f"{device.name} away {seconds:.1f} s")
-        await device.disconnect_clean()
+        absence = await device.disconnect_clean()
         await trio.sleep(seconds)
-        device.set_wanted(True)
+        device.come_back(absence)
 
     async def _restart_after(self, seconds: float) -> None:
         await trio.sleep(seconds)

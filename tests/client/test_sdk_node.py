@@ -6,8 +6,7 @@ import random
 
 import pytest
 import trio
-from conftest import NodeProcess
-from events import EventLog
+from clienthelpers import EventLog, NodeProcess
 
 from client import Client, Reconnecting
 from protocol import Acked, ClientState, NewMessage, ReceiptUpdated, StateChanged
@@ -83,9 +82,7 @@ async def test_node_killed_mid_conversation(node: NodeProcess, nursery: trio.Nur
             await alice_log.wait_for(Reconnecting)
             await trio.to_thread.run_sync(node.start)
 
-            await alice_log.wait_until(
-                lambda: {e.cmid for e in alice_log.of(Acked)} >= set(during)
-            )
+            await alice_log.wait_until(lambda: {e.cmid for e in alice_log.of(Acked)} >= set(during))
             await bob_log.wait_until(lambda: len(bob_log.of(NewMessage)) >= 25)
             assert alice.session.outbox == ()
 

@@ -145,6 +145,7 @@ def test_offline_within_the_grace_period_is_a_presence_mismatch() -> None:
                 of_user="b",
                 status="offline",
                 last_seen=10_000,
+                sent_at=11,
             )
         )
         history.record(
@@ -156,6 +157,7 @@ def test_offline_within_the_grace_period_is_a_presence_mismatch() -> None:
                 of_user="b",
                 status="offline",
                 last_seen=10_000,
+                sent_at=16,
             )
         )
         report = checker.check_safety(snapshot(store))
