@@ -39,7 +39,13 @@ TRACE_TAIL = 60
 
 
 def build_config(
-    seed: int, *, users: int, devices: int, steps: int, mutant: str | None
+    seed: int,
+    *,
+    users: int,
+    devices: int,
+    steps: int,
+    mutant: str | None,
+    keep_going: bool = False,
 ) -> RunConfig:
     """The run of ``seed``: a swarm-chosen traffic mix and fault plan (both from the seed)."""
     workload = Workload.swarm(
@@ -47,7 +53,9 @@ def build_config(
     )
     plan = FaultPlan.swarm(derive_rng(seed, "fault-plan"))
     mutants = frozenset({mutant}) if mutant else frozenset()
-    return RunConfig(seed=seed, workload=workload, plan=plan, mutants=mutants)
+    return RunConfig(
+        seed=seed, workload=workload, plan=plan, mutants=mutants, stop_on_failure=not keep_going
+    )
 
 
 def replay_command(config: RunConfig, args: argparse.Namespace) -> str:
@@ -61,6 +69,8 @@ def replay_command(config: RunConfig, args: argparse.Namespace) -> str:
         parts.append(f"--steps {args.steps}")
     if args.mutant:
         parts.append(f"--mutant {args.mutant}")
+    if args.keep_going:
+        parts.append("--keep-going")
     return " ".join(parts) + " --trace"
 
 
@@ -70,6 +80,11 @@ def _add_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="chaos-phase steps")
     parser.add_argument(
         "--mutant", choices=sorted(MUTANTS), default=None, help="switch on one broken variant"
+    )
+    parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="do not stop a run at its first violated step (report every finding)",
     )
 
 
@@ -100,7 +115,12 @@ def _summary(result: RunResult) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     config = build_config(
-        args.seed, users=args.users, devices=args.devices, steps=args.steps, mutant=args.mutant
+        args.seed,
+        users=args.users,
+        devices=args.devices,
+        steps=args.steps,
+        mutant=args.mutant,
+        keep_going=args.keep_going,
     )
     print(config.describe())
     result = simulate(config)
@@ -124,7 +144,12 @@ def _explore(args: argparse.Namespace) -> int:
     every = max(1, args.seeds // 20)
     for index, seed in enumerate(range(args.start, args.start + args.seeds), start=1):
         config = build_config(
-            seed, users=args.users, devices=args.devices, steps=args.steps, mutant=args.mutant
+            seed,
+            users=args.users,
+            devices=args.devices,
+            steps=args.steps,
+            mutant=args.mutant,
+            keep_going=args.keep_going,
         )
         result = simulate(config)
         faults.update(result.report.faults)
