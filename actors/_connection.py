@@ -394,8 +394,7 @@ class ConnectionActor:
 
     async def _send(self, handle: ConnectionHandle, frame: Send) -> None:
         if frame.to is not None:
-            with self._ctx.timed("direct_conversation"):
-                conv = (await self._ctx.store.direct_conversation(handle.user, frame.to)).id
+            conv = await self._conversations.direct_conversation(handle.user, frame.to)
         else:
             assert frame.conv is not None
             conv = frame.conv

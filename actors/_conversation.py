@@ -46,7 +46,7 @@ from ._messages import (
     TypingRequest,
 )
 from ._router import ConnectionHandle
-from ._watermarks import Watermarks
+from ._watermarks import MarkWriter, Watermarks
 
 log = logging.getLogger("actors.conversation")
 
@@ -61,6 +61,7 @@ class ConversationActor:
         mailbox: trio.MemoryReceiveChannel[ConversationRequest],
         *,
         retire: Callable[[], None],
+        mark_writer: MarkWriter,
         stale_seq: int | None = None,
     ) -> None:
         self._ctx = ctx
@@ -74,6 +75,7 @@ class ConversationActor:
         self._memory_seq = 0
         self._marks = Watermarks(conv, backwards=ctx.mutant(WATERMARK_BACKWARDS))
         self._flush_at = math.inf
+        self._mark_writer = mark_writer
 
     @property
     def conversation(self) -> Conversation:
@@ -94,7 +96,7 @@ class ConversationActor:
             self._retire()
             self._fail_queued()
             return
-        await self._flush_marks()
+        self._flush_marks()
 
     async def _load(self) -> None:
         store = self._ctx.store
@@ -117,7 +119,7 @@ class ConversationActor:
                 return
             await self._handle_batch(batch)
             if trio.current_time() >= self._flush_at:
-                await self._flush_marks()
+                self._flush_marks()
 
     async def _next_batch(self) -> list[ConversationRequest] | None:
         """The queued requests (at most ``max_batch``); [] when a flush is due; None to stop."""
@@ -215,11 +217,13 @@ class ConversationActor:
                 continue
             if not acked_early:
                 self._ack(request, result)
-            await self._sender_holds(request.origin, result.seq)
             stored.append(result)
             origins[result.seq] = request.origin
         ctx.metrics.messages_in.inc(len(stored))
         await self._publish(stored, origins)
+        # After the fan-out: the sender's mark may need a Store read the pushes must not wait on.
+        for message in stored:
+            await self._sender_holds(origins[message.seq], message.seq)
 
     def _ack_early(self, sends: list[SendRequest], ts: int) -> bool:
         """The ``ack_before_write`` mutant: acknowledge with seqs guessed from memory."""
@@ -393,30 +397,28 @@ class ConversationActor:
         if self._marks.dirty and self._flush_at == math.inf:
             self._flush_at = trio.current_time() + self._ctx.config.watermark_window_s
 
-    async def _flush_marks(self) -> None:
-        """Write the coalesced marks in one batch each, then send the receipts they earn."""
+    def _flush_marks(self) -> None:
+        """Hand the coalesced marks to the node's writer; it sends the receipts they earn
+        once they are written (one write for every conversation's marks of a window)."""
+        self._flush_at = math.inf
         if not self._marks.dirty:
-            self._flush_at = math.inf
             return
         recv, read = self._marks.pending()
-        try:
-            with self._ctx.timed("merge_marks"):
-                if recv:
-                    await self._ctx.store.merge_recv(recv)
-                if read:
-                    await self._ctx.store.merge_read(read)
-        except StoreError as exc:
-            log.warning("could not write watermarks of %s (will retry): %s", self.conv, exc)
-            self._flush_at = trio.current_time() + self._ctx.config.watermark_window_s
-            return
-        self._flush_at = math.inf
+        outs = self._marks.written()
+        # The membership and the router are read when the write is done (both plain values
+        # or a synchronous table), not through this actor, which may have retired by then.
+        members = sorted(self.conversation.members)
         router = self._ctx.router
-        for out in self._marks.written():
-            for member in sorted(self.conversation.members):
-                for handle in router.devices(member):
-                    if member == out.receipt.user and handle.device in out.sources:
-                        continue
-                    handle.push(out.receipt)
+
+        def send_receipts() -> None:
+            for out in outs:
+                for member in members:
+                    for handle in router.devices(member):
+                        if member == out.receipt.user and handle.device in out.sources:
+                            continue
+                        handle.push(out.receipt)
+
+        self._mark_writer.submit(recv, read, send_receipts)
 
     def _typing(self, request: TypingRequest) -> None:
         user = request.origin.user

@@ -19,8 +19,11 @@ from persistence import Unavailable
 from ._context import NodeContext
 from ._conversation import ConversationActor
 from ._messages import ConversationRequest
+from ._watermarks import MarkWriter
 
 Mailbox = trio.MemorySendChannel[ConversationRequest]
+#: Bound on the cache of direct conversation ids (cleared when full).
+_MAX_DIRECTS = 100_000
 
 
 class ConversationManager:
@@ -35,19 +38,29 @@ class ConversationManager:
         self._first_seen_seq: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
+        #: Writes every actor's watermarks, merged node-wide (see MarkWriter).
+        self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_window_s, ctx.timed)
+        # (user, peer) → id of their direct conversation, known to exist (a direct
+        # conversation never changes and is never deleted, so this is never stale).
+        self._directs: dict[tuple[str, str], str] = {}
 
     def __len__(self) -> int:
         return len(self._actors)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Host the actors until :meth:`stop` (then wait for them) or cancellation."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await self._stopping.wait()
-            for mailbox in list(self._actors.values()):
-                mailbox.close()
-        self._nursery = None
+        async with trio.open_nursery() as outer:
+            await outer.start(self.mark_writer.run)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._stopping.wait()
+                for mailbox in list(self._actors.values()):
+                    mailbox.close()
+            self._nursery = None
+            # Every actor has handed over its last marks: write them before stopping.
+            await self.mark_writer.drain()
+            outer.cancel_scope.cancel()
 
     def stop(self) -> None:
         """Refuse new requests; live actors drain their mailboxes and stop."""
@@ -67,6 +80,18 @@ class ConversationManager:
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._forget(conv, mailbox)  # it retired between lookup and send: start anew
+
+    async def direct_conversation(self, user: str, peer: str) -> str:
+        """The id of the direct conversation of ``user`` and ``peer`` (created if needed)."""
+        known = self._directs.get((user, peer))
+        if known is not None:
+            return known
+        with self._ctx.timed("direct_conversation"):
+            conv = (await self._ctx.store.direct_conversation(user, peer)).id
+        if len(self._directs) >= _MAX_DIRECTS:
+            self._directs.clear()
+        self._directs[(user, peer)] = conv
+        return conv
 
     async def _mailbox(self, conv: str) -> Mailbox:
         while True:
@@ -93,6 +118,7 @@ class ConversationManager:
             conv,
             receive,
             retire=functools.partial(self._forget, conv, send),
+            mark_writer=self.mark_writer,
             stale_seq=self._first_seen_seq.get(conv),
         )
         await nursery.start(actor.run)

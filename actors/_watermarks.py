@@ -8,10 +8,17 @@ with one batched ``merge_recv``/``merge_read``, and only then turned into ``rece
 
 from __future__ import annotations
 
-import attrs
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
-from persistence import MemberMarks, ReadMark, RecvMark
+import attrs
+import trio
+
+from persistence import MemberMarks, ReadMark, RecvMark, Store, StoreError
 from protocol import Receipt
+
+log = logging.getLogger("actors.watermarks")
 
 
 @attrs.define
@@ -123,3 +130,97 @@ class Watermarks:
             )
             out.append(ReceiptOut(receipt, frozenset(rise.sources)))
         return out
+
+
+class MarkWriter:
+    """Node-wide writer of the watermarks of every conversation actor.
+
+    Actors hand their coalesced marks over with :meth:`submit` (never blocks) together with
+    a callback that sends the receipts those marks earn. The writer writes everything handed
+    over since its last write with one ``merge_recv`` and one ``merge_read`` (the Store writes
+    each as one light bulk write), then runs the callbacks: a receipt still never announces a
+    mark a crash could lose. While a write is in flight new marks accumulate (max-merged), so
+    the writes never outnumber the windows, however many conversations are active. A failed
+    write is retried after ``retry_s`` with whatever arrived meanwhile.
+    """
+
+    def __init__(
+        self, store: Store, retry_s: float, timed: Callable[[str], AbstractContextManager[None]]
+    ) -> None:
+        self._store = store
+        self._retry_s = retry_s
+        self._timed = timed
+        self._recv: dict[tuple[str, str, str], int] = {}
+        self._read: dict[tuple[str, str], int] = {}
+        self._after: list[Callable[[], None]] = []
+        self._work = trio.Event()
+        # Callbacks handed over and not yet run, and an event set whenever that is zero.
+        self._outstanding = 0
+        self._all_written = trio.Event()
+        self._all_written.set()
+
+    def submit(
+        self, recv: list[RecvMark], read: list[ReadMark], on_written: Callable[[], None]
+    ) -> None:
+        for r in recv:
+            key = (r.user, r.device, r.conv)
+            self._recv[key] = max(r.seq, self._recv.get(key, 0))
+        for m in read:
+            rkey = (m.user, m.conv)
+            self._read[rkey] = max(m.seq, self._read.get(rkey, 0))
+        self._after.append(on_written)
+        self._outstanding += 1
+        if self._all_written.is_set():
+            self._all_written = trio.Event()
+        self._work.set()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write until cancelled."""
+        task_status.started()
+        while True:
+            await self._work.wait()
+            self._work = trio.Event()
+            if not await self._write_once():
+                await trio.sleep(self._retry_s)
+                self._work.set()
+
+    async def drain(self) -> None:
+        """Return once everything submitted so far is written (the caller bounds the wait)."""
+        while self._outstanding:
+            await self._all_written.wait()
+
+    async def _write_once(self) -> bool:
+        recv, self._recv = self._recv, {}
+        read, self._read = self._read, {}
+        after, self._after = self._after, []
+        if not after:
+            return True
+        try:
+            with self._timed("merge_marks"):
+                if recv:
+                    await self._store.merge_recv(
+                        [RecvMark(user=u, device=d, conv=c, seq=s) for (u, d, c), s in recv.items()]
+                    )
+                if read:
+                    await self._store.merge_read(
+                        [ReadMark(user=u, conv=c, seq=s) for (u, c), s in read.items()]
+                    )
+        except StoreError as exc:
+            log.warning(
+                "could not write %d watermarks (will retry): %s", len(recv) + len(read), exc
+            )
+            for key, seq in recv.items():
+                self._recv[key] = max(seq, self._recv.get(key, 0))
+            for rkey, seq in read.items():
+                self._read[rkey] = max(seq, self._read.get(rkey, 0))
+            self._after[:0] = after
+            return False
+        for callback in after:
+            try:
+                callback()
+            except Exception:
+                log.exception("sending receipts failed")
+        self._outstanding -= len(after)
+        if not self._outstanding:
+            self._all_written.set()
+        return True

@@ -52,10 +52,10 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import attrs
-import pymongo
 import trio
 from pymongo import MongoClient, ReturnDocument, UpdateOne
 from pymongo.client_session import ClientSession
+from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 from pymongo.read_concern import ReadConcern
 from pymongo.write_concern import WriteConcern
@@ -101,14 +101,23 @@ Doc = dict[str, Any]
 CHUNK_MAX = 256
 #: Rounds of "someone else took that seq / that key" before giving up on one append.
 MAX_ROUNDS = 64
-#: Point reads to catch up with other writers' chunks before falling back to a full re-read.
-CATCH_UP_PROBES = 16
+#: ``$in`` point-read rounds to catch up with other writers' chunks before one index range read.
+CATCH_UP_PROBES = 2
 #: Ids per ``$in`` point-read query (SecantusDB's ``$in`` gets slower per id when long).
 PROBES_PER_QUERY = 100
 #: Most drafts one merged commit carries: on SecantusDB the cost per message of a transaction
 #: grows again past a few hundred documents (docs/benchmarks.md), and a bound keeps one
 #: commit's latency bounded. A single bigger append() call is never split across commits.
 MERGE_MAX_DRAFTS = 512
+#: Watermark upserts per bulk-write command (see MongoStore._bulk).
+MARKS_PER_COMMAND = 50
+#: A range read first asks for the chunks starting at most this many seqs before ``lo``; only
+#: when none of them holds ``lo`` does it look further back (up to :data:`CHUNK_MAX`).
+#: SecantusDB's cost of an index range is per document examined, so the window is small.
+RANGE_LOOKBACK = 32
+#: Chunks a store writes to a conversation between two updates of the conversation's
+#: ``end_hint`` (a known chunk end that a cold "last seq" read starts from).
+HINT_EVERY = 32
 _DURABLE = WriteConcern(w="majority", j=True)
 _LIGHT = WriteConcern(w=1)
 _RETRY_LABELS = (
@@ -134,21 +143,16 @@ def _chunk_id(conv: str, seq: int) -> str:
     return f"{conv}|{seq:016d}"
 
 
-def _conv_prefix_range(conv: str) -> Doc:
-    # '}' follows '|' in ASCII, so this is exactly the ids that start with "conv|".
-    return {"$gte": f"{conv}|", "$lt": f"{conv}}}"}
-
-
 def _decode_message(conv: str, m: Doc) -> StoredMessage:
     return StoredMessage(
         conv=conv,
-        seq=m["s"],
+        seq=int(m["s"]),
         id=m["i"],
         sender=m["u"],
         device=m["d"],
         cmid=m["c"],
         body=m["b"],
-        ts=m["t"],
+        ts=int(m["t"]),
         kind=m["k"],
     )
 
@@ -172,8 +176,8 @@ def _decode_conv(doc: Doc) -> Conversation:
         kind=doc["kind"],
         title=doc.get("title"),
         creator=doc.get("creator"),
-        members=doc["members"],
-        departed={u: (span[0], span[1]) for u, span in doc.get("departed", {}).items()},
+        members={u: int(seq) for u, seq in doc["members"].items()},
+        departed={u: (int(span[0]), int(span[1])) for u, span in doc.get("departed", {}).items()},
     )
 
 
@@ -210,11 +214,28 @@ class MongoStore(Store):
         self._light = client.get_database(database, write_concern=_LIGHT)
         self._rng = rng if rng is not None else random.SystemRandom()
         self._limiter = trio.CapacityLimiter(max_threads)
+        # Appends (one merged commit at a time) and watermark batches get threads of their
+        # own, so neither waits behind a burst of the other or of hello reads.
+        self._commit_limiter = trio.CapacityLimiter(2)
+        self._marks_limiter = trio.CapacityLimiter(2)
+        # Hello-time operations, merged across concurrent hellos (see _Coalescer).
+        self._hello_limiter = trio.CapacityLimiter(3)
+        self._register_batch = _Coalescer(self, self._register_many, self._hello_limiter)
+        self._online_batch = _Coalescer(self, self._online_many, self._hello_limiter)
+        self._unsynced_batch = _Coalescer(self, self._unsynced_many, self._hello_limiter)
         self._retries = retries
         self._backoff_s = backoff_s
         # Per conversation: a chunk end this instance saw and the membership valid through it
         # (see _Head). Only a hint: a stale one costs a duplicate-key round, never a wrong seq.
         self._heads: dict[str, _Head] = {}
+        # Per conversation: the highest chunk end this instance has seen (a hint: the chunk
+        # after it, if any, has ``_id`` conv|end+1), and chunks written since the stored
+        # ``end_hint`` was last raised by this instance.
+        self._ends: dict[str, int] = {}
+        self._directs: dict[str, Conversation] = {}
+        # "user|device" registered by this instance since it started (see register_device).
+        self._registered: set[str] = set()
+        self._unhinted: dict[str, int] = {}
         # Group commit across conversations (see append): requests waiting for the next commit,
         # and whether some append() call is currently leading (running a merged commit).
         self._queue: list[_Request] = []
@@ -241,6 +262,9 @@ class MongoStore(Store):
 
     def _create_indexes(self) -> None:
         db = self._db
+        # One entry per chunk (not per message): every read of messages and every "last seq"
+        # goes through it, because SecantusDB answers ``_id`` ranges with a collection scan.
+        db.chunks.create_index([("conv", 1), ("first", 1)], name="conv_first")
         db.convs.create_index("member_ids")
         db.convs.create_index("past_ids")
         db.recv.create_index("c")
@@ -252,13 +276,15 @@ class MongoStore(Store):
         )
         db.jobs.create_index([("done", 1), ("first_ts", 1)])
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(
+        self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None
+    ) -> T:
         """Run ``fn(*args)`` in a worker thread, retrying transient failures with backoff."""
         delay = self._backoff_s
         for attempt in range(self._retries + 1):
             try:
                 return await trio.to_thread.run_sync(
-                    functools.partial(fn, *args), limiter=self._limiter
+                    functools.partial(fn, *args), limiter=limiter or self._limiter
                 )
             except StoreError:
                 raise
@@ -295,32 +321,79 @@ class MongoStore(Store):
             raise no_such_conversation(conv)
         return _decode_conv(doc), doc
 
-    def _read_last_seq(self, conv: str, session: ClientSession | None = None) -> int:
-        doc = self._db.chunks.find_one(
-            {"_id": _conv_prefix_range(conv)},
-            projection={"last": 1},
-            sort=[("_id", pymongo.DESCENDING)],
-            session=session,
-        )
-        return 0 if doc is None else int(doc["last"])
+    def _note_end(self, conv: str, end: int) -> None:
+        """Remember ``end`` (a chunk end, i.e. some chunk's last seq) as a hint for ``conv``."""
+        if end > self._ends.get(conv, 0):
+            self._ends[conv] = end
 
-    def _fetch(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
+    def _hint(self, conv: str, doc: Doc | None = None) -> int:
+        """A chunk end of ``conv`` known to be at most its current end (0 if none known)."""
+        stored = 0 if doc is None else int(doc.get("end_hint", 0))
+        return max(stored, self._ends.get(conv, 0))
+
+    def _ends_after(
+        self, conv: str, start: int, session: ClientSession | None = None
+    ) -> tuple[int, bool]:
+        """The end of ``conv`` read from the ``(conv, first)`` index, from chunk end ``start``.
+
+        One index range over the chunks after ``start`` (SecantusDB's cost is per chunk
+        examined, so ``start`` should be a recent end). Also says whether a membership event
+        was passed.
+        """
+        end, member = start, False
+        for doc in self._db.chunks.find(
+            {"conv": conv, "first": {"$gt": start}},
+            projection={"_id": 0, "last": 1, "msgs.k": 1},
+            session=session,
+        ):
+            end = max(end, int(doc["last"]))
+            member = member or any(m.get("k") == "member" for m in doc["msgs"])
+        self._note_end(conv, end)
+        return end, member
+
+    def _read_last_seq(
+        self, conv: str, session: ClientSession | None = None, doc: Doc | None = None
+    ) -> int:
+        """The last seq of ``conv`` (``doc``: its ``convs`` document, for the stored hint)."""
+        return self._ends_after(conv, self._hint(conv, doc), session)[0]
+
+    def _last_seqs(self, docs: Iterable[Doc]) -> dict[str, int]:
+        """The last seq of each conversation of ``docs`` (their ``convs`` documents).
+
+        From each one's hint, one ``$in`` point read of the chunk that would follow it for all
+        of them; only the conversations that moved on get an index range read each.
+        """
+        ends, _changed = self._catch_up({d["_id"]: self._hint(d["_id"], d) for d in docs})
+        return ends
+
+    def _fetch(
+        self, conv: str, lo: int, hi: int, session: ClientSession | None = None
+    ) -> list[StoredMessage]:
         lo = max(lo, 1)
         if hi < lo:
             return []
-        cursor = self._db.chunks.find(
-            {
-                "_id": {
-                    "$gte": _chunk_id(conv, max(1, lo - CHUNK_MAX + 1)),
-                    "$lte": _chunk_id(conv, hi),
-                },
-                "last": {"$gte": lo},
-            },
-            sort=[("_id", pymongo.ASCENDING)],
+        near = max(1, lo - RANGE_LOOKBACK)
+        chunks = list(
+            self._db.chunks.find(
+                {"conv": conv, "first": {"$gte": near, "$lte": hi}}, session=session
+            )
         )
+        if near > 1 and not any(c["first"] <= lo <= c["last"] for c in chunks):
+            # The chunk holding lo (if any) starts further back: it is a big one.
+            far = max(1, lo - CHUNK_MAX + 1)
+            chunks += [
+                c
+                for c in self._db.chunks.find(
+                    {"conv": conv, "first": {"$gte": far, "$lt": near}}, session=session
+                )
+                if c["last"] >= lo
+            ]
+        chunks.sort(key=lambda c: int(c["first"]))
+        if chunks:
+            self._note_end(conv, int(chunks[-1]["last"]))
         return [
             _decode_message(conv, m)
-            for chunk in cursor
+            for chunk in chunks
             for m in chunk["msgs"]
             if lo <= m["s"] <= hi
         ]
@@ -329,7 +402,7 @@ class MongoStore(Store):
         doc = self._db.keys.find_one({"_id": key})
         if doc is None:
             return None
-        conv, seq = doc["conv"], doc["seq"]
+        conv, seq = doc["conv"], int(doc["seq"])
         if "chunk" in doc:
             # Keys written since the group commit name their chunk: one point read on _id.
             chunk = self._db.chunks.find_one({"_id": _chunk_id(conv, doc["chunk"])})
@@ -346,9 +419,20 @@ class MongoStore(Store):
 
     async def direct_conversation(self, a: str, b: str) -> Conversation:
         conv_id = direct_id(a, b)
-        return await self._call(self._direct_sync, conv_id, a, b)
+        # A direct conversation never changes (no adds, removes or leaves) and is never
+        # deleted, so once seen it is answered from memory.
+        known = self._directs.get(conv_id)
+        if known is not None:
+            return known
+        conv = await self._call(self._direct_sync, conv_id, a, b)
+        self._directs[conv_id] = conv
+        return conv
 
     def _direct_sync(self, conv_id: str, a: str, b: str) -> Conversation:
+        # Read first: the durable upsert (a write on every call) only when it is missing.
+        found = self._db.convs.find_one({"_id": conv_id})
+        if found is not None:
+            return _decode_conv(found)
         conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
         fields = {"kind": "direct", "v": 0, **_membership_fields(conv)}
         try:
@@ -398,6 +482,7 @@ class MongoStore(Store):
             "creator": conv.creator,
             "v": 0,
             "created_by_msg": event.id,
+            "end_hint": 1,
             **_membership_fields(conv),
         }
         chunk = {
@@ -423,6 +508,7 @@ class MongoStore(Store):
                     raise
                 return existing, stored[0]
         self._heads[conv.id] = _Head(conv, 1)
+        self._note_end(conv.id, 1)
         return conv, event
 
     async def get_conversation(self, conv: str) -> Conversation:
@@ -461,7 +547,14 @@ class MongoStore(Store):
                     return self._txn(
                         session,
                         functools.partial(
-                            self._write_member_event, conv, doc["v"], kind, actor, target, ts, op_id
+                            self._write_member_event,
+                            conv,
+                            doc,
+                            kind,
+                            actor,
+                            target,
+                            ts,
+                            op_id,
                         ),
                     )
             except (DuplicateKeyError, _Contended):
@@ -477,7 +570,7 @@ class MongoStore(Store):
     def _write_member_event(
         self,
         conv: Conversation,
-        version: int,
+        doc: Doc,
         kind: MemberOp,
         actor: str,
         target: str,
@@ -485,7 +578,7 @@ class MongoStore(Store):
         op_id: str,
         session: ClientSession,
     ) -> StoredMessage:
-        seq = self._read_last_seq(conv.id, session) + 1
+        seq = self._read_last_seq(conv.id, session, doc) + 1
         event = StoredMessage(
             conv=conv.id,
             seq=seq,
@@ -509,9 +602,14 @@ class MongoStore(Store):
         )
         changed = apply_member_change(conv, kind, target, seq)
         result = self._db.convs.update_one(
-            {"_id": conv.id, "v": version},
+            {"_id": conv.id, "v": doc["v"]},
             {
-                "$set": {**_membership_fields(changed), "last_op": op_id, "last_op_seq": seq},
+                "$set": {
+                    **_membership_fields(changed),
+                    "last_op": op_id,
+                    "last_op_seq": seq,
+                    "end_hint": seq,
+                },
                 "$inc": {"v": 1},
             },
             session=session,
@@ -540,9 +638,11 @@ class MongoStore(Store):
 
     def _conversations_sync(self, user: str, device: str) -> list[ConvRow]:
         rows = []
-        for doc in self._db.convs.find({"member_ids": user}, sort=[("_id", 1)]):
+        docs = list(self._db.convs.find({"member_ids": user}, sort=[("_id", 1)]))
+        lasts = self._last_seqs(docs)
+        for doc in docs:
             conv = _decode_conv(doc)
-            last = self._read_last_seq(conv.id)
+            last = lasts[conv.id]
             marks = self._marks_sync(conv)
             read = marks[user].read
             rows.append(
@@ -629,7 +729,7 @@ class MongoStore(Store):
 
     async def _commit(self, batch: list[_Request]) -> None:
         try:
-            outcomes = await self._call(self._commit_sync, batch)
+            outcomes = await self._call(self._commit_sync, batch, limiter=self._commit_limiter)
         except BaseException as exc:
             # The leader's own call re-raises exc itself; the others get a StoreError.
             failure = (
@@ -654,8 +754,8 @@ class MongoStore(Store):
 
         Chunks are contiguous, so the chunk after end ``e`` has ``_id`` ``conv|e+1``: every
         step is one ``$in`` point read for all the conversations at once (SecantusDB answers
-        ``_id`` ranges with a collection scan, ``_id`` equality with the index). A conversation
-        still moving after :data:`CATCH_UP_PROBES` steps falls back to the range read.
+        ``_id`` equality with the index, cheaply). A conversation still moving after
+        :data:`CATCH_UP_PROBES` steps is finished with one ``(conv, first)`` index range read.
         Returns the ends and the conversations in which a membership event was passed.
         """
         ends = dict(starts)
@@ -682,8 +782,11 @@ class MongoStore(Store):
                     changed.add(conv_id)
             moving &= advanced
         for conv_id in sorted(moving):
-            ends[conv_id] = self._read_last_seq(conv_id)
-            changed.add(conv_id)  # we skipped chunks unseen: assume membership changed
+            ends[conv_id], member = self._ends_after(conv_id, ends[conv_id])
+            if member:
+                changed.add(conv_id)
+        for conv_id, end in ends.items():
+            self._note_end(conv_id, end)
         return ends, changed
 
     def _load_heads(
@@ -691,18 +794,25 @@ class MongoStore(Store):
     ) -> dict[str, _Head]:
         """(Re)load the heads of ``conv_ids``, also into ``self._heads`` (unknown ids: absent).
 
-        Order matters: the ends first, then the membership. A membership change committed in
-        between lies after the end we found, so a write at end+1 collides with it.
+        Order matters: a membership is valid through an end found *after* it was read. For a
+        conversation without a start, its document (membership and ``end_hint``) is read
+        first, then the end from there; a membership change committed in between lies after
+        the hint, so the catch-up passes its event and the membership is read again. A write
+        at end+1 collides with any change after the end.
         """
-        starts = starts or {}
-        ends, changed = self._catch_up({c: starts[c].end if c in starts else 0 for c in conv_ids})
-        reread = sorted(c for c in ends if c not in starts or c in changed)
-        convs = {c: starts[c].conv for c in ends if c in starts}
+        starts = dict(starts or {})
+        cold = sorted(c for c in conv_ids if c not in starts)
+        for k in range(0, len(cold), PROBES_PER_QUERY):
+            for doc in self._db.convs.find({"_id": {"$in": cold[k : k + PROBES_PER_QUERY]}}):
+                starts[doc["_id"]] = _Head(_decode_conv(doc), self._hint(doc["_id"], doc))
+        ends, changed = self._catch_up({c: h.end for c, h in starts.items()})
+        convs = {c: h.conv for c, h in starts.items()}
+        reread = sorted(changed)
         for k in range(0, len(reread), PROBES_PER_QUERY):
             for doc in self._db.convs.find({"_id": {"$in": reread[k : k + PROBES_PER_QUERY]}}):
                 convs[doc["_id"]] = _decode_conv(doc)
         loaded = {c: _Head(convs[c], ends[c]) for c in ends if c in convs}
-        for conv_id in ends:
+        for conv_id in conv_ids:
             if conv_id in loaded:
                 self._heads[conv_id] = loaded[conv_id]
             else:
@@ -873,8 +983,28 @@ class MongoStore(Store):
                 # The insert at head.end + 1 succeeded, so nothing (no membership change
                 # either) came between: head.conv is still the membership at the new end.
                 heads[conv_id] = self._heads[conv_id] = _Head(head.conv, messages[-1].seq)
+                self._note_end(conv_id, messages[-1].seq)
+                self._unhinted[conv_id] = self._unhinted.get(conv_id, 0) + (
+                    (len(messages) + CHUNK_MAX - 1) // CHUNK_MAX
+                )
             todo = {}
+        self._raise_hints()
         return set()
+
+    def _raise_hints(self) -> None:
+        """Store the end of each conversation this instance wrote HINT_EVERY chunks to since
+        its last hint, so a cold "last seq" read examines few chunks. Only a hint: a light
+        write, and a failure is ignored (the next commit tries again)."""
+        due = sorted(c for c, n in self._unhinted.items() if n >= HINT_EVERY)
+        if not due:
+            return
+        ops = [UpdateOne({"_id": c}, {"$max": {"end_hint": self._ends[c]}}) for c in due]
+        try:
+            self._light.convs.bulk_write(ops, ordered=False)
+        except PyMongoError:
+            return
+        for conv_id in due:
+            self._unhinted.pop(conv_id, None)
 
     def _write_group(self, plan: dict[str, list[StoredMessage]], s: ClientSession) -> None:
         keys = [
@@ -919,9 +1049,9 @@ class MongoStore(Store):
     def _history_sync(
         self, conv_id: str, user: str, before: int | None, limit: int
     ) -> tuple[list[StoredMessage], bool]:
-        conv, _ = self._load_conv(conv_id)
+        conv, doc = self._load_conv(conv_id)
         lo, hi = history_bounds(conv, user, before)
-        last = self._read_last_seq(conv_id)
+        last = self._read_last_seq(conv_id, doc=doc)
         top = last if hi is None else min(hi, last)
         # Seqs are gap-free, so the page is a plain seq range.
         start = max(lo, top - limit + 1)
@@ -938,15 +1068,22 @@ class MongoStore(Store):
         return await self._call(self._last_seq_sync, conv)
 
     def _last_seq_sync(self, conv: str) -> int:
-        self._load_conv(conv)
-        return self._read_last_seq(conv)
+        _, doc = self._load_conv(conv)
+        return self._read_last_seq(conv, doc=doc)
 
     # -- watermarks ----------------------------------------------------------------------
 
-    def _clamper(self, convs: Iterable[str]) -> Callable[[str, str, int], int | None]:
-        wanted = sorted(set(convs))
-        known = {d["_id"]: _decode_conv(d) for d in self._db.convs.find({"_id": {"$in": wanted}})}
-        lasts = {c: self._read_last_seq(c) for c in known}
+    def _clamper(self, marks: Iterable[tuple[str, int]]) -> Callable[[str, str, int], int | None]:
+        highest: dict[str, int] = {}
+        for conv, seq in marks:
+            highest[conv] = max(seq, highest.get(conv, 0))
+        wanted = sorted(highest)
+        docs = list(self._db.convs.find({"_id": {"$in": wanted}}))
+        known = {d["_id"]: _decode_conv(d) for d in docs}
+        # A known chunk end at or above every mark of a conversation clamps exactly like its
+        # last seq would; only the others need their last seq read.
+        lasts = {d["_id"]: self._hint(d["_id"], d) for d in docs}
+        lasts.update(self._last_seqs([d for d in docs if highest[d["_id"]] > lasts[d["_id"]]]))
 
         def clamp(conv: str, user: str, seq: int) -> int | None:
             found = known.get(conv)
@@ -956,10 +1093,10 @@ class MongoStore(Store):
 
     async def merge_recv(self, marks: Sequence[RecvMark]) -> None:
         if marks:
-            await self._call(self._merge_recv_sync, list(marks))
+            await self._call(self._merge_recv_sync, list(marks), limiter=self._marks_limiter)
 
     def _merge_recv_sync(self, marks: list[RecvMark]) -> None:
-        clamp = self._clamper(m.conv for m in marks)
+        clamp = self._clamper((m.conv, m.seq) for m in marks)
         ops = []
         for m in marks:
             seq = clamp(m.conv, m.user, m.seq)
@@ -974,15 +1111,14 @@ class MongoStore(Store):
                         upsert=True,
                     )
                 )
-        if ops:
-            self._light.recv.bulk_write(ops, ordered=False)
+        self._bulk(self._light.recv, ops)
 
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
         if marks:
-            await self._call(self._merge_read_sync, list(marks))
+            await self._call(self._merge_read_sync, list(marks), limiter=self._marks_limiter)
 
     def _merge_read_sync(self, marks: list[ReadMark]) -> None:
-        clamp = self._clamper(m.conv for m in marks)
+        clamp = self._clamper((m.conv, m.seq) for m in marks)
         ops = []
         for m in marks:
             seq = clamp(m.conv, m.user, m.seq)
@@ -994,8 +1130,14 @@ class MongoStore(Store):
                         upsert=True,
                     )
                 )
-        if ops:
-            self._light.read.bulk_write(ops, ordered=False)
+        self._bulk(self._light.read, ops)
+
+    @staticmethod
+    def _bulk(collection: Collection[Doc], ops: list[UpdateOne]) -> None:
+        # In slices: SecantusDB runs one command at a time, and a bulk write of hundreds of
+        # upserts (~1 ms each) would hold up every append queued behind it.
+        for k in range(0, len(ops), MARKS_PER_COMMAND):
+            collection.bulk_write(ops[k : k + MARKS_PER_COMMAND], ordered=False)
 
     def _marks_sync(self, conv: Conversation) -> dict[str, MemberMarks]:
         users = sorted([*conv.members, *conv.departed])
@@ -1003,10 +1145,10 @@ class MongoStore(Store):
         read = dict.fromkeys(users, 0)
         for doc in self._db.recv.find({"c": conv.id}, projection={"u": 1, "s": 1}):
             if doc["u"] in delivered:
-                delivered[doc["u"]] = max(delivered[doc["u"]], doc["s"])
+                delivered[doc["u"]] = max(delivered[doc["u"]], int(doc["s"]))
         for doc in self._db.read.find({"c": conv.id}, projection={"u": 1, "s": 1}):
             if doc["u"] in read:
-                read[doc["u"]] = doc["s"]
+                read[doc["u"]] = int(doc["s"])
         return {u: MemberMarks(user=u, delivered=delivered[u], read=read[u]) for u in users}
 
     async def marks(self, conv: str) -> dict[str, MemberMarks]:
@@ -1022,20 +1164,44 @@ class MongoStore(Store):
     async def unsynced(
         self, user: str, device: str
     ) -> list[tuple[Conversation, list[StoredMessage]]]:
-        return await self._call(self._unsynced_sync, user, device)
+        result: list[tuple[Conversation, list[StoredMessage]]] = await self._unsynced_batch(
+            (user, device)
+        )
+        return result
 
-    def _unsynced_sync(
-        self, user: str, device: str
+    def _unsynced_many(
+        self, wanted: list[tuple[str, str]]
+    ) -> list[list[tuple[Conversation, list[StoredMessage]]]]:
+        """:meth:`unsynced` of many (user, device) at once: a few commands for all of them."""
+        users = sorted({u for u, _ in wanted})
+        recv: dict[tuple[str, str], dict[str, int]] = {}
+        for d in self._db.recv.find({"u": {"$in": users}}):
+            recv.setdefault((d["u"], d["d"]), {})[d["c"]] = int(d["s"])
+        # Two indexed queries: SecantusDB answers an $or of them with a collection scan.
+        docs = {d["_id"]: d for d in self._db.convs.find({"member_ids": {"$in": users}})}
+        for doc in self._db.convs.find({"past_ids": {"$in": users}}):
+            docs.setdefault(doc["_id"], doc)
+        lasts = self._last_seqs(docs.values()) if docs else {}
+        by_user: dict[str, list[Doc]] = {}
+        for conv_id in sorted(docs):
+            doc = docs[conv_id]
+            for user in {*doc.get("member_ids", []), *doc.get("past_ids", [])}:
+                by_user.setdefault(user, []).append(doc)
+        return [
+            self._unsynced_one(user, by_user.get(user, []), recv.get((user, device), {}), lasts)
+            for user, device in wanted
+        ]
+
+    def _unsynced_one(
+        self, user: str, docs: list[Doc], recv: dict[str, int], lasts: dict[str, int]
     ) -> list[tuple[Conversation, list[StoredMessage]]]:
-        recv = {d["c"]: d["s"] for d in self._db.recv.find({"u": user, "d": device})}
         out = []
-        query = {"$or": [{"member_ids": user}, {"past_ids": user}]}
-        for doc in self._db.convs.find(query, sort=[("_id", 1)]):
+        for doc in docs:
             conv = _decode_conv(doc)
             span = conv.visible_range(user)
             assert span is not None
             lo = max(span[0], recv.get(conv.id, 0) + 1)
-            last = self._read_last_seq(conv.id)
+            last = lasts[conv.id]
             hi = last if span[1] is None else min(span[1], last)
             if lo <= hi:
                 out.append((conv, self._fetch(conv.id, lo, hi)))
@@ -1054,17 +1220,26 @@ class MongoStore(Store):
 
     def _last_seen_sync(self, users: list[str]) -> dict[str, int | None]:
         found = {d["_id"]: d.get("last_seen") for d in self._db.users.find({"_id": {"$in": users}})}
-        return {u: found.get(u) for u in users}
+        return {u: None if (t := found.get(u)) is None else int(t) for u in users}
 
     async def register_device(self, user: str, device: str, ts: int) -> None:
         check_id("user id", user)
         check_id("device id", device)
-        await self._call(
-            self._light.devices.update_one,
-            {"_id": f"{user}|{device}"},
-            {"$set": {"u": user, "d": device, "ts": ts}},
-            True,
-        )
+        key = f"{user}|{device}"
+        if key in self._registered:
+            # Registered by this instance already: the registry only answers "which devices
+            # ever connected" (devices()), so a later connect changes nothing it answers.
+            return
+        await self._register_batch((user, device, ts))
+        self._registered.add(key)
+
+    def _register_many(self, devices: list[tuple[str, str, int]]) -> list[None]:
+        ops = [
+            UpdateOne({"_id": f"{u}|{d}"}, {"$set": {"u": u, "d": d, "ts": ts}}, upsert=True)
+            for u, d, ts in devices
+        ]
+        self._bulk(self._light.devices, ops)
+        return [None] * len(devices)
 
     async def devices(self, user: str) -> list[str]:
         docs = await self._call(lambda: list(self._db.devices.find({"u": user})))
@@ -1096,9 +1271,18 @@ class MongoStore(Store):
         raise Unavailable(f"could not record the notification of user {user!r}")
 
     async def user_online(self, user: str) -> None:
-        await self._call(
-            self._db.jobs.update_many, {"user": user, "open": True}, {"$set": {"open": False}}
-        )
+        await self._online_batch(user)
+
+    def _online_many(self, users: list[str]) -> list[None]:
+        # Read first (the partial unique index answers it): most users have no open job, and
+        # then nothing is written. Nothing is acknowledged on this, so the write is light.
+        wanted = sorted(set(users))
+        found = self._db.jobs.find({"user": {"$in": wanted}, "open": True}, {"user": 1})
+        if open_users := sorted({d["user"] for d in found}):
+            self._light.jobs.update_many(
+                {"user": {"$in": open_users}, "open": True}, {"$set": {"open": False}}
+            )
+        return [None] * len(users)
 
     async def claim_notifications(
         self, owner: str, now_ms: int, lease_ms: int, limit: int
@@ -1123,12 +1307,12 @@ class MongoStore(Store):
                     id=doc["_id"],
                     user=doc["user"],
                     conv=doc["conv"],
-                    seq=doc["seq"],
-                    count=doc["count"],
-                    first_ts=doc["first_ts"],
-                    last_ts=doc["last_ts"],
+                    seq=int(doc["seq"]),
+                    count=int(doc["count"]),
+                    first_ts=int(doc["first_ts"]),
+                    last_ts=int(doc["last_ts"]),
                     owner=doc["owner"],
-                    lease_until=doc["lease_until"],
+                    lease_until=None if doc["lease_until"] is None else int(doc["lease_until"]),
                 )
             )
         return claimed
@@ -1205,3 +1389,90 @@ class _Request:
             raise self.result
         assert self.result is not None
         return self.result
+
+
+@attrs.define(eq=False)
+class _Pending:
+    """One call waiting in a :class:`_Coalescer` (or leading it)."""
+
+    arg: Any
+    wake: trio.Event = attrs.field(factory=trio.Event)
+    promoted: bool = False
+    finished: bool = False
+    result: Any = None
+    error: BaseException | None = None
+
+    def finish(self, result: Any, error: BaseException | None) -> None:
+        self.result, self.error, self.finished = result, error, True
+        self.wake.set()
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class _Coalescer:
+    """Merges concurrent calls of one cheap operation into one batched call in a thread.
+
+    The same leader/follower scheme as :meth:`MongoStore.append`: a call arriving while a
+    batch is in flight queues; the next leader takes everything queued. On SecantusDB a
+    command costs ~1-3 ms of server time whatever it carries, so N hellos at once cost a
+    handful of commands instead of 4N. ``fn`` gets the queued arguments and returns one
+    result per argument.
+    """
+
+    def __init__(
+        self,
+        store: MongoStore,
+        fn: Callable[[list[Any]], list[Any]],
+        limiter: trio.CapacityLimiter,
+        max_batch: int = 256,
+    ) -> None:
+        self._store = store
+        self._fn = fn
+        self._limiter = limiter
+        self._max_batch = max_batch
+        self._queue: list[_Pending] = []
+        self._leading = False
+
+    async def __call__(self, arg: Any) -> Any:
+        request = _Pending(arg)
+        self._queue.append(request)
+        if self._leading:
+            try:
+                await request.wake.wait()
+            except BaseException:
+                if request in self._queue:
+                    self._queue.remove(request)
+                if request.promoted and not request.finished:
+                    self._hand_off()
+                raise
+            if request.finished:
+                return request.outcome()
+        self._leading = True
+        try:
+            batch = self._queue[: self._max_batch]
+            self._queue = self._queue[self._max_batch :]
+            try:
+                results = await self._store._call(
+                    self._fn, [r.arg for r in batch], limiter=self._limiter
+                )
+            except BaseException as exc:
+                failure = exc if isinstance(exc, StoreError) else Unavailable(f"failed: {exc!r}")
+                for r in batch:
+                    if r is not request:
+                        r.finish(None, failure)
+                raise
+            for r, result in zip(batch, results, strict=True):
+                r.finish(result, None)
+        finally:
+            self._hand_off()
+        return request.outcome()
+
+    def _hand_off(self) -> None:
+        if self._queue:
+            self._queue[0].promoted = True
+            self._queue[0].wake.set()
+        else:
+            self._leading = False

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 
 from ._determinism import derive_rng
-from ._faults import FaultPlan
+from ._faults import FAULT_KINDS, FaultPlan
 from ._workload import Workload
 from ._world import RunConfig, RunResult, simulate
 
@@ -46,12 +46,19 @@ def build_config(
     steps: int,
     mutant: str | None,
     keep_going: bool = False,
+    without: frozenset[str] = frozenset(),
 ) -> RunConfig:
-    """The run of ``seed``: a swarm-chosen traffic mix and fault plan (both from the seed)."""
+    """The run of ``seed``: a swarm-chosen traffic mix and fault plan (both from the seed).
+
+    ``without`` removes fault kinds from the plan after the swarm drew it, so the rest of
+    the run (workload, rates of the other kinds) is the same as without the option.
+    """
     workload = Workload.swarm(
         derive_rng(seed, "workload-mix"), users=users, devices=devices, steps=steps
     )
     plan = FaultPlan.swarm(derive_rng(seed, "fault-plan"))
+    if without:
+        plan = FaultPlan(rates=tuple((k, r) for k, r in plan.rates if k not in without))
     mutants = frozenset({mutant}) if mutant else frozenset()
     return RunConfig(
         seed=seed, workload=workload, plan=plan, mutants=mutants, stop_on_failure=not keep_going
@@ -71,6 +78,8 @@ def replay_command(config: RunConfig, args: argparse.Namespace) -> str:
         parts.append(f"--mutant {args.mutant}")
     if args.keep_going:
         parts.append("--keep-going")
+    if args.without:
+        parts.append(f"--without {','.join(sorted(args.without))}")
     return " ".join(parts) + " --trace"
 
 
@@ -82,10 +91,27 @@ def _add_shape(parser: argparse.ArgumentParser) -> None:
         "--mutant", choices=sorted(MUTANTS), default=None, help="switch on one broken variant"
     )
     parser.add_argument(
+        "--without",
+        type=_fault_kinds,
+        default=frozenset(),
+        metavar="KIND,...",
+        help="leave these fault kinds out of every plan (e.g. to isolate a known bug)",
+    )
+    parser.add_argument(
         "--keep-going",
         action="store_true",
         help="do not stop a run at its first violated step (report every finding)",
     )
+
+
+def _fault_kinds(text: str) -> frozenset[str]:
+    kinds = frozenset(k.strip() for k in text.split(",") if k.strip())
+    unknown = kinds - set(FAULT_KINDS)
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown fault kinds {sorted(unknown)}; known: {', '.join(FAULT_KINDS)}"
+        )
+    return kinds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         steps=args.steps,
         mutant=args.mutant,
         keep_going=args.keep_going,
+        without=args.without,
     )
     print(config.describe())
     result = simulate(config)
@@ -150,6 +177,7 @@ def _explore(args: argparse.Namespace) -> int:
             steps=args.steps,
             mutant=args.mutant,
             keep_going=args.keep_going,
+            without=args.without,
         )
         result = simulate(config)
         faults.update(result.report.faults)

@@ -30,18 +30,6 @@ from trio._core import _run as _trio_run
 
 _T = TypeVar("_T")
 
-#: Sub-seed names used by the world; listed so a typo is a KeyError in tests, not a new stream.
-SUBSYSTEMS: tuple[str, ...] = (
-    "scheduler",
-    "workload",
-    "faults",
-    "node",
-    "links",
-    "store",
-    "global-random",
-)
-
-
 def derive_seed(root: int, name: str) -> int:
     """A 64-bit seed for subsystem ``name``, stable across processes and hash seeds.
 

@@ -295,7 +295,3 @@ class History:
             self.faults[event.kind] += 1
         actor, text = _describe(event)
         self.trace.add(actor, text)
-
-    def of_type(self, kind: type[Event]) -> list[Event]:
-        """Every recorded event of class ``kind``, in order."""
-        return [e for e in self.events if isinstance(e, kind)]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
 
 import attrs
 import trio
@@ -344,7 +343,7 @@ class World:
         workload = self.config.workload
         rng = self._workload_rng
         for step in range(workload.steps):
-            await self._inject_faults(step)
+            self._inject_faults()
             self._act(step)
             await trio.sleep(rng.expovariate(1 / workload.step_gap_s))
             self.steps_done = step + 1
@@ -500,14 +499,15 @@ class World:
 
     # ------------------------------------------------------------------ faults
 
-    async def _inject_faults(self, step: int) -> None:
+    def _inject_faults(self) -> None:
+        """Before a step: each kind of the plan fires with its rate (one RNG draw per kind)."""
         plan = self.config.plan
         rng = self._fault_rng
         for kind in FAULT_KINDS:
             rate = plan.rate(kind)
             if rate <= 0 or rng.random() >= rate:
                 continue
-            await self._inject(kind, rng)
+            self._inject(kind, rng)
 
     def _fired(self, kind: str, detail: str) -> None:
         self.history.record(h.FaultFired(at=trio.current_time(), kind=kind, detail=detail))
@@ -515,7 +515,7 @@ class World:
     def _connected(self) -> list[SimDevice]:
         return [d for d in self.devices if d.connected]
 
-    async def _inject(self, kind: str, rng: random.Random) -> None:
+    def _inject(self, kind: str, rng: random.Random) -> None:
         assert self._nursery is not None
         connected = self._connected()
         device = rng.choice(connected) if connected else None
@@ -596,6 +596,3 @@ def simulate(config: RunConfig) -> RunResult:
         return run_deterministic(world.main, config.seed)
     finally:
         node_log.setLevel(level)
-
-
-RunFactory = Callable[[int], RunConfig]

@@ -289,3 +289,56 @@ async def test_notification_outbox_coalesces_and_leases(store: Store) -> None:
     assert await store.pending_notifications() == 2
     with pytest.raises(NotFound):
         await store.complete_notification("no-such-job")
+
+
+async def test_reads_across_small_and_big_batches(store: Store) -> None:
+    # Chunks of 1 message, then one batch of 300 (split in two chunks), then small ones
+    # again: every range, history page, last seq and sync must see the same messages.
+    conv = await store.direct_conversation("alice", "bob")
+    stored: list[StoredMessage] = []
+    for i in range(40):
+        stored += [
+            m
+            for m in await store.append(conv.id, [draft("alice", f"s{i}")])
+            if isinstance(m, StoredMessage)
+        ]
+    batch = await store.append(conv.id, [draft("bob", f"b{i}") for i in range(300)])
+    stored += [m for m in batch if isinstance(m, StoredMessage)]
+    for i in range(5):
+        stored += [
+            m
+            for m in await store.append(conv.id, [draft("alice", f"t{i}")])
+            if isinstance(m, StoredMessage)
+        ]
+    assert [m.seq for m in stored] == list(range(1, 346))
+    assert await store.last_seq(conv.id) == 345
+    for lo, hi in [
+        (1, 1),
+        (30, 45),
+        (41, 41),
+        (100, 120),
+        (280, 300),
+        (330, 345),
+        (340, 400),
+        (346, 350),
+    ]:
+        assert await store.range(conv.id, lo, hi) == stored[lo - 1 : hi], (lo, hi)
+    page, more = await store.history(conv.id, "bob", 200, 50)
+    assert page == stored[149:199] and more
+    page, more = await store.history(conv.id, "bob", None, 10)
+    assert page == stored[-10:] and more
+    await store.merge_recv([RecvMark(user="bob", device="p", conv=conv.id, seq=150)])
+    [(synced_conv, messages)] = await store.unsynced("bob", "p")
+    assert synced_conv.id == conv.id and messages == stored[150:]
+    # Returned numbers are plain ints (not a driver's own int type).
+    for value in (stored[0].seq, stored[0].ts, messages[0].seq, messages[0].ts):
+        assert type(value) is int
+    [row] = await store.conversations("bob", "p")
+    assert (type(row.last_seq), type(row.delivered), type(row.unread)) == (int, int, int)
+
+
+async def test_direct_conversation_lookup_does_not_change_it(store: Store) -> None:
+    first = await store.direct_conversation("alice", "bob")
+    await store.append(first.id, [draft("alice", "c1")])
+    assert await store.direct_conversation("bob", "alice") == first
+    assert await store.last_seq(first.id) == 1

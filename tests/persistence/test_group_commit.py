@@ -193,3 +193,40 @@ async def test_cancelled_appends_do_not_wedge_the_queue(two: tuple[MongoStore, M
     stored = await store.range(conv, 1, 1000)
     assert [m.seq for m in stored] == list(range(1, len(stored) + 1))
     assert len({m.body for m in stored}) == len(stored)
+
+
+async def test_cold_store_reads_what_another_store_wrote(
+    mongo_uri: str, mongo_db_name: str
+) -> None:
+    """A second store (a node started later: no cached ends) finds the ends and ranges
+    written by the first, also past the stored end hints and after a membership change."""
+    writer = await MongoStore.connect(mongo_uri, mongo_db_name)
+    try:
+        group, _ = await writer.create_group("alice", "T", ["bob"], 1)
+        expected = 1
+        for i in range(70):  # 70 chunks of 1: more than one end hint
+            [m] = await writer.append(
+                group.id, [Draft(sender="alice", device="d", cmid=f"c{i}", body="x", ts=1)]
+            )
+            assert isinstance(m, StoredMessage)
+            expected += 1
+        await writer.add_member(group.id, "alice", "carol", 2)
+        expected += 1
+        reader = await MongoStore.connect(mongo_uri, mongo_db_name)
+        try:
+            assert await reader.last_seq(group.id) == expected
+            messages = await reader.range(group.id, 1, expected)
+            assert [m.seq for m in messages] == list(range(1, expected + 1))
+            [m] = await reader.append(
+                group.id, [Draft(sender="carol", device="d", cmid="k", body="x", ts=1)]
+            )
+            assert isinstance(m, StoredMessage) and m.seq == expected + 1
+            # The writer's cached head is behind: its next append catches up.
+            [n] = await writer.append(
+                group.id, [Draft(sender="bob", device="d", cmid="k", body="x", ts=1)]
+            )
+            assert isinstance(n, StoredMessage) and n.seq == expected + 2
+        finally:
+            await reader.aclose()
+    finally:
+        await writer.aclose()

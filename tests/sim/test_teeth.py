@@ -46,14 +46,29 @@ def test_mutant_list_matches_the_node() -> None:
 def test_each_mutant_is_caught_within_a_few_seeds(mutant: str) -> None:
     seen: Counter[str] = Counter()
     for seed in range(BUDGET):
-        result = simulate(build_config(seed, users=4, devices=2, steps=80, mutant=mutant))
+        config = build_config(seed, users=4, devices=2, steps=80, mutant=mutant, keep_going=True)
+        result = simulate(config)
         seen.update(c for c, n in result.report.counts().items() if n)
         if seen.keys() & EXPECTED[mutant]:
             return
     pytest.fail(f"{mutant} not caught in {BUDGET} seeds; findings seen: {dict(seen)}")
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_the_real_node_passes(seed: int) -> None:
+#: Fault kinds behind the two known node bugs (see docs/simulator.md, "What the simulator
+#: found"); the network-only tests leave them out so the ACK protocol stays guarded meanwhile.
+NODE_AND_STORE_FAULTS = frozenset({"node_crash", "store_fail", "store_ambiguous"})
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_real_node_passes_under_network_faults(seed: int) -> None:
+    config = build_config(
+        seed, users=4, devices=2, steps=80, mutant=None, without=NODE_AND_STORE_FAULTS
+    )
+    result = simulate(config)
+    assert result.ok, result.report.render() + "\n" + result.trace.render(last=40)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_real_node_passes_under_every_fault(seed: int) -> None:
     result = simulate(build_config(seed, users=4, devices=2, steps=80, mutant=None))
     assert result.ok, result.report.render() + "\n" + result.trace.render(last=40)
