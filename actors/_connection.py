@@ -80,7 +80,7 @@ from ._messages import (
 )
 from ._ratelimit import TokenBucket
 from ._router import ConnectionHandle
-from ._transport import Transport, TransportClosed
+from ._transport import Transport, TransportClosed, send_batch
 
 log = logging.getLogger("actors.connection")
 
@@ -89,14 +89,29 @@ TokenVerifier = Callable[[str, float], str]
 
 #: Close code after a Store failure during sync: the client should come back later.
 TRY_AGAIN_LATER = 1013
-#: How far past the keep-alive deadline the watchdog wakes (expiry is strictly after it).
-_DEADLINE_SLACK_S = 0.001
 #: Close code when the connection actor itself failed (RFC 6455 "internal error").
 INTERNAL_ERROR = 1011
 
 
 class ConnectionActor:
     """See the module docstring. Run with :meth:`run`; it returns when the session ends."""
+
+    __slots__ = (
+        "_bucket",
+        "_close",
+        "_conn_id",
+        "_conversations",
+        "_ctx",
+        "_handle",
+        "_nursery",
+        "_presence",
+        "_scope",
+        "_session",
+        "_space",
+        "_transport",
+        "_verify_token",
+        "_writing",
+    )
 
     def __init__(
         self,
@@ -123,7 +138,11 @@ class ConnectionActor:
             ctx.config.rate_per_s, ctx.config.rate_burst, trio.current_time()
         )
         self._handle: ConnectionHandle | None = None
-        self._outbox: trio.MemorySendChannel[ServerFrame] | None = None
+        # The session's nursery (while open): the writer runs in it, only while there is
+        # something to write. ``_space`` is set when a full outbox drained (created on need).
+        self._nursery: trio.Nursery | None = None
+        self._writing = False
+        self._space: trio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -163,7 +182,9 @@ class ConnectionActor:
             await self._send_direct(error)
             self.request_close(code, "unauthenticated")
             return
-        await self._open(hello, user)
+        device = hello.device
+        del hello  # the token is not needed any more; nor kept for the session's lifetime
+        await self._open(device, user)
 
     async def _await_hello(self) -> Hello | None:
         with trio.move_on_at(self._session.deadline()):
@@ -191,32 +212,37 @@ class ConnectionActor:
         except TransportClosed:
             return
 
-    async def _open(self, hello: Hello, user: str) -> None:
+    async def _open(self, device: str, user: str) -> None:
         ctx, config = self._ctx, self._ctx.config
         welcome = self._session.accept(
             user=user,
-            device=hello.device,
+            device=device,
             session=ctx.token(),
             heartbeat_s=config.heartbeat_s,
             now=trio.current_time(),
         )
-        outbox, pending = trio.open_memory_channel[ServerFrame](config.outbox_size)
         handle = ConnectionHandle(
-            self._conn_id, user, hello.device, outbox, self.request_close, config.outbox_size
+            self._conn_id, user, device, self.request_close, config.outbox_size, self._kick
         )
-        outbox.send_nowait(welcome)
-        self._handle, self._outbox = handle, outbox
+        handle.outbox.append(welcome)
+        self._handle = handle
         replaced = ctx.router.register(handle)
         if replaced is not None:
             replaced.close(CloseCode.REPLACED, "replaced by a newer connection of this device")
         ctx.metrics.connections.inc()
-        await self._presence.send(DeviceConnected(user=user, conn_id=self._conn_id))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._writer, pending)
-            nursery.start_soon(self._watchdog)
-            if await self._sync(handle, outbox):
-                await self._read_loop()
-            nursery.cancel_scope.cancel()
+        ctx.keepalive.watch(self._conn_id, self)
+        try:
+            await self._presence.send(DeviceConnected(user=user, conn_id=self._conn_id))
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._kick()
+                if await self._sync(handle):
+                    await self._read_loop()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._nursery = None
+            handle.closed = True
+            ctx.keepalive.unwatch(self._conn_id)
 
     async def _finish(self) -> None:
         """Leave the node's tables, then close the transport with the requested code."""
@@ -255,27 +281,58 @@ class ConnectionActor:
 
     # ------------------------------------------------------------------ tasks
 
-    async def _writer(self, pending: trio.MemoryReceiveChannel[ServerFrame]) -> None:
-        async with pending:
-            async for frame in pending:
+    def _kick(self) -> None:
+        """Start the writer unless it runs (it drains the outbox, then ends)."""
+        if not self._writing and self._nursery is not None:
+            self._writing = True
+            self._nursery.start_soon(self._writer)
+
+    async def _writer(self) -> None:
+        """Write the outbox, a whole batch at a time (one send for a WebSocket), until it is
+        empty; then end (the next push starts a new writer)."""
+        handle = self._handle
+        assert handle is not None
+        try:
+            while handle.outbox:
+                frames, handle.outbox = handle.outbox, []
+                handle.in_flight = len(frames)
+                texts = [self._session.send(frame) for frame in frames]
                 try:
-                    await self._transport.send(self._session.send(frame))
+                    await send_batch(self._transport, texts)
                 except TransportClosed:
                     self.request_close(CloseCode.NORMAL, "peer went away")
                     return
+                handle.in_flight = 0
+                if self._space is not None:
+                    self._space.set()
+                    self._space = None
+        finally:
+            self._writing = False
 
-    async def _watchdog(self) -> None:
-        while True:
-            # The session expires strictly after its deadline: wake just past it.
-            await trio.sleep_until(self._session.deadline() + _DEADLINE_SLACK_S)
-            code = self._session.expired(trio.current_time())
-            if code is not None:
-                self.request_close(code, f"nothing heard for {2 * self._ctx.config.heartbeat_s} s")
-                return
+    def keepalive_deadline(self) -> float:
+        """For the node's :class:`~actors._keepalive.KeepAlive` timer."""
+        return self._session.deadline()
 
-    async def _sync(
-        self, handle: ConnectionHandle, outbox: trio.MemorySendChannel[ServerFrame]
-    ) -> bool:
+    def keepalive_check(self, now: float) -> bool:
+        """Close with 4408 when nothing was heard for ``2 * heartbeat_s``."""
+        code = self._session.expired(now)
+        if code is None:
+            return False
+        self.request_close(code, f"nothing heard for {2 * self._ctx.config.heartbeat_s} s")
+        return True
+
+    async def _enqueue(self, frame: ServerFrame) -> None:
+        """Queue one of the connection's own frames, waiting while the outbox is full."""
+        handle = self._handle
+        assert handle is not None
+        while handle.unsent >= handle.limit:
+            if self._space is None:
+                self._space = trio.Event()
+            await self._space.wait()
+        handle.outbox.append(frame)
+        self._kick()
+
+    async def _sync(self, handle: ConnectionHandle) -> bool:
         """Push the unacknowledged backlog, ``synced``, then the pushes parked meanwhile."""
         store, ts = self._ctx.store, self._ctx.wall_ms()
         try:
@@ -284,19 +341,19 @@ class ConnectionActor:
                 await store.user_online(handle.user)
                 backlog = await store.unsynced(handle.user, handle.device)
         except StoreError as exc:
-            await outbox.send(Error(code=exc.code, message=f"cannot sync: {exc.message}"))
+            await self._enqueue(Error(code=exc.code, message=f"cannot sync: {exc.message}"))
             self.request_close(TRY_AGAIN_LATER, "storage unavailable")
             return False
         synced_up_to: dict[str, int] = {}
         for _conversation, messages in backlog:
             for message in messages:
-                await outbox.send(msg_frame(message))
+                await self._enqueue(msg_frame(message))
                 synced_up_to[message.conv] = message.seq
         self._ctx.metrics.messages_out.inc(sum(len(m) for _c, m in backlog))
-        await outbox.send(Synced())
+        await self._enqueue(Synced())
         while parked := handle.take_parked(synced_up_to):
             for frame in parked:
-                await outbox.send(frame)
+                await self._enqueue(frame)
         handle.syncing = False
         return True
 
@@ -316,9 +373,8 @@ class ConnectionActor:
     # ------------------------------------------------------------------ requests
 
     async def _reply(self, frame: ServerFrame) -> None:
-        assert self._outbox is not None
         self._count(frame)
-        await self._outbox.send(frame)
+        await self._enqueue(frame)
 
     def _count(self, frame: ServerFrame) -> None:
         if isinstance(frame, Error):

@@ -19,6 +19,7 @@ from persistence import Store, StoredMessage
 from protocol import Msg
 
 from ._config import NodeConfig
+from ._keepalive import KeepAlive
 from ._metrics import NodeMetrics
 from ._router import Router
 
@@ -38,6 +39,8 @@ class NodeContext:
     #: Nudges the notifier after an offline-notification job was recorded.
     wake_notifier: Callable[[], None]
     name: str = "node"
+    #: The node-wide keep-alive timer (run by the node; connections watch themselves).
+    keepalive: KeepAlive = attrs.field(factory=KeepAlive)
 
     def mutant(self, name: str) -> bool:
         """True when the simulator switched on the broken variant ``name``."""

@@ -105,6 +105,7 @@ class Node:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    await nursery.start(self.ctx.keepalive.run)
                     await nursery.start(supervisor.run, self._children())
                     task_status.started(self)
                     await self._shutdown_requested.wait()

@@ -30,6 +30,7 @@ from trio._core import _run as _trio_run
 
 _T = TypeVar("_T")
 
+
 def derive_seed(root: int, name: str) -> int:
     """A 64-bit seed for subsystem ``name``, stable across processes and hash seeds.
 
