@@ -23,7 +23,7 @@ router at once and closes nothing gracefully: like a killed process, memory is j
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import trio
 
@@ -86,6 +86,8 @@ log = logging.getLogger("actors.connection")
 
 #: ``verify(token, now_s) -> user``, raising :class:`~actors._auth.InvalidToken`.
 TokenVerifier = Callable[[str, float], str]
+#: Starts a task in the node's nursery (``nursery.start_soon``).
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 #: Close code after a Store failure during sync: the client should come back later.
 TRY_AGAIN_LATER = 1013
@@ -103,13 +105,14 @@ class ConnectionActor:
         "_conversations",
         "_ctx",
         "_handle",
-        "_nursery",
         "_presence",
         "_scope",
         "_session",
         "_space",
+        "_spawn",
         "_transport",
         "_verify_token",
+        "_writer_scope",
         "_writing",
     )
 
@@ -122,6 +125,7 @@ class ConnectionActor:
         verify_token: TokenVerifier,
         transport: Transport,
         conn_id: int,
+        spawn: Spawn,
     ) -> None:
         self._ctx = ctx
         self._conversations = conversations
@@ -138,10 +142,12 @@ class ConnectionActor:
             ctx.config.rate_per_s, ctx.config.rate_burst, trio.current_time()
         )
         self._handle: ConnectionHandle | None = None
-        # The session's nursery (while open): the writer runs in it, only while there is
-        # something to write. ``_space`` is set when a full outbox drained (created on need).
-        self._nursery: trio.Nursery | None = None
+        # The writer runs (spawned in the node's nursery) only while there is something to
+        # write, inside ``_writer_scope`` so the session's end can stop it. ``_space`` is set
+        # when a full outbox drained (created only when someone waits for it).
+        self._spawn = spawn
         self._writing = False
+        self._writer_scope: trio.CancelScope | None = None
         self._space: trio.Event | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -233,15 +239,13 @@ class ConnectionActor:
         ctx.keepalive.watch(self._conn_id, self)
         try:
             await self._presence.send(DeviceConnected(user=user, conn_id=self._conn_id))
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                self._kick()
-                if await self._sync(handle):
-                    await self._read_loop()
-                nursery.cancel_scope.cancel()
+            self._kick()
+            if await self._sync(handle):
+                await self._read_loop()
         finally:
-            self._nursery = None
             handle.closed = True
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
             ctx.keepalive.unwatch(self._conn_id)
 
     async def _finish(self) -> None:
@@ -283,30 +287,43 @@ class ConnectionActor:
 
     def _kick(self) -> None:
         """Start the writer unless it runs (it drains the outbox, then ends)."""
-        if not self._writing and self._nursery is not None:
+        handle = self._handle
+        if not self._writing and handle is not None and not handle.closed:
             self._writing = True
-            self._nursery.start_soon(self._writer)
+            self._spawn(self._writer)
 
     async def _writer(self) -> None:
         """Write the outbox, a whole batch at a time (one send for a WebSocket), until it is
-        empty; then end (the next push starts a new writer)."""
+        empty; then end (the next push starts a new writer).
+
+        It runs in the node's nursery, not in a nursery of the connection's own (that would
+        cost a nursery and a cancel scope per idle connection), so it contains its failures
+        the way the connection actor does: logged, then close 1011.
+        """
         handle = self._handle
         assert handle is not None
         try:
-            while handle.outbox:
-                frames, handle.outbox = handle.outbox, []
-                handle.in_flight = len(frames)
-                texts = [self._session.send(frame) for frame in frames]
-                try:
-                    await send_batch(self._transport, texts)
-                except TransportClosed:
-                    self.request_close(CloseCode.NORMAL, "peer went away")
-                    return
-                handle.in_flight = 0
-                if self._space is not None:
-                    self._space.set()
-                    self._space = None
+            with trio.CancelScope() as self._writer_scope:
+                while handle.outbox and not handle.closed:
+                    frames, handle.outbox = handle.outbox, []
+                    handle.in_flight = len(frames)
+                    texts = [self._session.send(frame) for frame in frames]
+                    try:
+                        await send_batch(self._transport, texts)
+                    except TransportClosed:
+                        handle.closed = True
+                        self.request_close(CloseCode.NORMAL, "peer went away")
+                        return
+                    handle.in_flight = 0
+                    if self._space is not None:
+                        self._space.set()
+                        self._space = None
+        except Exception:
+            log.exception("connection %d: writer failed", self._conn_id)
+            handle.closed = True
+            self.request_close(INTERNAL_ERROR, "internal error")
         finally:
+            self._writer_scope = None
             self._writing = False
 
     def keepalive_deadline(self) -> float:

@@ -3,7 +3,7 @@
 We accept the stream ourselves and read the request head by hand, so the same port answers
 ``GET /healthz`` (200, JSON), ``GET /metrics`` (Prometheus text) and 404 for anything else,
 including a WebSocket upgrade on a path other than ``/v1/ws``. An upgrade on ``/v1/ws`` gets
-the stream handed to trio-websocket with the bytes we consumed replayed in front of it.
+the stream handed to trio-websocket, with the head we read fed to its wsproto connection.
 
 The WebSocket connection is a :class:`~actors._transport.PingObservingConnection`, built the
 way ``trio_websocket.wrap_server_stream`` builds its own (same constructor, same reader
@@ -14,6 +14,7 @@ reach the codec and get ``error too_large``.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -21,6 +22,7 @@ import h11
 import orjson
 import trio
 from wsproto import ConnectionType, WSConnection
+from wsproto.utilities import RemoteProtocolError
 
 from protocol import HARD_FRAME_BYTES
 
@@ -32,31 +34,6 @@ WS_PATH = "/v1/ws"
 #: A request head larger than this is refused (431) before any parsing.
 MAX_HEAD_BYTES = 16 * 1024
 _RECEIVE_BYTES = 64 * 1024
-
-
-class ReplayStream(trio.abc.Stream):
-    """``stream`` with ``prefix`` (bytes already read from it) served again first."""
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self._stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            size = len(self._prefix) if max_bytes is None else max_bytes
-            data, self._prefix = self._prefix[:size], self._prefix[size:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self._stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 async def read_head(stream: trio.abc.Stream) -> tuple[h11.Request, bytes] | None:
@@ -102,21 +79,50 @@ async def respond(stream: trio.abc.Stream, status: int, content_type: str, body:
 
 
 async def accept_websocket(
-    nursery: trio.Nursery, stream: trio.abc.Stream
+    spawn: Spawn, stream: trio.abc.Stream, head: bytes
 ) -> WebSocketTransport | None:
-    """Complete the WebSocket handshake on ``stream``; None if the peer went away."""
-    connection = PingObservingConnection(
-        stream, WSConnection(ConnectionType.SERVER), max_message_size=HARD_FRAME_BYTES
-    )
-    nursery.start_soon(connection._reader_task)
+    """Complete the WebSocket handshake on ``stream``, whose request ``head`` we read already;
+    None if the request is not a valid upgrade (refused) or the peer went away.
+
+    The head goes straight into wsproto, so its reader finds the request event before it
+    reads the socket (no replaying stream wrapper in every read). The connection's reader
+    task is started with ``spawn`` (in the node's nursery: a nursery per connection just
+    to hold it would cost ~1 KiB each); it ends when the stream is closed.
+    """
+    ws = WSConnection(ConnectionType.SERVER)
+    try:
+        ws.receive_data(head)
+    except RemoteProtocolError as exc:
+        log.debug("refused a WebSocket upgrade: %s", exc)
+        try:
+            if exc.event_hint is not None:
+                await stream.send_all(ws.send(exc.event_hint))
+        finally:
+            await stream.aclose()
+        return None
+    connection = PingObservingConnection(stream, ws, max_message_size=HARD_FRAME_BYTES)
+    spawn(functools.partial(_run_reader, connection, stream))
     request = await connection._get_request()
     accepted = await request.accept()
     assert isinstance(accepted, PingObservingConnection)
+    accepted.forget_handshake()
     return WebSocketTransport(accepted)
+
+
+async def _run_reader(connection: PingObservingConnection, stream: trio.abc.Stream) -> None:
+    """trio-websocket's reader task, with its failures contained (it runs in the node's
+    nursery): logged, and the stream closed, which ends the session."""
+    try:
+        await connection._reader_task()
+    except Exception:
+        log.exception("WebSocket reader failed")
+        await trio.aclose_forcefully(stream)
 
 
 ServeTransport = Callable[[WebSocketTransport], Awaitable[None]]
 HttpRoute = Callable[[], Awaitable[tuple[int, str, bytes]]]
+#: Starts a task in the node's nursery (``nursery.start_soon``).
+Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 async def handle_stream(
@@ -125,30 +131,48 @@ async def handle_stream(
     serve: ServeTransport,
     routes: dict[str, HttpRoute],
     handshake_timeout_s: float,
+    spawn: Spawn,
 ) -> None:
-    """Serve one byte stream to its end: an HTTP reply, or a whole WebSocket session."""
-    async with trio.open_nursery() as nursery:
-        with trio.move_on_after(handshake_timeout_s) as handshake:
-            head = await read_head(stream)
-            if head is None:
-                await stream.aclose()
-                return
-            request, consumed = head
-            path = request.target.decode("latin-1").split("?", 1)[0]
-            if _is_upgrade(request) and path == WS_PATH:
-                transport = await accept_websocket(nursery, ReplayStream(stream, consumed))
-            else:
-                transport = None
-                route = routes.get(path) if request.method == b"GET" else None
-                status, content_type, body = await route() if route else _not_found(path)
-                await respond(stream, status, content_type, body)
-        if handshake.cancelled_caught:
-            await trio.aclose_forcefully(stream)
-            nursery.cancel_scope.cancel()
-            return
+    """Serve one byte stream to its end: an HTTP reply, or a whole WebSocket session.
+
+    The stream is closed when this returns or fails (which also ends the WebSocket reader
+    task, started with ``spawn``), but not when it is cancelled: that is the node crashing,
+    which closes nothing, like a killed process (its cancellation ends the reader too).
+    """
+    try:
+        transport = None
+        with trio.move_on_after(handshake_timeout_s):
+            transport = await _open(stream, routes, spawn)
         if transport is not None:
             await serve(transport)
-        nursery.cancel_scope.cancel()
+    except trio.Cancelled:
+        raise
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    await trio.aclose_forcefully(stream)
+
+
+async def _open(
+    stream: trio.abc.Stream, routes: dict[str, HttpRoute], spawn: Spawn
+) -> WebSocketTransport | None:
+    """Read the request head; accept a WebSocket (its transport) or answer over HTTP (None).
+
+    A function of its own so that the request and the bytes of its head are not kept alive
+    (as locals of a suspended frame) for the whole WebSocket session.
+    """
+    head = await read_head(stream)
+    if head is None:
+        await stream.aclose()
+        return None
+    request, consumed = head
+    path = request.target.decode("latin-1").split("?", 1)[0]
+    if _is_upgrade(request) and path == WS_PATH:
+        return await accept_websocket(spawn, stream, consumed)
+    route = routes.get(path) if request.method == b"GET" else None
+    status, content_type, body = await route() if route else _not_found(path)
+    await respond(stream, status, content_type, body)
+    return None
 
 
 def _not_found(path: str) -> tuple[int, str, bytes]:

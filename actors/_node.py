@@ -21,7 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import orjson
@@ -161,6 +161,13 @@ class Node:
             raise RuntimeError("the node is not running")
         return self._nursery
 
+    def _spawn(self, async_fn: Callable[[], Awaitable[None]]) -> None:
+        """Start a helper task of a connection (its writer, its WebSocket reader) in the
+        node's nursery: it is cancelled with the node, and the connection stops it itself."""
+        if self._nursery is None:
+            raise RuntimeError("the node is not running")
+        self._nursery.start_soon(async_fn)
+
     def attach(self, transport: Transport) -> None:
         """Serve one client connection over ``transport`` (a connection actor of this node)."""
         self._running_nursery().start_soon(self.serve_transport, transport)
@@ -171,7 +178,7 @@ class Node:
 
     async def serve_transport(self, transport: Transport) -> None:
         """Run a connection actor over ``transport`` in the calling task, to its end."""
-        if self._shutdown_requested.is_set():
+        if self._nursery is None or self._shutdown_requested.is_set():
             await transport.close(CloseCode.GOING_AWAY, "node shutting down")
             return
         conn_id = next(self._conn_ids)
@@ -182,6 +189,7 @@ class Node:
             verify_token=self._verify_token,
             transport=transport,
             conn_id=conn_id,
+            spawn=self._spawn,
         )
         self._connections[conn_id] = actor
         try:
@@ -199,6 +207,7 @@ class Node:
                 serve=self.serve_transport,
                 routes=self._routes(),
                 handshake_timeout_s=self.config.hello_timeout_s,
+                spawn=self._spawn,
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("stream ended early: %r", exc)

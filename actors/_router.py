@@ -18,7 +18,6 @@ import logging
 from collections.abc import Callable
 
 import attrs
-import trio
 
 from protocol import Msg, ServerFrame
 

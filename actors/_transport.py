@@ -9,13 +9,14 @@ transport over plain memory channels plus the client's end of it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import attrs
 import trio
 import wsproto.events
 from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.handshake import H11Handshake
 
 PingObserver = Callable[[], None]
 
@@ -67,6 +68,61 @@ class PingObservingConnection(WebSocketConnection):
             self.ping_observer()
         await super()._handle_ping_event(event)
 
+    def forget_handshake(self) -> None:
+        """Drop what only the opening handshake needed (call once it was accepted).
+
+        wsproto keeps its HTTP/1.1 handshake state (an h11 connection with its buffers, and
+        the request) for the connection's whole life, and trio-websocket the request headers:
+        ~3 KiB per connection nobody reads again. wsproto only asks the handshake for
+        pending events once the connection exists (none are left after the accept), so a
+        stand-in without any does the same. trio-websocket's "open handshake done" event (set
+        by the accept; only client code waits for it) and its test-only "peer closed" event
+        (only ever ``set``) become one shared, already set event.
+        """
+        ws = self._wsproto
+        handshake = ws.handshake
+        established = ws.connection is not None and isinstance(handshake, H11Handshake)
+        if established and not handshake._events:  # nothing left for the reader to take
+            ws.handshake = _HANDSHAKE_DONE  # type: ignore[assignment]
+        self._handshake_headers = ()
+        if self._open_handshake.is_set():  # only ever waited for by clients
+            self._open_handshake = _SET_EVENT
+        self._for_testing_peer_closed_connection = _SET_EVENT
+
+    async def send_messages(self, texts: list[str]) -> None:
+        """:meth:`send_message` of each text, written with one ``send_all`` (same locking
+        and error handling as trio-websocket's own ``_send``)."""
+        if self._close_reason:
+            raise ConnectionClosed(self._close_reason)
+        if len(texts) == 1:
+            data = self._wsproto.send(wsproto.events.TextMessage(data=texts[0]))
+        else:
+            data = b"".join(
+                self._wsproto.send(wsproto.events.TextMessage(data=text)) for text in texts
+            )
+        async with self._stream_lock:
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await self._abort_web_socket()
+                assert self._close_reason is not None
+                raise ConnectionClosed(self._close_reason) from None
+
+
+class _HandshakeDone:
+    """Stands in for wsproto's ``H11Handshake`` once the connection is established: it has
+    no events left (stateless, so one instance serves every connection)."""
+
+    __slots__ = ()
+
+    def events(self) -> Iterator[wsproto.events.Event]:
+        return iter(())
+
+
+_HANDSHAKE_DONE = _HandshakeDone()
+_SET_EVENT = trio.Event()
+_SET_EVENT.set()
+
 
 @attrs.define(eq=False)
 class WebSocketTransport:
@@ -81,8 +137,12 @@ class WebSocketTransport:
             raise _closed(exc) from None
 
     async def send(self, text: str) -> None:
+        await self.send_many([text])
+
+    async def send_many(self, texts: list[str]) -> None:
+        """Send several text messages with one write to the socket."""
         try:
-            await self.connection.send_message(text)
+            await self.connection.send_messages(texts)
         except ConnectionClosed as exc:
             raise _closed(exc) from None
         except trio.BrokenResourceError:
@@ -96,6 +156,15 @@ class WebSocketTransport:
 
     def set_ping_observer(self, observer: PingObserver) -> None:
         self.connection.ping_observer = observer
+
+
+async def send_batch(transport: Transport, texts: list[str]) -> None:
+    """Send ``texts`` in order: with one socket write over a WebSocket, else one by one."""
+    if isinstance(transport, WebSocketTransport):
+        await transport.send_many(texts)
+        return
+    for text in texts:
+        await transport.send(text)
 
 
 def _closed(exc: ConnectionClosed) -> TransportClosed:

@@ -81,8 +81,8 @@ class _Tap:
 class _Connection:
     """One SDK connection: a new link to the node with trio-websocket's client on it.
 
-    A class rather than an ``@asynccontextmanager`` generator: a generator abandoned by a
-    cancelled run would be finalized by trio after the run's main task ended.
+    The WebSocket's reader task runs in the device's own nursery, so a connection never
+    owns tasks of its own; leaving the context closes the WebSocket (bounded) and the link.
     """
 
     def __init__(self, device: SimDevice) -> None:

@@ -197,13 +197,15 @@ class Link:
                 return
             if b'"type":"welcome"' in data:
                 self._in_sync = True
-            elif b'"type":"synced"' in data:
-                self._in_sync = False
             elif armed is Arm.DURING_SYNC and self._in_sync:
-                if self.arm_after <= 0:
+                # Reset after ``arm_after`` pushes of the sync, or at the latest instead of
+                # ``synced`` (a sync with nothing to push is still cut before it completes).
+                if self.arm_after <= 0 or b'"type":"synced"' in data:
                     self._fire(armed, f"{self.name} reset during sync")
                     return
                 self.arm_after -= 1
+            elif b'"type":"synced"' in data:
+                self._in_sync = False
         pipe.write(data)
         if role == "server" and data[:1] == _TEXT_FRAME:
             self.server_texts.append(trio.current_time())
