@@ -22,6 +22,7 @@ router at once and closes nothing gracefully: like a killed process, memory is j
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -178,19 +179,50 @@ class ConnectionActor:
             self._session.note_ping(trio.current_time())
 
     async def _serve(self) -> None:
+        # The stack of an idle connection is run -> _serve -> receive: every suspended frame
+        # costs ~250 bytes per connection, so the steps before the read loop return first.
+        opened = await self._authenticate()
+        if opened is None:
+            return
+        handle = self._open(*opened)
+        try:
+            await self._presence.send(DeviceConnected(user=handle.user, conn_id=self._conn_id))
+            # The welcome waits in the outbox for the backlog and ``synced``: one write for all
+            # of them (PROTOCOL.md fixes their order, not when the welcome leaves).
+            if not await self._sync(handle):
+                return
+            while True:  # the read loop
+                try:
+                    data = await self._transport.receive()
+                except TransportClosed:
+                    return
+                try:
+                    frame = self._session.receive(data, trio.current_time())
+                except RemoteProtocolError as exc:
+                    await self._reply(self._session.reply_for(exc))
+                    continue
+                del data
+                await self._dispatch(frame)
+                del frame
+        finally:
+            handle.closed = True
+            if self._writer_scope is not None:
+                self._writer_scope.cancel()
+            self._ctx.keepalive.unwatch(self._conn_id)
+
+    async def _authenticate(self) -> tuple[str, str] | None:
+        """Wait for ``hello`` and verify its token: (device, user), or None (closing)."""
         hello = await self._await_hello()
         if hello is None:
-            return
+            return None
         try:
             user = self._verify_token(hello.token, self._ctx.wall_ms() / 1000)
         except InvalidToken as exc:
             error, code = self._session.reject(exc.reason)
             await self._send_direct(error)
             self.request_close(code, "unauthenticated")
-            return
-        device = hello.device
-        del hello  # the token is not needed any more; nor kept for the session's lifetime
-        await self._open(device, user)
+            return None
+        return hello.device, user
 
     async def _await_hello(self) -> Hello | None:
         with trio.move_on_at(self._session.deadline()):
@@ -218,7 +250,8 @@ class ConnectionActor:
         except TransportClosed:
             return
 
-    async def _open(self, device: str, user: str) -> None:
+    def _open(self, device: str, user: str) -> ConnectionHandle:
+        """Accept the hello: queue ``welcome``, enter the router and the keep-alive timer."""
         ctx, config = self._ctx, self._ctx.config
         welcome = self._session.accept(
             user=user,
@@ -237,16 +270,7 @@ class ConnectionActor:
             replaced.close(CloseCode.REPLACED, "replaced by a newer connection of this device")
         ctx.metrics.connections.inc()
         ctx.keepalive.watch(self._conn_id, self)
-        try:
-            await self._presence.send(DeviceConnected(user=user, conn_id=self._conn_id))
-            self._kick()
-            if await self._sync(handle):
-                await self._read_loop()
-        finally:
-            handle.closed = True
-            if self._writer_scope is not None:
-                self._writer_scope.cancel()
-            ctx.keepalive.unwatch(self._conn_id)
+        return handle
 
     async def _finish(self) -> None:
         """Leave the node's tables, then close the transport with the requested code."""
@@ -301,7 +325,9 @@ class ConnectionActor:
         the way the connection actor does: logged, then close 1011.
         """
         handle = self._handle
-        assert handle is not None
+        if handle is None:  # the connection left the router before this task got to run
+            self._writing = False
+            return
         try:
             with trio.CancelScope() as self._writer_scope:
                 while handle.outbox and not handle.closed:
@@ -350,12 +376,15 @@ class ConnectionActor:
         self._kick()
 
     async def _sync(self, handle: ConnectionHandle) -> bool:
-        """Push the unacknowledged backlog, ``synced``, then the pushes parked meanwhile."""
+        """Push the unacknowledged backlog, ``synced``, then the pushes parked meanwhile.
+
+        Only the backlog read is on the hello's path. Registering the device and ending the
+        user's offline period are written afterwards, in the background (see
+        :meth:`_after_sync`): nothing the client is sent depends on them.
+        """
         store, ts = self._ctx.store, self._ctx.wall_ms()
         try:
             with self._ctx.timed("sync"):
-                await store.register_device(handle.user, handle.device, ts)
-                await store.user_online(handle.user)
                 backlog = await store.unsynced(handle.user, handle.device)
         except StoreError as exc:
             await self._enqueue(Error(code=exc.code, message=f"cannot sync: {exc.message}"))
@@ -372,20 +401,26 @@ class ConnectionActor:
             for frame in parked:
                 await self._enqueue(frame)
         handle.syncing = False
+        self._spawn(functools.partial(self._after_sync, handle.user, handle.device, ts))
         return True
 
-    async def _read_loop(self) -> None:
-        while True:
-            try:
-                data = await self._transport.receive()
-            except TransportClosed:
-                return
-            try:
-                frame = self._session.receive(data, trio.current_time())
-            except RemoteProtocolError as exc:
-                await self._reply(self._session.reply_for(exc))
-                continue
-            await self._dispatch(frame)
+    async def _after_sync(self, user: str, device: str, ts: int) -> None:
+        """Record the device and end the user's offline period (G8: the next message stored
+        while they are offline opens a new notification job).
+
+        Off the hello's path: the device registry only answers "which devices ever
+        connected", and a message stored before this ran finds the user in the router, so
+        it opens no job either. A failure (the Store retried already) is logged; the next
+        hello of the device writes both again.
+        """
+        store = self._ctx.store
+        try:
+            with self._ctx.timed("register_device"):
+                await store.register_device(user, device, ts)
+            with self._ctx.timed("user_online"):
+                await store.user_online(user)
+        except StoreError as exc:
+            log.warning("could not record the connection of %s/%s: %s", user, device, exc)
 
     # ------------------------------------------------------------------ requests
 
@@ -490,10 +525,10 @@ class ConnectionActor:
         await self._reply(history_result(frame.rid, tuple(msg_frame(m) for m in messages), more))
 
     async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
-        with self._ctx.timed("create_group"):
-            conversation, event = await self._ctx.store.create_group(
-                handle.user, frame.title, frame.members, self._ctx.wall_ms()
-            )
+        # The manager also finds a group an ambiguous Store failure created after all.
+        conversation, event = await self._conversations.create_group(
+            handle.user, handle.device, frame.title, frame.members
+        )
         await self._reply(group_created_result(frame.rid, conversation.id))
         await self._conversations.submit(conversation.id, Announce(message=event))
 

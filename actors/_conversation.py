@@ -17,10 +17,20 @@ watermarks and stops. When cancelled (the node crashed) it just stops: whatever 
 memory is lost, the Store has what was acknowledged. An unexpected exception is logged, the
 requests still queued are answered ``unavailable`` and the actor retires; the next request
 for the conversation starts a fresh one from the Store.
+
+Ambiguous membership writes: when a membership change (or the re-read after it) fails with a
+retryable Store error, the change may have been applied all the same. The actor then
+*resyncs*: it re-reads the conversation and its last seq (a few tries) and fans out, from
+the Store, every message above what it has pushed, under the membership the Store holds — so
+live delivery and visibility follow the Store's truth, not the actor's last snapshot. While a
+resync keeps failing the actor is *stale*: it does not retire, it retries on a timer, and it
+answers sends, membership changes and typing ``unavailable`` (retry) rather than fanning them
+out to a membership that may be wrong.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -50,6 +60,11 @@ from ._watermarks import MarkWriter, Watermarks
 
 log = logging.getLogger("actors.conversation")
 
+#: Pauses between the tries of one resync (so at most ``len + 1`` tries per attempt).
+RESYNC_BACKOFF_S = (0.05, 0.2)
+#: A stale actor (every try of a resync failed) tries again after this long.
+RESYNC_RETRY_S = 1.0
+
 
 class ConversationActor:
     """The actor of conversation ``conv`` (see the module docstring)."""
@@ -76,6 +91,8 @@ class ConversationActor:
         self._marks = Watermarks(conv, backwards=ctx.mutant(WATERMARK_BACKWARDS))
         self._flush_at = math.inf
         self._mark_writer = mark_writer
+        # When a stale actor next tries to resync (inf: not stale); see the module docstring.
+        self._resync_at = math.inf
 
     @property
     def conversation(self) -> Conversation:
@@ -124,7 +141,7 @@ class ConversationActor:
     async def _next_batch(self) -> list[ConversationRequest] | None:
         """The queued requests (at most ``max_batch``); [] when a flush is due; None to stop."""
         idle_at = trio.current_time() + self._ctx.config.conversation_idle_s
-        with trio.move_on_at(min(self._flush_at, idle_at)):
+        with trio.move_on_at(min(self._flush_at, idle_at, self._resync_at)):
             try:
                 first = await self._mailbox.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
@@ -136,8 +153,8 @@ class ConversationActor:
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
             return batch
-        if self._marks.dirty:
-            return []
+        if self._marks.dirty or self._resync_at < math.inf:
+            return []  # a flush or a resync is due (a stale actor never retires)
         # Idle with an empty mailbox: nothing can slip in between this check and the close,
         # because retiring is synchronous.
         self._retire()
@@ -163,6 +180,15 @@ class ConversationActor:
     # ------------------------------------------------------------------ dispatch
 
     async def _handle_batch(self, batch: Sequence[ConversationRequest]) -> None:
+        if self._resync_at < math.inf and await self._resync() is None:
+            for request in batch:
+                if isinstance(request, MarkRequest):
+                    await self._mark(request)  # clamped by the Store as well
+                elif isinstance(request, Announce):
+                    await self._announce(request.message)  # a creation: founders see seq 1
+                else:
+                    self._refuse(request, ErrorCode.UNAVAILABLE, "storage unavailable; retry")
+            return
         sends: list[SendRequest] = []
         for request in batch:
             match request:
@@ -305,9 +331,16 @@ class ConversationActor:
         top = max(by_seq)
         missing = [s for s in range(self._published + 1, top) if s not in by_seq]
         if missing:
-            with self._ctx.timed("range"):
-                for m in await self._ctx.store.range(self.conv, missing[0], missing[-1]):
-                    by_seq.setdefault(m.seq, m)
+            try:
+                with self._ctx.timed("range"):
+                    found = await self._ctx.store.range(self.conv, missing[0], missing[-1])
+            except StoreError as exc:
+                # Pushing around the gap would break seq order: resync at the next chance.
+                log.warning("conversation %s could not read seqs back: %s", self.conv, exc)
+                self._resync_at = trio.current_time()
+                return
+            for m in found:
+                by_seq.setdefault(m.seq, m)
         self.last_seq = max(self.last_seq, top)
         offline: dict[str, int] = {}
         for seq in sorted(by_seq):
@@ -358,6 +391,7 @@ class ConversationActor:
     async def _member_change(self, request: MemberRequest) -> None:
         store, ts = self._ctx.store, self._ctx.wall_ms()
         actor = request.origin.user
+        target = actor if request.op == "leave" else request.user
         try:
             with self._ctx.timed("member_change"):
                 match request.op:
@@ -367,14 +401,54 @@ class ConversationActor:
                         event = await store.remove_member(self.conv, actor, request.user, ts)
                     case "leave":
                         event = await store.leave(self.conv, actor, ts)
-                if event is not None:
-                    self._conversation = await store.get_conversation(self.conv)
         except StoreError as exc:
-            self._error(request.origin, exc.code, exc.message, request.rid)
+            if not exc.retryable:
+                self._error(request.origin, exc.code, exc.message, request.rid)
+                return
+            # Ambiguous: the change may be in the Store. Publish whatever is there, and answer
+            # success if this very change is among it (a retry would be refused or a no-op).
+            found = await self._resync()
+            if found is not None and any(
+                _is_change(m, request.op, actor, target, ts) for m in found
+            ):
+                request.origin.push(empty_result(request.rid))
+            else:
+                self._error(request.origin, exc.code, exc.message, request.rid)
             return
         request.origin.push(empty_result(request.rid))
         if event is not None:
-            await self._publish([event], {})
+            # The membership changed: re-read it (and publish the event) before anything else.
+            await self._resync()
+
+    async def _resync(self) -> list[StoredMessage] | None:
+        """Reload the membership and fan out every stored message above what was pushed.
+
+        Returns the messages it fanned out, or ``None`` when every try failed (the actor is
+        then stale and tries again after ``RESYNC_RETRY_S``).
+        """
+        store = self._ctx.store
+        for pause in (*RESYNC_BACKOFF_S, None):
+            try:
+                with self._ctx.timed("load_conversation"):
+                    conversation = await store.get_conversation(self.conv)
+                    last_seq = await store.last_seq(self.conv)
+                    missing = (
+                        await store.range(self.conv, self._published + 1, last_seq)
+                        if last_seq > self._published
+                        else []
+                    )
+            except StoreError as exc:
+                if pause is None:
+                    log.warning("conversation %s is stale: %s", self.conv, exc)
+                    self._resync_at = trio.current_time() + RESYNC_RETRY_S
+                    return None
+                await trio.sleep(pause)
+                continue
+            self._conversation = conversation
+            self._resync_at = math.inf
+            await self._publish(missing, {})
+            return missing
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------ marks and typing
 
@@ -432,3 +506,14 @@ class ConversationActor:
             if member != user:
                 for handle in self._ctx.router.devices(member):
                     handle.push(notice)
+
+
+def _is_change(message: StoredMessage, op: str, by: str, user: str, ts: int) -> bool:
+    """True if ``message`` is the member event ``op`` of ``user`` by ``by`` stored at ``ts``."""
+    if message.kind != "member" or message.sender != by or message.ts != ts:
+        return False
+    try:
+        body = json.loads(message.body)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("op") == op and user in body.get("users", ())

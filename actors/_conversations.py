@@ -11,15 +11,20 @@ watermarks (graceful shutdown).
 from __future__ import annotations
 
 import functools
+import json
+import logging
+from collections.abc import Sequence
 
 import trio
 
-from persistence import Unavailable
+from persistence import Conversation, StoredMessage, StoreError, Unavailable
 
 from ._context import NodeContext
 from ._conversation import ConversationActor
 from ._messages import ConversationRequest
 from ._watermarks import MarkWriter
+
+log = logging.getLogger("actors.conversations")
 
 Mailbox = trio.MemorySendChannel[ConversationRequest]
 #: Bound on the cache of direct conversation ids (cleared when full).
@@ -93,6 +98,43 @@ class ConversationManager:
         self._directs[(user, peer)] = conv
         return conv
 
+    async def create_group(
+        self, user: str, device: str, title: str, members: Sequence[str]
+    ) -> tuple[Conversation, StoredMessage]:
+        """Create a group; after an ambiguous failure, find it if it was created after all.
+
+        A retryable Store error may come after the group was written: then the creation
+        stands, and answering ``unavailable`` would leave it unannounced (and a client's retry
+        would create a second group). So the caller's groups are searched (a few tries) for
+        the one whose creation event is this request's (same creator, time, title, founders);
+        if it is found it is returned as if the call had succeeded, else the error is raised.
+        """
+        store, ts = self._ctx.store, self._ctx.wall_ms()
+        try:
+            with self._ctx.timed("create_group"):
+                return await store.create_group(user, title, members, ts)
+        except StoreError as exc:
+            if not exc.retryable:
+                raise
+            failure = exc
+        founders = list(dict.fromkeys([user, *members]))
+        for pause in (0.05, 0.2, None):
+            try:
+                with self._ctx.timed("find_group"):
+                    for row in await store.conversations(user, device):
+                        if row.kind != "group" or row.title != title:
+                            continue
+                        first = await store.range(row.conv, 1, 1)
+                        if first and _is_creation(first[0], user, ts, founders):
+                            log.info("ambiguous group_create of %s found %s", user, row.conv)
+                            return await store.get_conversation(row.conv), first[0]
+                raise failure  # searched without error: it was not created
+            except StoreError as exc:
+                if exc is failure or pause is None:
+                    raise failure from None
+                await trio.sleep(pause)
+        raise AssertionError("unreachable")
+
     async def _mailbox(self, conv: str) -> Mailbox:
         while True:
             if self._stopping.is_set() or self._nursery is None:
@@ -129,3 +171,13 @@ class ConversationManager:
     def _forget(self, conv: str, mailbox: Mailbox) -> None:
         if self._actors.get(conv) is mailbox:
             del self._actors[conv]
+
+
+def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[str]) -> bool:
+    if message.kind != "member" or message.sender != creator or message.ts != ts:
+        return False
+    try:
+        body = json.loads(message.body)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("op") == "create" and body.get("users") == founders

@@ -92,6 +92,7 @@ class Node:
         self._connections_gone = trio.Event()
         self._manager_done = trio.Event()
         self.stopped = trio.Event()
+        self._routes: dict[str, HttpRoute] = {"/healthz": self._healthz, "/metrics": self._metrics}
 
     # ------------------------------------------------------------------ running
 
@@ -205,7 +206,7 @@ class Node:
             await handle_stream(
                 stream,
                 serve=self.serve_transport,
-                routes=self._routes(),
+                routes=self._routes,
                 handshake_timeout_s=self.config.hello_timeout_s,
                 spawn=self._spawn,
             )
@@ -234,9 +235,6 @@ class Node:
             )
 
     # ------------------------------------------------------------------ HTTP
-
-    def _routes(self) -> dict[str, HttpRoute]:
-        return {"/healthz": self._healthz, "/metrics": self._metrics}
 
     async def _healthz(self) -> tuple[int, str, bytes]:
         body = {"status": "ok", "node": self.ctx.name, "connections": len(self.router)}

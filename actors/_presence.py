@@ -10,6 +10,14 @@ so reconnect flaps are invisible to subscribers.
 Restart: a fresh registry rebuilds the open connections from the router, so a crash of the
 registry alone does not make connected users look offline. Cancellation loses pending grace
 timers; no one is told offline for them (they are still connected or their node died).
+
+Start grace: a registry that just started (a node restart, or the registry's own restart)
+cannot tell "offline for long" from "dropped with the crash a moment ago and reconnecting":
+those users' grace timers died with the old registry. So for the first ``presence_grace_s``
+after it starts, a subscription to a user with no connected device gets no answer yet: the
+frame is deferred until the user connects (``online``) or the start grace ends (``offline``,
+with the persisted ``last_seen``). Nothing untrue is ever said; the price is an initial
+answer up to one grace period late, only right after a start.
 """
 
 from __future__ import annotations
@@ -50,19 +58,30 @@ class PresenceRegistry:
         self._grace_until: dict[str, float] = {}
         self._last_seen: dict[str, int | None] = {}
         self._subscribers: dict[str, dict[int, ConnectionHandle]] = {}
+        # Start grace (see the module docstring): until ``_undecided_until``, users with no
+        # connected device are not reported; ``_deferred`` holds those someone asked about.
+        self._undecided_until = -math.inf
+        self._deferred: set[str] = set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve the mailbox until cancelled (the node owns the mailbox; it is never closed)."""
         self._online = {}
         self._grace_until = {}
+        self._deferred = set()
+        self._undecided_until = trio.current_time() + self._grace_s()
         for handle in self._ctx.router.all():
             self._add_online(handle.user, handle.conn_id)
         task_status.started()
         while True:
-            with trio.move_on_at(min(self._grace_until.values(), default=math.inf)):
+            wake = min(self._grace_until.values(), default=math.inf)
+            if self._deferred:
+                wake = min(wake, self._undecided_until)
+            with trio.move_on_at(wake):
                 request = await self._inbox.receive()
                 await self._handle(request)
-            self._expire_grace(trio.current_time())
+            now = trio.current_time()
+            self._expire_grace(now)
+            self._expire_start_grace(now)
 
     async def _handle(self, request: PresenceRequest) -> None:
         match request:
@@ -87,10 +106,14 @@ class PresenceRegistry:
     def _is_online(self, user: str) -> bool:
         return user in self._online or user in self._grace_until
 
+    def _grace_s(self) -> float:
+        return 0.0 if self._ctx.mutant(NO_PRESENCE_GRACE) else self._ctx.config.presence_grace_s
+
     def _connected(self, user: str, conn_id: int) -> None:
         was_online = self._is_online(user)
         self._add_online(user, conn_id)
         self._grace_until.pop(user, None)  # a flap: nobody is told
+        self._deferred.discard(user)  # the deferred answer is this "online"
         if not was_online:
             self._publish(user)
 
@@ -104,8 +127,7 @@ class PresenceRegistry:
         del self._online[user]
         previous = self._last_seen.get(user)
         self._last_seen[user] = ts if previous is None else max(previous, ts)
-        grace = 0.0 if self._ctx.mutant(NO_PRESENCE_GRACE) else self._ctx.config.presence_grace_s
-        self._grace_until[user] = trio.current_time() + grace
+        self._grace_until[user] = trio.current_time() + self._grace_s()
         try:
             with self._ctx.timed("set_last_seen"):
                 await self._ctx.store.set_last_seen(user, ts)
@@ -115,6 +137,14 @@ class PresenceRegistry:
     def _expire_grace(self, now: float) -> None:
         for user in sorted(u for u, t in self._grace_until.items() if t <= now):
             del self._grace_until[user]
+            self._publish(user)
+
+    def _expire_start_grace(self, now: float) -> None:
+        """The start grace is over: answer the deferred subscriptions as things stand."""
+        if now < self._undecided_until or not self._deferred:
+            return
+        deferred, self._deferred = sorted(self._deferred), set()
+        for user in deferred:
             self._publish(user)
 
     def _frame(self, user: str) -> Presence:
@@ -141,8 +171,12 @@ class PresenceRegistry:
             except StoreError as exc:
                 request.origin.push(Error(code=exc.code, message=exc.message, rid=request.rid))
                 return
+        undecided = trio.current_time() < self._undecided_until
         for user in request.allowed:
             self._subscribers.setdefault(user, {})[request.origin.conn_id] = request.origin
+            if undecided and not self._is_online(user):
+                self._deferred.add(user)  # answered by _connected or _expire_start_grace
+                continue
             request.origin.push(self._frame(user))
         if request.denied:
             names = ", ".join(request.denied)

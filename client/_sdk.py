@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
@@ -171,6 +172,9 @@ class Client:
         self._backoff_max_s = backoff_max_s
         self._welcome_timeout_s = welcome_timeout_s
         self._keep_events = keep_events
+        # Events taken from the session but not yet handed to the application: kept here so a
+        # cancellation while publishing (the reader's connection dropped) loses none of them.
+        self._unpublished: deque[ClientEvent] = deque()
         self._events_send, self._events_receive = trio.open_memory_channel[ClientEvent](
             event_buffer
         )
@@ -200,13 +204,27 @@ class Client:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        except BaseException as error:
+            # The goodbye was cut short (say the scope around the client was cancelled):
+            # aclose has stopped the tasks all the same; exit the nursery with that error.
+            if not await self._stack.__aexit__(type(error), error, error.__traceback__):
+                raise
+            return False
         return await self._stack.__aexit__(exc_type, exc, tb)
 
     async def aclose(self) -> None:
-        """Flush ``recv`` reports, close the connection and stop. Idempotent."""
-        if self._stopped is None:
-            self._stopped = ClientClosed("the client was closed")
+        """Flush ``recv`` reports, close the connection and stop. Idempotent.
+
+        The polite part (flushing, the close handshake) may be cut short by a cancellation;
+        the tasks are stopped and every waiter failed regardless.
+        """
+        if self._stopped is not None:
+            self._finish()
+            return
+        self._stopped = ClientClosed("the client was closed")
+        try:
             ws = self._ws
             if ws is not None and self._session.is_open:
                 self._session.flush_recv()
@@ -217,7 +235,8 @@ class Client:
             if ws is not None:
                 with trio.move_on_after(1.0):
                     await ws.aclose()
-        self._finish()
+        finally:
+            self._finish()
 
     def _finish(self) -> None:
         assert self._stopped is not None
@@ -474,6 +493,8 @@ class Client:
     # ------------------------------------------------------------------ events
 
     async def _dispatch(self) -> None:
+        """Act on the session's new events, then publish them (and any left over by a
+        dispatch that was cancelled while publishing) to the application, in order."""
         for event in self._session.next_events():
             match event:
                 case Acked(cmid=cmid, ack=ack):
@@ -490,7 +511,10 @@ class Client:
                         self._conn_open.set()
                     self._state_changed.set()
                     self._state_changed = trio.Event()
-            await self._publish(event)
+            self._unpublished.append(event)
+        while self._unpublished:
+            await self._publish(self._unpublished[0])
+            self._unpublished.popleft()  # only once sent: a cancelled send did not happen
 
     def _resolve_send(
         self, cmid: str, *, ack: Ack | None = None, error: SendRefused | None = None

@@ -120,6 +120,8 @@ RANGE_LOOKBACK = 32
 HINT_EVERY = 32
 _DURABLE = WriteConcern(w="majority", j=True)
 _LIGHT = WriteConcern(w=1)
+#: MongoDB's duplicate key error code.
+_DUPLICATE_KEY = 11000
 _RETRY_LABELS = (
     "RetryableWriteError",
     "TransientTransactionError",
@@ -1234,11 +1236,26 @@ class MongoStore(Store):
         self._registered.add(key)
 
     def _register_many(self, devices: list[tuple[str, str, int]]) -> list[None]:
-        ops = [
-            UpdateOne({"_id": f"{u}|{d}"}, {"$set": {"u": u, "d": d, "ts": ts}}, upsert=True)
-            for u, d, ts in devices
-        ]
-        self._bulk(self._light.devices, ops)
+        # Insert, not upsert: on SecantusDB every upsert statement of a bulk write is a
+        # transaction of its own (a commit, an fsync with --sync-on-commit: ~3 ms each), while
+        # one unordered insert_many is ~0.4 ms per new device. Devices registered before
+        # (e.g. by a previous node) fail as duplicates and get their ts raised by one
+        # update_many (one statement) to the latest ts of the batch.
+        latest: dict[str, tuple[str, str, int]] = {}
+        for u, d, ts in devices:
+            key = f"{u}|{d}"
+            if key not in latest or latest[key][2] < ts:
+                latest[key] = (u, d, ts)
+        docs = [{"_id": k, "u": u, "d": d, "ts": ts} for k, (u, d, ts) in latest.items()]
+        try:
+            self._light.devices.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != _DUPLICATE_KEY for e in errors):
+                raise
+            known = [docs[e["index"]]["_id"] for e in errors]
+            ts = max(latest[k][2] for k in known)
+            self._light.devices.update_many({"_id": {"$in": known}}, {"$max": {"ts": ts}})
         return [None] * len(devices)
 
     async def devices(self, user: str) -> list[str]:

@@ -245,7 +245,6 @@ class World:
             if self.failed_at_step is None or not self.config.stop_on_failure:
                 await self._heal()
             self.history.sealed = True
-            await self._stop_devices()
             nursery.cancel_scope.cancel()
         report = self.checker.report
         return RunResult(
@@ -271,17 +270,6 @@ class World:
                 )
                 self.devices.append(device)
                 nursery.start_soon(device.run)
-
-    async def _stop_devices(self) -> None:
-        """Close every SDK client before the world is cancelled.
-
-        ``client.Client.__aexit__`` run under a cancelled scope raises out of ``aclose`` before
-        exiting its own nursery, leaving its tasks orphaned (trio then fails the whole run), so
-        the clients are closed first, outside any cancellation.
-        """
-        async with trio.open_nursery() as nursery:
-            for device in self.devices:
-                nursery.start_soon(device.client.aclose)
 
     def _dial_for(self, name: str) -> Link:
         link = self._dial(name)
