@@ -2,12 +2,12 @@
 
 One task per active conversation owns its membership snapshot, its last seq, the seq up to
 which it has fanned out and its watermarks. It drains its mailbox into a batch; consecutive
-sends become one ``store.append`` (group commit); only after that durable write does it
-``ack`` each sender (G1), then it pushes ``msg`` to every member device connected to this node
-except the sending connection, in seq order (G4), and records offline-notification jobs for
-members with no connected device (G8). Membership changes, ``recv``/``read`` marks and
-``typing`` go through the same mailbox, so everything about one conversation happens in one
-order on this node.
+sends become one ``store.append`` (group commit), which also records the offline-notification
+jobs of members with no connected device in the same durable write (G8); only after that write
+does it ``ack`` each sender (G1), then it pushes ``msg`` to every member device connected to
+this node except the sending connection, in seq order (G4). Membership changes,
+``recv``/``read`` marks and ``typing`` go through the same mailbox, so everything about one
+conversation happens in one order on this node.
 
 Lifecycle (owned by :class:`~actors._conversations.ConversationManager`): started on demand,
 it loads its state from the Store before reporting ``started``; after ``conversation_idle_s``
@@ -221,13 +221,20 @@ class ConversationActor:
             for r in sends
         ]
         acked_early = ctx.mutant(ACK_BEFORE_WRITE) and self._ack_early(sends, ts)
+        # G8: members with no connected device are owed a notification job; the Store writes
+        # it with the messages (one durable write), so a crash between the two cannot lose it.
+        notify = [u for u in sorted(self.conversation.members) if not ctx.router.devices(u)]
         try:
             with ctx.timed("append"):
-                results = await ctx.store.append(self.conv, drafts)
+                results = await ctx.store.append(self.conv, drafts, notify=notify)
         except StoreError as exc:
+            if notify:
+                ctx.wake_notifier()  # an ambiguous failure may have written the jobs
             for r in sends:
                 self._nack(r.origin, r.cmid, exc.code, exc.message, exc.retryable, r.rid)
             return
+        if notify:
+            ctx.wake_notifier()
         stored: list[StoredMessage] = []
         origins: dict[int, ConnectionHandle] = {}
         for request, result in zip(sends, results, strict=True):
@@ -367,14 +374,17 @@ class ConversationActor:
         router = self._ctx.router
         for user in self._viewers(message.seq):
             handles = router.devices(user)
-            if not handles and self.conversation.is_member(user):
+            # Text messages carry their jobs in the append itself (see _commit); membership
+            # events are notified here, after the fact.
+            if not handles and message.kind != "text" and self.conversation.is_member(user):
                 offline[user] = message.seq
             for handle in handles:
                 if handle is not origin and handle.push(frame):
                     self._ctx.metrics.messages_out.inc()
 
     async def _notify_offline(self, offline: dict[str, int]) -> None:
-        """G8: one job per offline member (the Store coalesces them per offline period)."""
+        """G8 for membership events: one job per offline member (the Store coalesces them per
+        offline period). Text messages record theirs in the append (see :meth:`_commit`)."""
         if not offline:
             return
         ts = self._ctx.wall_ms()

@@ -114,7 +114,9 @@ class Store(abc.ABC):
     # -- messages ------------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def append(self, conv: str, drafts: Sequence[Draft]) -> list[StoredMessage | StoreError]:
+    async def append(
+        self, conv: str, drafts: Sequence[Draft], *, notify: Sequence[str] = ()
+    ) -> list[StoredMessage | StoreError]:
         """Store a batch of text messages in one durable write (group commit).
 
         Returns one result per draft, in input order: the stored message, or the error of
@@ -130,6 +132,16 @@ class Store(abc.ABC):
         Raises :class:`NotFound` for an unknown ``conv`` and :class:`Unavailable` when storage
         fails (then nothing or a prefix of the batch is stored; resending the same drafts is
         safe and returns the original results).
+
+        ``notify``: users with no connected device (as the caller sees it) who are owed an
+        offline notification (G8). For each of them that is a current member of ``conv``, if
+        the batch stores at least one new message, the offline-notification job is recorded
+        in the *same* durable write as the messages, as :meth:`notify_offline` would: a new
+        job for a new offline period, else the open one is coalesced; it carries ``conv`` and
+        the seq of the first newly stored message of the batch, ``count`` grows by the number
+        of newly stored messages. A replayed draft stores nothing new and records no job, so a
+        resend after an ambiguous failure never notifies twice: the job was written with the
+        messages or not at all.
         """
 
     @abc.abstractmethod

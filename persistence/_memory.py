@@ -269,11 +269,14 @@ class MemoryStore(Store):
 
     # -- messages ------------------------------------------------------------------------
 
-    async def append(self, conv: str, drafts: Sequence[Draft]) -> list[StoredMessage | StoreError]:
+    async def append(
+        self, conv: str, drafts: Sequence[Draft], *, notify: Sequence[str] = ()
+    ) -> list[StoredMessage | StoreError]:
         await self._enter()
         current = self._conv(conv)
         log = self._messages[conv]
         results: list[StoredMessage | StoreError] = []
+        new: list[StoredMessage] = []
         for draft in drafts:
             error = draft_error(draft)
             if error is not None:
@@ -299,6 +302,12 @@ class MemoryStore(Store):
             )
             self._keys[key] = self._store(message)
             results.append(message)
+            new.append(message)
+        if new:
+            # G8: the jobs are part of the same write as the messages (one step, no await).
+            for user in sorted(set(notify)):
+                if current.is_member(user):
+                    self._record_job(user, conv, new[0].seq, max(m.ts for m in new), len(new))
         self._after_write()
         return results
 
@@ -409,15 +418,19 @@ class MemoryStore(Store):
 
     async def notify_offline(self, user: str, conv: str, seq: int, ts: int) -> None:
         await self._enter()
+        self._record_job(user, conv, seq, ts, 1)
+        self._after_write()
+
+    def _record_job(self, user: str, conv: str, seq: int, ts: int, count: int) -> None:
+        """Open ``user``'s job of this offline period, or coalesce into the open one."""
         job_id = self._open_job.get(user)
         if job_id is None:
             job_id = f"n{len(self._jobs) + 1}"
             self._jobs[job_id] = _Job(job_id, user, conv, seq, 0, ts, ts)
             self._open_job[user] = job_id
         job = self._jobs[job_id]
-        job.count += 1
+        job.count += count
         job.conv, job.seq, job.last_ts = conv, seq, ts
-        self._after_write()
 
     async def user_online(self, user: str) -> None:
         await self._enter()

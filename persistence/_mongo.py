@@ -32,7 +32,8 @@ trusted (re-read before refusing). So the cache has no staleness window for appe
   the per-user listings. Membership changes write their event chunk and the new membership in
   one transaction.
 * ``recv``, ``read``, ``devices``, ``users``, ``jobs``: watermarks, device registry, presence
-  facts and the notification outbox.
+  facts and the notification outbox. The jobs an ``append(..., notify=...)`` owes are upserted
+  in the same transaction as the chunks and keys (a replayed message writes none).
 
 Retries: transient errors (network, not-primary, retryable labels) are retried with bounded
 exponential backoff by re-running the whole operation. That is safe because every write is
@@ -689,8 +690,10 @@ class MongoStore(Store):
     # lead to the oldest queued call, which takes everything queued so far. No timer and no
     # background task: a batch is exactly what arrived while the previous commit was in flight.
 
-    async def append(self, conv: str, drafts: Sequence[Draft]) -> list[StoredMessage | StoreError]:
-        request = _Request(conv, list(drafts))
+    async def append(
+        self, conv: str, drafts: Sequence[Draft], *, notify: Sequence[str] = ()
+    ) -> list[StoredMessage | StoreError]:
+        request = _Request(conv, list(drafts), tuple(sorted(set(notify))))
         self._queue.append(request)
         if self._leading:
             try:
@@ -937,9 +940,15 @@ class MongoStore(Store):
                     )
                     for n, (r, i) in enumerate(slots, start=1)
                 ]
+            jobs = self._plan_jobs(batch, heads, todo, plan)
             try:
                 with self._client.start_session() as session:
-                    self._txn(session, functools.partial(self._write_group, plan))
+                    self._txn(session, functools.partial(self._write_group, plan, jobs))
+            except _JobRace:
+                # A concurrent writer opened the same user's job: the round is aborted whole
+                # (messages included); the next one coalesces into that job.
+                conflicts += 1
+                continue
             except _Duplicates as dup:
                 taken = set(dup.keys)
                 for conv_id, slots in todo.items():
@@ -1008,7 +1017,36 @@ class MongoStore(Store):
         for conv_id in due:
             self._unhinted.pop(conv_id, None)
 
-    def _write_group(self, plan: dict[str, list[StoredMessage]], s: ClientSession) -> None:
+    @staticmethod
+    def _plan_jobs(
+        batch: list[_Request],
+        heads: dict[str, _Head | None],
+        todo: dict[str, list[tuple[int, int]]],
+        plan: dict[str, list[StoredMessage]],
+    ) -> dict[str, _JobNote]:
+        """G8: the offline-notification job of each user named in ``notify`` by a request
+        with a message in ``plan``, written by the same transaction: the first new message
+        (conv, seq) of the commit, the number of new messages, the latest ts."""
+        jobs: dict[str, _JobNote] = {}
+        for conv_id, slots in todo.items():
+            head = heads[conv_id]
+            assert head is not None
+            for (r, _i), message in zip(slots, plan[conv_id], strict=True):
+                for user in batch[r].notify:
+                    # head.conv is the membership at the new end (see _Head).
+                    if not head.conv.is_member(user):
+                        continue
+                    note = jobs.get(user)
+                    if note is None:
+                        jobs[user] = _JobNote(conv_id, message.seq, message.ts, 1)
+                    else:
+                        note.count += 1
+                        note.ts = max(note.ts, message.ts)
+        return jobs
+
+    def _write_group(
+        self, plan: dict[str, list[StoredMessage]], jobs: dict[str, _JobNote], s: ClientSession
+    ) -> None:
         keys = [
             {
                 "_id": f"{m.sender}|{m.device}|{m.cmid}",
@@ -1041,6 +1079,16 @@ class MongoStore(Store):
             self._db.chunks.insert_many(chunks, ordered=False, session=s)
         except BulkWriteError as exc:
             raise _Duplicates.from_bulk(exc, None, [str(c["conv"]) for c in chunks]) from exc
+        for user in sorted(jobs):
+            try:
+                self._db.jobs.update_one(
+                    {"user": user, "open": True},
+                    _job_update(jobs[user].conv, jobs[user].seq, jobs[user].ts, jobs[user].count),
+                    upsert=True,
+                    session=s,
+                )
+            except DuplicateKeyError as exc:
+                raise _JobRace(user) from exc
 
     async def history(
         self, conv: str, user: str, before: int | None, limit: int
@@ -1268,17 +1316,7 @@ class MongoStore(Store):
         await self._call(self._notify_sync, user, conv, seq, ts)
 
     def _notify_sync(self, user: str, conv: str, seq: int, ts: int) -> None:
-        update = {
-            "$inc": {"count": 1},
-            "$set": {"conv": conv, "seq": seq, "last_ts": ts},
-            "$setOnInsert": {
-                "_id": uuid.uuid4().hex,
-                "first_ts": ts,
-                "done": False,
-                "owner": None,
-                "lease_until": None,
-            },
-        }
+        update = _job_update(conv, seq, ts, 1)
         for _ in range(3):
             try:
                 self._db.jobs.update_one({"user": user, "open": True}, update, upsert=True)
@@ -1348,6 +1386,35 @@ class MongoStore(Store):
         await trio.to_thread.run_sync(self._client.close)
 
 
+def _job_update(conv: str, seq: int, ts: int, count: int) -> Doc:
+    """The upsert of a user's open offline-notification job (one per offline period)."""
+    return {
+        "$inc": {"count": count},
+        "$set": {"conv": conv, "seq": seq, "last_ts": ts},
+        "$setOnInsert": {
+            "_id": uuid.uuid4().hex,
+            "first_ts": ts,
+            "done": False,
+            "owner": None,
+            "lease_until": None,
+        },
+    }
+
+
+@attrs.define(eq=False)
+class _JobNote:
+    """The offline-notification job a merged commit records for one user."""
+
+    conv: str
+    seq: int
+    ts: int
+    count: int
+
+
+class _JobRace(Exception):
+    """A concurrent writer opened a user's notification job inside our transaction."""
+
+
 class _Duplicates(Exception):
     """Unique keys of a merged write that already exist: idempotency keys and the
     conversations whose next chunk position was taken."""
@@ -1391,6 +1458,7 @@ class _Request:
 
     conv: str
     drafts: list[Draft]
+    notify: tuple[str, ...] = ()
     wake: trio.Event = attrs.field(factory=trio.Event)
     promoted: bool = False
     finished: bool = False

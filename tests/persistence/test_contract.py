@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
@@ -11,12 +12,14 @@ from persistence import (
     Conflict,
     Draft,
     Forbidden,
+    MemoryStore,
     NotFound,
     ReadMark,
     RecvMark,
     Store,
     StoredMessage,
     TooLarge,
+    Unavailable,
 )
 from protocol import ErrorCode
 
@@ -289,6 +292,66 @@ async def test_notification_outbox_coalesces_and_leases(store: Store) -> None:
     assert await store.pending_notifications() == 2
     with pytest.raises(NotFound):
         await store.complete_notification("no-such-job")
+
+
+async def test_append_with_notify_records_one_job_per_user(store: Store) -> None:
+    conv, _ = await store.create_group("alice", "team", ["bob", "carol"], 100)
+    first = await store.append(
+        conv.id, [draft("alice", "n1", ts=200), draft("alice", "n2", ts=200)], notify=["bob"]
+    )
+    assert [m.seq for m in first if isinstance(m, StoredMessage)] == [2, 3]
+    jobs = await store.claim_notifications("n", 1_000, 500, 10)
+    assert [(j.user, j.conv, j.seq, j.count, j.first_ts, j.last_ts) for j in jobs] == [
+        ("bob", conv.id, 2, 2, 200, 200)
+    ]
+    # A second append in the same offline period coalesces into the same job.
+    await store.append(conv.id, [draft("alice", "n3", ts=300)], notify=["bob", "carol"])
+    assert await store.pending_notifications() == 2
+    jobs = await store.claim_notifications("n", 2_000, 500, 10)
+    by_user = {j.user: j for j in jobs}
+    assert sorted(by_user) == ["bob", "carol"]
+    assert by_user["bob"].id == jobs[0].id and (by_user["bob"].seq, by_user["bob"].count) == (4, 3)
+    assert by_user["bob"].last_ts == 300
+    assert (by_user["carol"].seq, by_user["carol"].count) == (4, 1)
+
+
+async def test_append_replay_with_notify_records_no_job(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    [original] = await store.append(conv.id, [draft("alice", "c1")], notify=["bob"])
+    assert await store.pending_notifications() == 1
+    # The resend after an ambiguous failure replays: no second job, no coalesced count.
+    [again] = await store.append(conv.id, [draft("alice", "c1")], notify=["bob"])
+    assert again == original
+    [job] = await store.claim_notifications("n", 1_000, 500, 10)
+    assert (job.user, job.seq, job.count) == ("bob", 1, 1)
+    # Nor after the user came back online: a replay stores nothing new.
+    await store.user_online("bob")
+    await store.append(conv.id, [draft("alice", "c1")], notify=["bob"])
+    assert await store.pending_notifications() == 1
+    # Non-members and an empty ``notify`` record nothing.
+    await store.append(conv.id, [draft("alice", "c2")], notify=["zed"])
+    await store.append(conv.id, [draft("alice", "c3")])
+    assert await store.pending_notifications() == 1
+
+
+async def test_ambiguous_append_writes_its_jobs_with_the_messages() -> None:
+    # MemoryStore's ambiguous fault: the write (messages and jobs) happened, then Unavailable.
+    store = MemoryStore(rng=random.Random(7))
+    conv = await store.direct_conversation("alice", "bob")
+    store.faults.ambiguous_next()
+    with pytest.raises(Unavailable):
+        await store.append(conv.id, [draft("alice", "c1")], notify=["bob"])
+    assert await store.pending_notifications() == 1
+    await store.append(conv.id, [draft("alice", "c1")], notify=["bob"])  # the resend replays
+    [job] = await store.claim_notifications("n", 1_000, 500, 10)
+    assert (job.seq, job.count) == (1, 1)
+    # A failure before the write stores neither the message nor the job.
+    store.faults.fail_next()
+    with pytest.raises(Unavailable):
+        await store.append(conv.id, [draft("alice", "c2")], notify=["bob"])
+    assert await store.last_seq(conv.id) == 1
+    [job] = await store.claim_notifications("n", 2_000, 500, 10)
+    assert job.count == 1
 
 
 async def test_reads_across_small_and_big_batches(store: Store) -> None:

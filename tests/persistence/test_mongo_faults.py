@@ -79,6 +79,21 @@ async def test_connection_closed_at_commit_stores_once(
     assert await stored_seqs(mongo, conv.id) == [1]
 
 
+async def test_notification_job_commits_with_the_message_and_once(
+    mongo: MongoStore, admin: pymongo.MongoClient[dict[str, Any]]
+) -> None:
+    # G8: the job is in the transaction of the message; the ambiguous commit (connection
+    # closed) is retried, and the resend replays: still exactly one job, counted once.
+    conv = await mongo.direct_conversation("alice", "bob")
+    fail_command(admin, {"times": 1}, failCommands=["commitTransaction"], closeConnection=True)
+    [message] = await mongo.append(conv.id, [draft("c1")], notify=["bob"])
+    assert isinstance(message, StoredMessage) and message.seq == 1
+    [replayed] = await mongo.append(conv.id, [draft("c1")], notify=["bob"])
+    assert replayed == message
+    [job] = await mongo.claim_notifications("n", 1_000, 500, 10)
+    assert (job.user, job.conv, job.seq, job.count) == ("bob", conv.id, 1, 1)
+
+
 async def test_resend_after_lost_reply_and_closed_connection_gets_original_seq(
     mongo: MongoStore, admin: pymongo.MongoClient[dict[str, Any]]
 ) -> None:
