@@ -1,7 +1,10 @@
 """The connection actor: one client session over one :class:`~actors._transport.Transport`.
 
-Owns the transport, the sans-IO :class:`protocol.ServerSession`, its outbox (a bounded memory
-channel drained by its writer task) and its rate-limit bucket. Other actors reach it only
+Owns the transport, the sans-IO :class:`protocol.ServerSession`, its outbox (a bounded list
+on its :class:`~actors._router.ConnectionHandle`, written by a writer task that exists only
+while there is something to write) and its rate-limit bucket. Keep-alive is the node-wide
+:class:`~actors._keepalive.KeepAlive` timer's job, so an idle connection is one task (this
+actor) plus trio-websocket's reader, ~19 KiB in all. Other actors reach it only
 through its :class:`~actors._router.ConnectionHandle` (push a frame without blocking, or ask
 it to close).
 
@@ -67,7 +70,6 @@ from ._config import NO_CMID_DEDUPE
 from ._context import NodeContext, msg_frame
 from ._conversations import ConversationManager
 from ._messages import (
-    Announce,
     DeviceConnected,
     DeviceDisconnected,
     MarkRequest,
@@ -525,12 +527,12 @@ class ConnectionActor:
         await self._reply(history_result(frame.rid, tuple(msg_frame(m) for m in messages), more))
 
     async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
-        # The manager also finds a group an ambiguous Store failure created after all.
-        conversation, event = await self._conversations.create_group(
+        # The manager also finds a group an ambiguous Store failure created after all, and
+        # announces the creation itself (even if this connection drops meanwhile).
+        conversation, _event = await self._conversations.create_group(
             handle.user, handle.device, frame.title, frame.members
         )
         await self._reply(group_created_result(frame.rid, conversation.id))
-        await self._conversations.submit(conversation.id, Announce(message=event))
 
     async def _presence_sub(self, handle: ConnectionHandle, frame: PresenceSub) -> None:
         users = list(dict.fromkeys(frame.users))

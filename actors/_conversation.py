@@ -78,12 +78,14 @@ class ConversationActor:
         retire: Callable[[], None],
         mark_writer: MarkWriter,
         stale_seq: int | None = None,
+        announce: StoredMessage | None = None,
     ) -> None:
         self._ctx = ctx
         self.conv = conv
         self._mailbox = mailbox
         self._retire_from_manager = retire
         self._stale_seq = stale_seq
+        self._creation = announce
         self._conversation: Conversation | None = None
         self.last_seq = 0
         self._published = 0
@@ -93,6 +95,9 @@ class ConversationActor:
         self._mark_writer = mark_writer
         # When a stale actor next tries to resync (inf: not stale); see the module docstring.
         self._resync_at = math.inf
+        # Devices whose recv mark here is only a lower bound: the Store read of their mark
+        # failed (see _device_recv); it is read again at the next need.
+        self._recv_unloaded: set[tuple[str, str]] = set()
 
     @property
     def conversation(self) -> Conversation:
@@ -102,8 +107,14 @@ class ConversationActor:
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Load from the Store (a ``StoreError`` here fails the start), then serve."""
+        """Load from the Store (a ``StoreError`` here fails the start), then serve.
+
+        A new group's first actor is given its creation event: it fans it out before it
+        reports ``started``, hence before anything it serves (G4: seq 1 first).
+        """
         await self._load()
+        if self._creation is not None:
+            await self._announce(self._creation)
         task_status.started()
         try:
             await self._serve()
@@ -315,11 +326,19 @@ class ConversationActor:
             self._marks.raise_recv(origin.user, origin.device, seq)
             self._schedule_flush()
 
-    async def _device_recv(self, user: str, device: str) -> int:
-        if not self._marks.knows_device(user, device):
-            with self._ctx.timed("device_recv"):
-                stored = await self._ctx.store.device_recv(user, device, self.conv)
+    async def _device_recv(self, user: str, device: str) -> int | None:
+        """The device's recv mark, read from the Store the first time; ``None`` if that read
+        failed (a Store error must not crash the actor and lose the batch it is handling)."""
+        key = (user, device)
+        if not self._marks.knows_device(user, device) or key in self._recv_unloaded:
+            try:
+                with self._ctx.timed("device_recv"):
+                    stored = await self._ctx.store.device_recv(user, device, self.conv)
+            except StoreError as exc:
+                log.warning("could not read the recv mark of %s/%s: %s", user, device, exc)
+                return None
             self._marks.load_device(user, device, stored)
+            self._recv_unloaded.discard(key)
         return self._marks.device_recv(user, device)
 
     # ------------------------------------------------------------------ fan-out
@@ -471,7 +490,10 @@ class ConversationActor:
         last_visible = span[1] if span[1] is not None else self.last_seq
         seq = min(request.seq, last_visible)
         if request.kind == "recv":
-            await self._device_recv(origin.user, origin.device)
+            if await self._device_recv(origin.user, origin.device) is None:
+                # Raise from what is known here (the Store max-merges); the mark held here is
+                # then only a lower bound, read again before an ack relies on it (G4).
+                self._recv_unloaded.add((origin.user, origin.device))
             self._marks.raise_recv(origin.user, origin.device, seq)
         else:
             self._marks.raise_read(origin.user, origin.device, seq)

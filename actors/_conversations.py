@@ -21,12 +21,14 @@ from persistence import Conversation, StoredMessage, StoreError, Unavailable
 
 from ._context import NodeContext
 from ._conversation import ConversationActor
-from ._messages import ConversationRequest
+from ._messages import Announce, ConversationRequest
 from ._watermarks import MarkWriter
 
 log = logging.getLogger("actors.conversations")
 
 Mailbox = trio.MemorySendChannel[ConversationRequest]
+#: Pauses between tries to start a new group's actor that could not start (the last repeats).
+ANNOUNCE_BACKOFF_S = (0.05, 0.2, 1.0)
 #: Bound on the cache of direct conversation ids (cleared when full).
 _MAX_DIRECTS = 100_000
 
@@ -45,6 +47,8 @@ class ConversationManager:
         self._stopping = trio.Event()
         #: Writes every actor's watermarks, merged node-wide (see MarkWriter).
         self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_window_s, ctx.timed)
+        # New group → its creation event, until an actor of the group has fanned it out.
+        self._unannounced: dict[str, StoredMessage] = {}
         # (user, peer) → id of their direct conversation, known to exist (a direct
         # conversation never changes and is never deleted, so this is never stale).
         self._directs: dict[tuple[str, str], str] = {}
@@ -99,6 +103,63 @@ class ConversationManager:
         return conv
 
     async def create_group(
+        self, user: str, device: str, title: str, members: Sequence[str]
+    ) -> tuple[Conversation, StoredMessage]:
+        """Create a group and announce its creation event to the founders' devices.
+
+        The creation and the announcement run in the manager's nursery, not in the caller's
+        task: a caller cancelled meanwhile (its connection dropped) must not leave a group
+        that was written, or may have been, unannounced to the founders connected now (G4).
+        The event is handed to the group's first actor, which fans it out before it serves
+        anything (so seq 1 is pushed before any later message); while that actor cannot start
+        (Store down) starting it is retried, until it starts or the node stops.
+        Raises what :meth:`_create_group` raises (``Unavailable`` if the node is stopping).
+        """
+        if self._stopping.is_set() or self._nursery is None:
+            raise Unavailable("the node is shutting down")
+        done = trio.Event()
+        outcome: list[tuple[Conversation, StoredMessage] | Exception] = []
+
+        async def create_and_announce() -> None:
+            try:
+                try:
+                    created = await self._create_group(user, device, title, members)
+                except Exception as exc:
+                    outcome.append(exc)
+                    return
+                outcome.append(created)
+            finally:
+                done.set()
+            conv, event = created[0].id, created[1]
+            self._unannounced[conv] = event
+            pauses = iter(ANNOUNCE_BACKOFF_S)
+            while conv in self._unannounced and not self._stopping.is_set():
+                try:
+                    mailbox = await self._mailbox(conv)  # starting it announces (see _start)
+                except StoreError as exc:
+                    log.warning("could not start group %s to announce it: %s", conv, exc)
+                    await trio.sleep(next(pauses, ANNOUNCE_BACKOFF_S[-1]))
+                    continue
+                if self._unannounced.pop(conv, None) is not None:
+                    # Its actor was running already (a founder found the group in the Store
+                    # while an ambiguous creation was searched for): ask it to announce.
+                    try:
+                        await mailbox.send(Announce(message=event))
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        self._forget(conv, mailbox)
+                        self._unannounced[conv] = event  # it retired: start a new one
+            self._unannounced.pop(conv, None)
+
+        self._nursery.start_soon(create_and_announce)
+        await done.wait()
+        if not outcome:
+            raise Unavailable("the node is shutting down")
+        result = outcome[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _create_group(
         self, user: str, device: str, title: str, members: Sequence[str]
     ) -> tuple[Conversation, StoredMessage]:
         """Create a group; after an ambiguous failure, find it if it was created after all.
@@ -162,8 +223,10 @@ class ConversationManager:
             retire=functools.partial(self._forget, conv, send),
             mark_writer=self.mark_writer,
             stale_seq=self._first_seen_seq.get(conv),
+            announce=self._unannounced.get(conv),
         )
         await nursery.start(actor.run)
+        self._unannounced.pop(conv, None)  # announced before it started
         self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
         return send
