@@ -366,6 +366,16 @@ class ConnectionActor:
         self.request_close(code, f"nothing heard for {2 * self._ctx.config.heartbeat_s} s")
         return True
 
+    async def _drain_outbox(self) -> None:
+        """Wait until the writer wrote everything queued (bounded by ``close_timeout_s``)."""
+        handle = self._handle
+        assert handle is not None
+        with trio.move_on_after(self._ctx.config.close_timeout_s):
+            while handle.unsent and not handle.closed:
+                if self._space is None:
+                    self._space = trio.Event()
+                await self._space.wait()
+
     async def _enqueue(self, frame: ServerFrame) -> None:
         """Queue one of the connection's own frames, waiting while the outbox is full."""
         handle = self._handle
@@ -389,7 +399,10 @@ class ConnectionActor:
             with self._ctx.timed("sync"):
                 backlog = await store.unsynced(handle.user, handle.device)
         except StoreError as exc:
-            await self._enqueue(Error(code=exc.code, message=f"cannot sync: {exc.message}"))
+            error = Error(code=exc.code, message=f"cannot sync: {exc.message}")
+            self._count(error)
+            await self._enqueue(error)
+            await self._drain_outbox()  # welcome + error out before the close cancels the writer
             self.request_close(TRY_AGAIN_LATER, "storage unavailable")
             return False
         synced_up_to: dict[str, int] = {}

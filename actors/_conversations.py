@@ -223,10 +223,12 @@ class ConversationManager:
             retire=functools.partial(self._forget, conv, send),
             mark_writer=self.mark_writer,
             stale_seq=self._first_seen_seq.get(conv),
-            announce=self._unannounced.get(conv),
+            announce=(announce := self._unannounced.get(conv)),
         )
         await nursery.start(actor.run)
-        self._unannounced.pop(conv, None)  # announced before it started
+        if announce is not None:
+            # Announced before it started (an event handed over meanwhile is still owed).
+            self._unannounced.pop(conv, None)
         self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
         return send

@@ -100,6 +100,24 @@ async def test_shutdown_closes_every_connection_with_1001(
         assert [await close_code(p) for p in peers] == [1001, 1001]
 
 
+async def test_store_down_during_sync_errors_then_closes_1013(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore()
+    async with trio.open_nursery() as nursery:
+        node = await nursery.start(make_node(store).run)
+        transport, peer = memory_transport_pair()
+        node.attach(transport)
+        token = ISSUER.mint("ann", 3600, virtual_ms() / 1000)
+        store.faults.fail_next(1)  # the backlog read of the hello
+        await peer.send(orjson.dumps({"type": "hello", "token": token, "device": "d"}).decode())
+        assert (await recv(peer))["type"] == "welcome"
+        error = await recv(peer)
+        assert error["type"] == "error" and error["code"] == "unavailable"
+        assert await close_code(peer) == 1013
+        await node.shutdown()
+
+
 async def test_slow_consumer_is_disconnected(autojump_clock: trio.testing.MockClock) -> None:
     async with trio.open_nursery() as nursery:
         node = await nursery.start(make_node(MemoryStore(), outbox_size=8).run)

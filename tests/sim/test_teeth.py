@@ -77,8 +77,9 @@ def test_the_real_node_passes_under_every_fault(seed: int) -> None:
 #: Seeds of ``messenger sim explore`` that once failed on the real node, at the CLI's shape
 #: (see docs/simulator.md, "What the simulator found"): 94 (a conversation actor crashed on a
 #: Store error reading a recv mark and dropped the send it was batching), 120 (a group's
-#: creation was never announced because the creator's connection dropped first).
-REGRESSION_SEEDS = (94, 120)
+#: creation was never announced because the creator's connection dropped first), 273 (the
+#: same, after an ambiguous creation while a founder's ``recv`` had started the group's actor).
+REGRESSION_SEEDS = (94, 120, 273)
 
 
 @pytest.mark.parametrize("seed", REGRESSION_SEEDS)
