@@ -375,7 +375,14 @@ class ConversationActor:
         await self._notify_offline(offline)
 
     async def _announce(self, message: StoredMessage) -> None:
-        """Fan out a message the actor found already stored when it loaded (a creation)."""
+        """Fan out a message the actor found already stored when it loaded (a creation).
+
+        Not if a later seq was pushed already (an actor a founder started while an ambiguous
+        creation was being searched for): that would break seq order (G4); devices that got
+        the later seqs fill the gap with ``history``, the others get it at their ``hello``.
+        """
+        if self._published > message.seq:
+            return
         offline: dict[str, int] = {}
         self._fan_out(message, None, offline)
         await self._notify_offline(offline)

@@ -68,13 +68,17 @@ _PRCTL = _find_prctl()
 
 
 def _die_with_parent() -> None:
-    """``preexec_fn``: ask Linux to SIGTERM the child when its parent dies (no-op elsewhere).
+    """``preexec_fn``: ask Linux to SIGKILL the child when its parent dies (no-op elsewhere).
 
-    Runs in the forked child before exec. The "parent" is the *thread* that forked, which is
-    why :class:`EmbeddedServer` forks from a keeper thread that lives as long as the child.
+    SIGKILL, not SIGTERM: the node is already gone without a clean stop, every acknowledged
+    write is on disk (sync-on-commit) and WiredTiger recovers at the next start, while a
+    SIGTERM arriving mid-start-up or under load was seen to leave the server (and its lock)
+    running. Runs in the forked child before exec. The "parent" is the *thread* that forked,
+    which is why :class:`EmbeddedServer` forks from a keeper thread that lives as long as the
+    child.
     """
     if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 def _process_args(pid: int) -> list[str] | None:

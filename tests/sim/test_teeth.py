@@ -78,8 +78,9 @@ def test_the_real_node_passes_under_every_fault(seed: int) -> None:
 #: (see docs/simulator.md, "What the simulator found"): 94 (a conversation actor crashed on a
 #: Store error reading a recv mark and dropped the send it was batching), 120 (a group's
 #: creation was never announced because the creator's connection dropped first), 273 (the
-#: same, after an ambiguous creation while a founder's ``recv`` had started the group's actor).
-REGRESSION_SEEDS = (94, 120, 273)
+#: same, after an ambiguous creation while a founder's ``recv`` had started the group's actor),
+#: 363 (such an actor had pushed seqs 2 and 3 before the late announcement of seq 1).
+REGRESSION_SEEDS = (94, 120, 273, 363)
 
 
 @pytest.mark.parametrize("seed", REGRESSION_SEEDS)
