@@ -241,8 +241,14 @@ class MongoStore(Store):
         self._unhinted: dict[str, int] = {}
         # Group commit across conversations (see append): requests waiting for the next commit,
         # and whether some append() call is currently leading (running a merged commit).
-        self._queue: list[_Request] = []
-        self._leading = False
+        self._appends = _Coalescer(
+            self,
+            self._commit_counted,
+            self._commit_limiter,
+            max_batch=MERGE_MAX_DRAFTS,
+            weight=lambda request: len(request.drafts),
+            what="the group commit",
+        )
         #: Merged commits so far and the append() calls and drafts they carried (for metrics
         #: and the benchmark: calls / commits is the group-commit batch size).
         self.commits = 0
@@ -683,76 +689,30 @@ class MongoStore(Store):
 
     # -- messages ------------------------------------------------------------------------
     #
-    # Group commit ACROSS conversations. Every append() queues a _Request. If no call is
-    # leading, this one leads: it takes the whole queue and writes it as ONE transaction (one
-    # chunk document per conversation, one key document per message, one commit = one journal
-    # flush). Calls arriving meanwhile queue up; when the commit returns, the leader hands the
-    # lead to the oldest queued call, which takes everything queued so far. No timer and no
-    # background task: a batch is exactly what arrived while the previous commit was in flight.
+    # Group commit ACROSS conversations, through a _Coalescer: every append() is a _Request;
+    # the leading call writes everything queued (up to MERGE_MAX_DRAFTS drafts) as ONE
+    # transaction (one chunk document per conversation, one key document per message, one
+    # commit = one journal flush). A batch is exactly what arrived while the previous commit
+    # was in flight: no timer, no background task.
 
     async def append(
         self, conv: str, drafts: Sequence[Draft], *, notify: Sequence[str] = ()
     ) -> list[StoredMessage | StoreError]:
         request = _Request(conv, list(drafts), tuple(sorted(set(notify))))
-        self._queue.append(request)
-        if self._leading:
-            try:
-                await request.wake.wait()
-            except BaseException:
-                # Cancelled while queued, or just after the lead was handed to us: leave the
-                # queue and pass the lead on. (If a leader already took us into its batch, it
-                # finishes the write; resending the same cmids is safe either way.)
-                if request in self._queue:
-                    self._queue.remove(request)
-                if request.promoted and not request.finished:
-                    self._hand_off()
-                raise
-            if request.finished:
-                return request.outcome()
-        self._leading = True
-        try:
-            # The oldest queued calls, up to MERGE_MAX_DRAFTS; we are the oldest (a leader is
-            # either the first caller into an empty queue or the head a leader promoted).
-            taken, size = 0, 0
-            while taken < len(self._queue) and (taken == 0 or size < MERGE_MAX_DRAFTS):
-                size += len(self._queue[taken].drafts)
-                taken += 1
-            batch, self._queue = self._queue[:taken], self._queue[taken:]
-            assert batch[0] is request
-            await self._commit(batch)
-        finally:
-            self._hand_off()
-        return request.outcome()
+        outcome: list[StoredMessage | StoreError] | StoreError = await self._appends(request)
+        if isinstance(outcome, StoreError):
+            raise outcome
+        return outcome
 
-    def _hand_off(self) -> None:
-        """Give the lead to the oldest queued request, or step down if nothing is queued."""
-        if self._queue:
-            self._queue[0].promoted = True
-            self._queue[0].wake.set()
-        else:
-            self._leading = False
-
-    async def _commit(self, batch: list[_Request]) -> None:
-        try:
-            outcomes = await self._call(self._commit_sync, batch, limiter=self._commit_limiter)
-        except BaseException as exc:
-            # The leader's own call re-raises exc itself; the others get a StoreError.
-            failure = (
-                exc
-                if isinstance(exc, StoreError)
-                else Unavailable(f"the group commit failed: {exc!r}; resend the same cmids")
-            )
-            if failure is not exc:
-                failure.__cause__ = exc
-            for request in batch:
-                if not request.finished:
-                    request.finish(failure)
-            raise
+    def _commit_counted(
+        self, batch: list[_Request]
+    ) -> list[list[StoredMessage | StoreError] | StoreError]:
+        """:meth:`_commit_sync`, counting the commit once it succeeded (retries re-run it)."""
+        outcomes = self._commit_sync(batch)
         self.commits += 1
         self.committed_calls += len(batch)
         self.committed_drafts += sum(len(r.drafts) for r in batch)
-        for request, outcome in zip(batch, outcomes, strict=True):
-            request.finish(outcome)
+        return outcomes
 
     def _catch_up(self, starts: dict[str, int]) -> tuple[dict[str, int], set[str]]:
         """Follow each conversation's chunks from a known chunk end to its current end.
@@ -1454,26 +1414,11 @@ class _Head:
 
 @attrs.define(eq=False)
 class _Request:
-    """One append() call waiting for (or leading) a merged commit."""
+    """One append() call: its drafts and the offline users to notify, merged with others."""
 
     conv: str
     drafts: list[Draft]
     notify: tuple[str, ...] = ()
-    wake: trio.Event = attrs.field(factory=trio.Event)
-    promoted: bool = False
-    finished: bool = False
-    result: list[StoredMessage | StoreError] | StoreError | None = None
-
-    def finish(self, outcome: list[StoredMessage | StoreError] | StoreError) -> None:
-        self.result = outcome
-        self.finished = True
-        self.wake.set()
-
-    def outcome(self) -> list[StoredMessage | StoreError]:
-        if isinstance(self.result, StoreError):
-            raise self.result
-        assert self.result is not None
-        return self.result
 
 
 @attrs.define(eq=False)
@@ -1500,8 +1445,10 @@ class _Pending:
 class _Coalescer:
     """Merges concurrent calls of one cheap operation into one batched call in a thread.
 
-    The same leader/follower scheme as :meth:`MongoStore.append`: a call arriving while a
-    batch is in flight queues; the next leader takes everything queued. On SecantusDB a
+    Leader/follower, no timer and no background task: a call arriving while a batch is in
+    flight queues; when the batch returns, the lead passes to the oldest queued call, which
+    takes everything queued so far (up to ``max_batch``). :meth:`MongoStore.append` uses it for
+    the group commit across conversations; the hello path for its cheap lookups. On SecantusDB a
     command costs ~1-3 ms of server time whatever it carries, so N hellos at once cost a
     handful of commands instead of 4N. ``fn`` gets the queued arguments and returns one
     result per argument.
@@ -1513,11 +1460,17 @@ class _Coalescer:
         fn: Callable[[list[Any]], list[Any]],
         limiter: trio.CapacityLimiter,
         max_batch: int = 256,
+        weight: Callable[[Any], int] = lambda _arg: 1,
+        what: str = "the merged call",
     ) -> None:
         self._store = store
         self._fn = fn
         self._limiter = limiter
+        #: A batch takes queued calls until their total ``weight`` reaches ``max_batch``; the
+        #: oldest call is always taken, so one heavy call is never split or starved.
         self._max_batch = max_batch
+        self._weight = weight
+        self._what = what
         self._queue: list[_Pending] = []
         self._leading = False
 
@@ -1537,14 +1490,23 @@ class _Coalescer:
                 return request.outcome()
         self._leading = True
         try:
-            batch = self._queue[: self._max_batch]
-            self._queue = self._queue[self._max_batch :]
+            # The oldest queued calls; we are the oldest (a leader is either the first caller
+            # into an empty queue or the head a leader promoted).
+            taken, size = 0, 0
+            while taken < len(self._queue) and (taken == 0 or size < self._max_batch):
+                size += self._weight(self._queue[taken].arg)
+                taken += 1
+            batch, self._queue = self._queue[:taken], self._queue[taken:]
             try:
                 results = await self._store._call(
                     self._fn, [r.arg for r in batch], limiter=self._limiter
                 )
             except BaseException as exc:
-                failure = exc if isinstance(exc, StoreError) else Unavailable(f"failed: {exc!r}")
+                # The leader re-raises exc itself; the calls merged with it get a StoreError.
+                failure = exc
+                if not isinstance(exc, StoreError):
+                    failure = Unavailable(f"{self._what} failed: {exc!r}; retry")
+                    failure.__cause__ = exc
                 for r in batch:
                     if r is not request:
                         r.finish(None, failure)
