@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("messenger._bench", "main", "benchmarks: load, conns, store"),
 }
 
-_NOT_BUILT = 2
+_USAGE = 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,10 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(name: str) -> Callable[[list[str]], int] | None:
+def _resolve(name: str) -> Callable[[list[str]], int]:
     module_name, function_name = COMMANDS[name][:2]
-    module = importlib.import_module(module_name)
-    function: Callable[[list[str]], int] | None = getattr(module, function_name, None)
+    function: Callable[[list[str]], int] = getattr(
+        importlib.import_module(module_name), function_name
+    )
     return function
 
 
@@ -47,13 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints help or a usage error and exits
-        return _NOT_BUILT
-    command, rest = argv[0], argv[1:]
-    function = _resolve(command)
-    if function is None:
-        print(f"messenger {command}: not built yet", file=sys.stderr)
-        return _NOT_BUILT
-    return function(rest)
+        return _USAGE
+    return _resolve(argv[0])(argv[1:])
 
 
 if __name__ == "__main__":
