@@ -320,8 +320,7 @@ class BenchClient:
                 self._replies.pop(frame.rid)(frame)
             case Error():
                 self.hooks.on_problem(self, f"error:{frame.code.value}")
-            case _:
-                pass  # receipts, presence, typing, pongs: not measured
+        # Receipts, presence, typing and pongs are not measured: no case for them.
 
     def _marks(self, conv: str) -> _ConvMarks:
         marks = self.convs.get(conv)

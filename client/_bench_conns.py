@@ -9,7 +9,6 @@ process runs; ``("connect",)`` in; ``("connected", worker, info)``; ``("stop",)`
 from __future__ import annotations
 
 import time
-import traceback
 from collections import Counter
 from typing import Any
 
@@ -19,7 +18,7 @@ import trio
 from protocol import Ack, Msg, Nack
 
 from ._bench_client import BenchClient, Endpoint, PingStats, keep_alive
-from ._bench_node import raise_fd_limit, ws_host_port
+from ._bench_node import run_worker_process, ws_host_port
 from ._bench_stats import LatencyHistogram
 
 #: Handshakes in flight at once, per worker.
@@ -41,12 +40,7 @@ class ConnsPlan:
 
 def conns_worker(plan: ConnsPlan, control: Any, results: Any) -> None:
     """Process entry point: run the worker, report any crash as ``failed``."""
-    raise_fd_limit()
-    try:
-        trio.run(_ConnsWorker(plan, control, results).run)
-    except BaseException as exc:
-        results.put(("failed", plan.worker, "".join(traceback.format_exception(exc))))
-        raise
+    run_worker_process(plan.worker, _ConnsWorker(plan, control, results).run, results)
 
 
 @attrs.define(eq=False)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import random
 import time
-import traceback
 from collections import Counter
 from typing import Any
 
@@ -31,7 +30,7 @@ import trio
 from protocol import Ack, Error, Msg, Nack, Result, ServerFrame
 
 from ._bench_client import BenchClient, Endpoint, PingStats, keep_alive
-from ._bench_node import raise_fd_limit, ws_host_port
+from ._bench_node import run_worker_process, ws_host_port
 from ._bench_stats import LatencyHistogram
 
 #: Seconds between two ``recv`` flushes of a device (the SDK's default batching delay).
@@ -89,12 +88,7 @@ class _Counts:
 
 def load_worker(plan: LoadPlan, control: Any, results: Any) -> None:
     """Process entry point: run the worker, report any crash as ``failed``."""
-    raise_fd_limit()
-    try:
-        trio.run(_LoadWorker(plan, control, results).run)
-    except BaseException as exc:
-        results.put(("failed", plan.worker, "".join(traceback.format_exception(exc))))
-        raise
+    run_worker_process(plan.worker, _LoadWorker(plan, control, results).run, results)
 
 
 @attrs.define(eq=False)

@@ -16,13 +16,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import psutil
+import trio
 
 _LISTENING = re.compile(r"messenger listening on (ws://\S+)")
 #: Seconds a node gets to start (the embedded store included) and to shut down.
@@ -242,6 +245,16 @@ def raise_fd_limit() -> int:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
     return soft
+
+
+def run_worker_process(worker: int, main: Callable[[], Awaitable[None]], results: Any) -> None:
+    """Body of a bench worker process: run ``main`` under trio; report a crash as ``failed``."""
+    raise_fd_limit()
+    try:
+        trio.run(main)
+    except BaseException as exc:
+        results.put(("failed", worker, "".join(traceback.format_exception(exc))))
+        raise
 
 
 def cpu_count() -> int:

@@ -1106,41 +1106,44 @@ class MongoStore(Store):
             await self._call(self._merge_recv_sync, list(marks), limiter=self._marks_limiter)
 
     def _merge_recv_sync(self, marks: list[RecvMark]) -> None:
-        clamp = self._clamper((m.conv, m.seq) for m in marks)
-        ops = []
-        for m in marks:
-            seq = clamp(m.conv, m.user, m.seq)
-            if seq is not None:
-                ops.append(
-                    UpdateOne(
-                        {"_id": f"{m.user}|{m.device}|{m.conv}"},
-                        {
-                            "$max": {"s": seq},
-                            "$setOnInsert": {"u": m.user, "d": m.device, "c": m.conv},
-                        },
-                        upsert=True,
-                    )
-                )
-        self._bulk(self._light.recv, ops)
+        self._merge_marks(
+            self._light.recv,
+            [((m.user, m.conv, m.seq), {"u": m.user, "d": m.device, "c": m.conv}) for m in marks],
+            lambda f: f"{f['u']}|{f['d']}|{f['c']}",
+        )
 
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
         if marks:
             await self._call(self._merge_read_sync, list(marks), limiter=self._marks_limiter)
 
     def _merge_read_sync(self, marks: list[ReadMark]) -> None:
-        clamp = self._clamper((m.conv, m.seq) for m in marks)
+        self._merge_marks(
+            self._light.read,
+            [((m.user, m.conv, m.seq), {"u": m.user, "c": m.conv}) for m in marks],
+            lambda f: f"{f['u']}|{f['c']}",
+        )
+
+    def _merge_marks(
+        self,
+        collection: Collection[Doc],
+        marks: list[tuple[tuple[str, str, int], dict[str, str]]],
+        key: Callable[[dict[str, str]], str],
+    ) -> None:
+        """Max-merge watermarks, each clamped to what its user may see: ``marks`` are
+        ``((user, conv, seq), identifying fields)``; ``key`` makes the document id."""
+        clamp = self._clamper((conv, seq) for (_user, conv, seq), _fields in marks)
         ops = []
-        for m in marks:
-            seq = clamp(m.conv, m.user, m.seq)
-            if seq is not None:
+        for (user, conv, seq), fields in marks:
+            clamped = clamp(conv, user, seq)
+            if clamped is not None:
                 ops.append(
                     UpdateOne(
-                        {"_id": f"{m.user}|{m.conv}"},
-                        {"$max": {"s": seq}, "$setOnInsert": {"u": m.user, "c": m.conv}},
+                        {"_id": key(fields)},
+                        {"$max": {"s": clamped}, "$setOnInsert": fields},
                         upsert=True,
                     )
                 )
-        self._bulk(self._light.read, ops)
+        self._bulk(collection, ops)
 
     @staticmethod
     def _bulk(collection: Collection[Doc], ops: list[UpdateOne]) -> None:
