@@ -18,6 +18,7 @@ from collections import Counter
 
 from ._determinism import derive_rng
 from ._faults import FAULT_KINDS, FaultPlan
+from ._runner import run_many
 from ._workload import Workload
 from ._world import RunConfig, RunResult, simulate
 
@@ -127,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     explore = sub.add_parser("explore", help="run many seeds; stop at the first failure")
     explore.add_argument("--seeds", type=int, required=True, help="how many seeds")
     explore.add_argument("--start", type=int, default=0, help="first seed")
+    explore.add_argument(
+        "--jobs", type=int, default=1, help="worker processes (results stay in seed order)"
+    )
     _add_shape(explore)
     sub.add_parser("mutants", help="list the mutants")
     return parser
@@ -164,13 +168,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _explore(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    cpu_started = time.process_time()
     faults: Counter[str] = Counter()
     sessions = 0
     virtual = 0.0
+    cpu = 0.0
     every = max(1, args.seeds // 20)
-    for index, seed in enumerate(range(args.start, args.start + args.seeds), start=1):
-        config = build_config(
+    configs = (
+        build_config(
             seed,
             users=args.users,
             devices=args.devices,
@@ -179,15 +183,29 @@ def _explore(args: argparse.Namespace) -> int:
             keep_going=args.keep_going,
             without=args.without,
         )
-        result = simulate(config)
-        faults.update(result.report.faults)
-        sessions += result.sessions
-        virtual += result.virtual_s
-        if not result.ok:
-            print(f"\nseed {seed} FAILED ({index}/{args.seeds} seeds run)")
+        for seed in range(args.start, args.start + args.seeds)
+    )
+    outcomes = run_many(configs, args.jobs)
+    for index, outcome in enumerate(outcomes, start=1):
+        faults.update(outcome.fault_counts())
+        sessions += outcome.sessions
+        virtual += outcome.virtual_s
+        cpu += outcome.cpu_s
+        if not outcome.ok:
+            outcomes.close()
+            config = build_config(
+                outcome.seed,
+                users=args.users,
+                devices=args.devices,
+                steps=args.steps,
+                mutant=args.mutant,
+                keep_going=args.keep_going,
+                without=args.without,
+            )
+            print(f"\nseed {outcome.seed} FAILED ({index}/{args.seeds} seeds run)")
             print(config.describe())
-            print(result.report.render())
-            print(f"trace hash: {result.trace_hash}")
+            print(outcome.report)
+            print(f"trace hash: {outcome.trace_hash}")
             print(f"replay: {replay_command(config, args)}")
             return 1
         if index % every == 0 or index == args.seeds:
@@ -198,10 +216,10 @@ def _explore(args: argparse.Namespace) -> int:
                 f"{time.monotonic() - started:.0f} s",
                 flush=True,
             )
-    cpu = time.process_time() - cpu_started
     print(f"all {args.seeds} seeds passed (seeds {args.start}..{args.start + args.seeds - 1})")
     print(
-        f"{sessions} client sessions in {cpu:.1f} CPU s = "
+        f"{sessions} client sessions in {cpu:.1f} CPU s ({args.jobs} jobs, "
+        f"{time.monotonic() - started:.0f} s wall) = "
         f"{sessions / max(cpu, 1e-9) * 60:.0f} sessions per CPU-minute; "
         f"{virtual:.0f} virtual s = {virtual / max(cpu, 1e-9):.0f} virtual s per CPU s"
     )

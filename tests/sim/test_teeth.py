@@ -79,8 +79,11 @@ def test_the_real_node_passes_under_every_fault(seed: int) -> None:
 #: Store error reading a recv mark and dropped the send it was batching), 120 (a group's
 #: creation was never announced because the creator's connection dropped first), 273 (the
 #: same, after an ambiguous creation while a founder's ``recv`` had started the group's actor),
-#: 363 (such an actor had pushed seqs 2 and 3 before the late announcement of seq 1).
-REGRESSION_SEEDS = (94, 120, 273, 363)
+#: 363 (such an actor had pushed seqs 2 and 3 before the late announcement of seq 1),
+#: 500672 (a group send written by an ambiguous Store write was only acked when its resend
+#: came back as a replay, to a fresh actor that had loaded it as already fanned out: the
+#: other members' connected devices never got it).
+REGRESSION_SEEDS = (94, 120, 273, 363, 500672)
 
 
 @pytest.mark.parametrize("seed", REGRESSION_SEEDS)
