@@ -229,9 +229,7 @@ class ConversationActor:
         ctx.metrics.batch_size.observe(len(sends))
         ts = ctx.wall_ms()
         drafts = [
-            Draft(
-                sender=r.origin.user, device=r.origin.device, cmid=r.store_cmid, body=r.body, ts=ts
-            )
+            Draft(sender=r.origin.user, device=r.origin.device, cmid=r.cmid, body=r.body, ts=ts)
             for r in sends
         ]
         acked_early = ctx.mutant(ACK_BEFORE_WRITE) and self._ack_early(sends, ts)
@@ -512,7 +510,7 @@ class ConversationActor:
                 continue
             self._conversation = conversation
             self._resync_at = math.inf
-            by_key = {(r.origin.user, r.origin.device, r.store_cmid): r.origin for r in senders}
+            by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
             origins = {
                 m.seq: by_key[(m.sender, m.device, m.cmid)]
                 for m in missing

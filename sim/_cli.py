@@ -18,19 +18,10 @@ from collections import Counter
 
 from ._determinism import derive_rng
 from ._faults import FAULT_KINDS, FaultPlan
+from ._mutants import MUTANTS
 from ._runner import run_many
 from ._workload import Workload
 from ._world import RunConfig, RunResult, simulate
-
-#: The mutants the node supports (``actors.MUTANTS``), with what each one breaks.
-MUTANTS: dict[str, str] = {
-    "ack_before_write": "acks a send before the durable write (G1), with seqs guessed from memory",
-    "no_cmid_dedupe": "stores every resend of a cmid as a new message (G2)",
-    "watermark_backwards": "assigns recv/read watermarks instead of max-merging them (G5)",
-    "seq_reuse_after_restart": "acks with a seq counter that restarts stale after a restart (G3)",
-    "no_presence_grace": "reports a user offline the moment the last device drops (G6)",
-    "deliver_to_removed": "keeps pushing a group's messages to removed members (G7)",
-}
 
 DEFAULT_USERS = 4
 DEFAULT_DEVICES = 2
@@ -230,8 +221,8 @@ def _explore(args: argparse.Namespace) -> int:
 
 def _mutants() -> int:
     width = max(len(name) for name in MUTANTS)
-    for name, text in MUTANTS.items():
-        print(f"{name:<{width}}  {text}")
+    for name, mutant in MUTANTS.items():
+        print(f"{name:<{width}}  {mutant.switch:<6}  {mutant.breaks}")
     return 0
 
 
