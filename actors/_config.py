@@ -18,12 +18,22 @@ ACK_BEFORE_WRITE: Final = "ack_before_write"
 WATERMARK_BACKWARDS: Final = "watermark_backwards"
 SEQ_REUSE_AFTER_RESTART: Final = "seq_reuse_after_restart"
 DELIVER_TO_REMOVED: Final = "deliver_to_removed"
+RECEIPTS_TO_REMOVED: Final = "receipts_to_removed"
+RECEIPTS_FROM_DEPARTED: Final = "receipts_from_departed"
+TYPING_TO_REMOVED: Final = "typing_to_removed"
+TYPING_FROM_DEPARTED: Final = "typing_from_departed"
+HISTORY_FOR_DEPARTED: Final = "history_for_departed"
 MUTANTS: Final = frozenset(
     {
         ACK_BEFORE_WRITE,
         WATERMARK_BACKWARDS,
         SEQ_REUSE_AFTER_RESTART,
         DELIVER_TO_REMOVED,
+        RECEIPTS_TO_REMOVED,
+        RECEIPTS_FROM_DEPARTED,
+        TYPING_TO_REMOVED,
+        TYPING_FROM_DEPARTED,
+        HISTORY_FOR_DEPARTED,
     }
 )
 

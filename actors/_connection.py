@@ -66,6 +66,7 @@ from protocol import (
 )
 
 from ._auth import InvalidToken
+from ._config import HISTORY_FOR_DEPARTED
 from ._context import NodeContext, msg_frame
 from ._conversations import ConversationManager
 from ._messages import (
@@ -527,7 +528,10 @@ class ConnectionActor:
         store = self._ctx.store
         with self._ctx.timed("history"):
             conversation = await store.get_conversation(frame.conv)
-            if not conversation.is_member(handle.user):
+            departed_ok = (
+                self._ctx.mutant(HISTORY_FOR_DEPARTED) and handle.user in conversation.departed
+            )
+            if not conversation.is_member(handle.user) and not departed_ok:
                 await self._refuse(
                     frame, ErrorCode.FORBIDDEN, f"not a member of {frame.conv}", False
                 )

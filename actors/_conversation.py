@@ -43,7 +43,11 @@ from protocol import Ack, Error, ErrorCode, Nack, TypingNotice, empty_result
 from ._config import (
     ACK_BEFORE_WRITE,
     DELIVER_TO_REMOVED,
+    RECEIPTS_FROM_DEPARTED,
+    RECEIPTS_TO_REMOVED,
     SEQ_REUSE_AFTER_RESTART,
+    TYPING_FROM_DEPARTED,
+    TYPING_TO_REMOVED,
     WATERMARK_BACKWARDS,
 )
 from ._context import NodeContext, msg_frame
@@ -101,6 +105,9 @@ class ConversationActor:
         # Devices whose recv mark here is only a lower bound: the Store read of their mark
         # failed (see _device_recv); it is read again at the next need.
         self._recv_unloaded: set[tuple[str, str]] = set()
+        # Receipt batches handed to the mark writer and not sent yet: the actor does not
+        # retire before they are, so they go out under its (current) membership.
+        self._receipts_owed = 0
 
     @property
     def conversation(self) -> Conversation:
@@ -167,8 +174,8 @@ class ConversationActor:
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
             return batch
-        if self._marks.dirty or self._resync_at < math.inf:
-            return []  # a flush or a resync is due (a stale actor never retires)
+        if self._marks.dirty or self._resync_at < math.inf or self._receipts_owed:
+            return []  # a flush, a resync or receipts are due (a stale actor never retires)
         # Idle with an empty mailbox: nothing can slip in between this check and the close,
         # because retiring is synchronous.
         self._retire()
@@ -552,14 +559,23 @@ class ConversationActor:
             return
         recv, read = self._marks.pending()
         outs = self._marks.written()
-        # The membership and the router are read when the write is done (both plain values
-        # or a synchronous table), not through this actor, which may have retired by then.
-        members = sorted(self.conversation.members)
         router = self._ctx.router
+        self._receipts_owed += 1
 
         def send_receipts() -> None:
+            # G7: under the membership of when the marks are written (this actor stays up
+            # until then, so its snapshot is current): receipts stop with the event that
+            # removed a member, both to them and about them (their later marks are clamped
+            # and stored, but tell nobody anything).
+            self._receipts_owed -= 1
+            members = sorted(self.conversation.members)
+            recipients = members
+            if self._ctx.mutant(RECEIPTS_TO_REMOVED):
+                recipients = sorted({*members, *self.conversation.departed})
             for out in outs:
-                for member in members:
+                if out.receipt.user not in members and not self._ctx.mutant(RECEIPTS_FROM_DEPARTED):
+                    continue
+                for member in recipients:
                     for handle in router.devices(member):
                         if member == out.receipt.user and handle.device in out.sources:
                             continue
@@ -569,13 +585,16 @@ class ConversationActor:
 
     def _typing(self, request: TypingRequest) -> None:
         user = request.origin.user
-        if not self.conversation.is_member(user):
+        if not self.conversation.is_member(user) and not self._ctx.mutant(TYPING_FROM_DEPARTED):
             self._error(
                 request.origin, ErrorCode.FORBIDDEN, f"not a member of {self.conv}", request.rid
             )
             return
         notice = TypingNotice(conv=self.conv, user=user)
-        for member in sorted(self.conversation.members):
+        recipients = set(self.conversation.members)
+        if self._ctx.mutant(TYPING_TO_REMOVED):
+            recipients.update(self.conversation.departed)
+        for member in sorted(recipients):
             if member != user:
                 for handle in self._ctx.router.devices(member):
                     handle.push(notice)

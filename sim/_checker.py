@@ -14,6 +14,7 @@ and at a fresh :class:`~sim._truth.Truth`, so checking after every step stays ch
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
@@ -38,8 +39,9 @@ from ._history import (
     SendResolved,
     SessionClosed,
     SessionOpened,
+    TypingSeen,
 )
-from ._truth import Truth
+from ._truth import ConvTruth, Truth, parse_member_body
 
 #: Report categories, in the order they are printed; each maps to the guarantees it checks.
 CATEGORIES: dict[str, str] = {
@@ -145,6 +147,26 @@ class Checker:
     _garbage: dict[tuple[str, str, int], list[FrameOut]] = attrs.Factory(lambda: defaultdict(list))
     # content checks against the store wait until the Store holds the seq (G1 checks it)
     _pending_content: list[PushSeen | Displayed | HistorySeen] = attrs.Factory(list)
+    # G7 after a departure: (user, device, conv) -> [(seq, when read)] of the events removing
+    # ``user`` that were pushed to ``device`` (so the node knew of them). Frames read or
+    # written later carry the latest seq as ``told`` (None: no departure told yet).
+    _departures: dict[tuple[str, str, str], list[tuple[int, float]]] = attrs.Factory(
+        lambda: defaultdict(list)
+    )
+    _pending_receipt_told: list[int | None] = attrs.Factory(list)
+    _pending_typing: list[tuple[TypingSeen, int | None]] = attrs.Factory(list)
+    # (user, conv) -> [(when written, told)] of typing frames; (user, conv, kind) ->
+    # [(seq, when written, told)] of recv/read frames: what may cause notices and receipts
+    _typing_frames: dict[tuple[str, str], list[tuple[float, int | None]]] = attrs.Factory(
+        lambda: defaultdict(list)
+    )
+    _mark_frames: dict[tuple[str, str, str], list[tuple[int, float, int | None]]] = attrs.Factory(
+        lambda: defaultdict(list)
+    )
+    # (viewer user, viewer device, of_user, conv) -> when the previous notice was read
+    _typing_seen_at: dict[tuple[str, str, str, str], float] = attrs.Factory(dict)
+    # user -> when a device of theirs first wrote ``hello`` (nobody is online before)
+    _first_hello: dict[str, float] = attrs.Factory(dict)
 
     # ------------------------------------------------------------------ public
 
@@ -154,6 +176,7 @@ class Checker:
         self._check_store(truth)
         self._check_content(truth)
         self._check_receipts(truth)
+        self._check_typing(truth)
         self._check_presence(truth)
         self.report.faults = Counter(self.history.faults)
         return self.report
@@ -273,6 +296,10 @@ class Checker:
                 self._pending_content.append(event)
             case ReceiptSeen():
                 self._pending_receipts.append(event)
+                self._pending_receipt_told.append(self._told(event.user, event.device, event.conv))
+            case TypingSeen():
+                told = self._told(event.user, event.device, event.conv)
+                self._pending_typing.append((event, told))
             case PresenceSeen():
                 self._pending_presence.append(event)
             case SessionOpened(user=user, device=device, session=session, at=at):
@@ -345,8 +372,34 @@ class Checker:
             if isinstance(seq, int):
                 marks = self._recv_sent if frame.type == "recv" else self._read_sent
                 marks[(user, conv)] = max(marks.get((user, conv), 0), seq)
+                told = self._told(user, device, conv)
+                self._mark_frames[(user, conv, frame.type)].append((seq, frame.at, told))
+        elif frame.type == "hello":
+            self._first_hello.setdefault(user, frame.at)
+        elif frame.type == "typing":
+            conv = str(frame.get("conv"))
+            self._typing_frames[(user, conv)].append((frame.at, self._told(user, device, conv)))
+
+    def _told(self, user: str, device: str, conv: str, before: float | None = None) -> int | None:
+        """The latest departure of ``user`` from ``conv`` pushed to ``device`` (read before
+        ``before``, if given)."""
+        told = self._departures.get((user, device, conv))
+        seqs = [seq for seq, at in told or () if before is None or at < before - TOLERANCE_S]
+        return max(seqs) if seqs else None
+
+    def _departed(self, conv: ConvTruth, user: str, told: int | None, at: float) -> bool:
+        """True if ``user`` had been told of departure ``told`` and no (re)add the node could
+        know of by ``at`` followed it: the node then knew ``user`` was out (G7)."""
+        if told is None:
+            return False
+        at_ms = self.epoch_ms + int(at * 1000)
+        return conv.joined_by(user, at_ms, after_seq=told) is None
 
     def _on_push(self, push: PushSeen) -> None:
+        if push.kind == "member":
+            joined, users = parse_member_body(push.body)
+            if not joined and push.user in users:
+                self._departures[(push.user, push.device, push.conv)].append((push.seq, push.at))
         key = (push.user, push.device, push.session, push.conv)
         seen = self._pushed[key]
         if seen and push.seq < max(seen) and push.seq not in seen:
@@ -392,6 +445,13 @@ class Checker:
             for message in messages:
                 if message.kind != "text":
                     continue
+                conv = truth.convs.get(message.conv)
+                if conv is not None and not conv.can_see(sender, message.seq):
+                    self.report.add(
+                        "authorization_leaks",
+                        f"{message.conv}#{message.seq} was stored from {sender}, not a member "
+                        "then (a refused send must leave no trace)",
+                    )
                 body = self._cmid_body.get((sender, device, cmid))
                 send = self._sends.get(message.body)
                 if body != message.body or send is None or send.user != sender:
@@ -478,6 +538,24 @@ class Checker:
 
     def _check_history(self, event: HistorySeen, truth: Truth) -> None:
         conv = truth.convs.get(event.conv)
+        who = f"{event.user}/{event.device}"
+        if conv is not None:
+            told = self._told(event.user, event.device, event.conv, before=event.asked_at)
+            if self._departed(conv, event.user, told, event.asked_at):
+                self.report.add(
+                    "authorization_leaks",
+                    f"{who} got history of {event.conv} (asked at {event.asked_at:.3f}) after "
+                    f"it was pushed its departure #{told}: must be forbidden",
+                )
+            # PROTOCOL Visibility: from the event that (last) added them on.
+            joined = conv.joined_by(event.user, self.epoch_ms + int(event.asked_at * 1000))
+            early = [seq for seq, _mid in event.messages if joined is not None and seq < joined]
+            if early:
+                self.report.add(
+                    "authorization_leaks",
+                    f"{who} history of {event.conv} (asked at {event.asked_at:.3f}) listed "
+                    f"seqs {_ranges(early)}, before the event #{joined} that last added it",
+                )
         for seq, mid in event.messages:
             stored = truth.message(event.conv, seq)
             if conv is None or stored is None or stored.id != mid:
@@ -496,9 +574,12 @@ class Checker:
     # ------------------------------------------------------------------ G5 receipts
 
     def _check_receipts(self, truth: Truth) -> None:
-        for receipt in self._pending_receipts:
+        for receipt, told in zip(self._pending_receipts, self._pending_receipt_told, strict=True):
             self._check_receipt(receipt, truth)
+            self._check_receipt_visibility(receipt, told, truth)
         self._pending_receipts = []
+        self._pending_receipt_told = []
+        self._check_marks_clamped(truth)
         for recv_key, seq in truth.recv.items():
             before = self._store_recv.get(recv_key, 0)
             if seq < before:
@@ -513,6 +594,113 @@ class Checker:
                     "untruthful_receipts", f"stored read of {read_key} went back {before} -> {seq}"
                 )
             self._store_read[read_key] = max(seq, before)
+
+    def _check_receipt_visibility(
+        self, receipt: ReceiptSeen, told: int | None, truth: Truth
+    ) -> None:
+        """G7 both ways and G5's clamp: a device told of its user's departure gets no more
+        receipts of that conversation; a receipt about a departed user is never caused by a
+        mark written after they were told, and never goes above their departure."""
+        conv = truth.convs.get(receipt.conv)
+        if conv is None:
+            return
+        who = f"{receipt.user}/{receipt.device}"
+        if self._departed(conv, receipt.user, told, receipt.at):
+            self.report.add(
+                "authorization_leaks",
+                f"{who} got a receipt of {receipt.of_user} in {receipt.conv} at "
+                f"{receipt.at:.3f}, after it was pushed its departure #{told}",
+            )
+        subject = receipt.of_user
+        own = max(
+            (m.seq for m in conv.messages if m.sender == subject and m.kind == "text"),
+            default=0,
+        )
+        at_ms = self.epoch_ms + int(receipt.at * 1000)
+        for field, value, kind in (
+            ("delivered", receipt.delivered, "recv"),
+            ("read", receipt.read, "read"),
+        ):
+            if value is None:
+                continue
+            frames = self._mark_frames.get((subject, receipt.conv, kind), ())
+            member_max = max(
+                (s for s, at, t in frames if not self._departed(conv, subject, t, at)),
+                default=0,
+            )
+            any_max = max((s for s, _at, _t in frames), default=0)
+            if kind == "recv":
+                member_max, any_max = max(member_max, own), max(any_max, own)
+            if member_max < value <= any_max:
+                self.report.add(
+                    "authorization_leaks",
+                    f"{who} got {subject}'s {field}={value} in {receipt.conv} at "
+                    f"{receipt.at:.3f}: only a mark {subject} wrote after being told of "
+                    f"their departure reaches it (as a member: {member_max})",
+                )
+            out = conv.out_at(subject, at_ms)
+            if out is not None and value > out:
+                self.report.add(
+                    "untruthful_receipts",
+                    f"{who} got {subject}'s {field}={value} in {receipt.conv} at "
+                    f"{receipt.at:.3f}, above their departure at #{out} (G5: clamped there)",
+                )
+
+    def _check_marks_clamped(self, truth: Truth) -> None:
+        """G5: a departed member's stored watermarks stay at or below their departure."""
+        marks: list[tuple[str, str, int]] = [
+            (user, conv, seq) for (user, _device, conv), seq in truth.recv.items()
+        ]
+        marks.extend((user, conv, seq) for (user, conv), seq in truth.read.items())
+        for user, conv_id, seq in marks:
+            conv = truth.convs.get(conv_id)
+            out = conv.departed_at(user) if conv is not None else None
+            if out is not None and seq > out:
+                self.report.add(
+                    "untruthful_receipts",
+                    f"the Store holds a watermark {seq} of {user} in {conv_id}, above their "
+                    f"departure at #{out}",
+                )
+
+    # ------------------------------------------------------------------ G7 typing
+
+    def _check_typing(self, truth: Truth) -> None:
+        """G7 for ``typing``: relayed only between members, in both directions."""
+        for notice, told in self._pending_typing:
+            conv = truth.convs.get(notice.conv)
+            if conv is None:
+                continue
+            who = f"{notice.user}/{notice.device}"
+            key = (notice.user, notice.device, notice.of_user, notice.conv)
+            since = self._typing_seen_at.get(key, -1.0)
+            self._typing_seen_at[key] = notice.at
+            if not conv.ever_member(notice.user) or not conv.ever_member(notice.of_user):
+                self.report.add(
+                    "authorization_leaks",
+                    f"{who} got typing of {notice.of_user} in {notice.conv}, not both members",
+                )
+                continue
+            if self._departed(conv, notice.user, told, notice.at):
+                self.report.add(
+                    "authorization_leaks",
+                    f"{who} got typing of {notice.of_user} in {notice.conv} at "
+                    f"{notice.at:.3f}, after it was pushed its departure #{told}",
+                )
+            # The frames that may have caused it: written since the previous notice (with
+            # slack for slow links); it leaks if every one was written by a departed member.
+            frames = [
+                (at, t)
+                for at, t in self._typing_frames.get((notice.of_user, notice.conv), ())
+                if since - 2.0 < at <= notice.at
+            ]
+            if frames and all(self._departed(conv, notice.of_user, t, at) for at, t in frames):
+                self.report.add(
+                    "authorization_leaks",
+                    f"{who} got typing of {notice.of_user} in {notice.conv} at "
+                    f"{notice.at:.3f}, relayed from after {notice.of_user} was told of their "
+                    "departure",
+                )
+        self._pending_typing = []
 
     def _check_receipt(self, receipt: ReceiptSeen, truth: Truth) -> None:
         conv = truth.convs.get(receipt.conv)
@@ -592,10 +780,10 @@ class Checker:
                     f"{who} was told {seen.of_user} offline (sent at {sent:.3f}), but "
                     f"{s.device} session {s.session} {closed} (grace {self.grace_s} s{context})",
                 )
-        elif seen.status == "online" and not any(s.opened <= seen.at for s in sessions):
+        elif seen.status == "online" and self._first_hello.get(seen.of_user, math.inf) > seen.at:
             self.report.add(
                 "presence_mismatches",
-                f"{who} told {seen.of_user} online at {seen.at:.3f} before any session",
+                f"{who} told {seen.of_user} online at {seen.at:.3f} before any hello",
             )
 
     # ------------------------------------------------------------------ G8 notifications

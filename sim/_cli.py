@@ -7,6 +7,8 @@
   a progress line; on the first failure it prints the report and the exact ``messenger sim
   run`` command that replays it, and exits 1.
 * ``messenger sim mutants`` lists the mutants with what each one breaks.
+* ``messenger sim score [--seeds N] [--jobs J]`` runs every mutant until a seed catches it
+  and prints a table (mutant, caught, first seed, categories) and the mutation score.
 """
 
 from __future__ import annotations
@@ -124,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_shape(explore)
     sub.add_parser("mutants", help="list the mutants")
+    score = sub.add_parser(
+        "score", help="run every mutant over seeds until caught; print the mutation score"
+    )
+    score.add_argument("--seeds", type=int, default=200, help="seeds each mutant may take")
+    score.add_argument("--start", type=int, default=0, help="first seed")
+    score.add_argument("--jobs", type=int, default=1, help="worker processes")
+    score.add_argument("--users", type=int, default=DEFAULT_USERS, help="simulated users")
+    score.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help="devices per user")
+    score.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="chaos-phase steps")
     return parser
 
 
@@ -219,6 +230,41 @@ def _explore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _score(args: argparse.Namespace) -> int:
+    """Each mutant over seeds ``start..start+seeds-1`` until one catches it."""
+    started = time.monotonic()
+    rows: list[tuple[str, str, str, str]] = []
+    caught = 0
+    for name, mutant in MUTANTS.items():
+        configs = (
+            build_config(
+                seed, users=args.users, devices=args.devices, steps=args.steps, mutant=name
+            )
+            for seed in range(args.start, args.start + args.seeds)
+        )
+        outcomes = run_many(configs, args.jobs)
+        found = next((o for o in outcomes if not o.ok), None)
+        outcomes.close()
+        if found is None:
+            rows.append((name, "NO", "-", "-"))
+        else:
+            caught += 1
+            expected = set(found.categories) & mutant.caught_as
+            shown = ",".join(found.categories) + ("" if expected else " (unexpected category)")
+            rows.append((name, "yes", str(found.seed), shown))
+        print(f"  {name}: {rows[-1][1]} ({time.monotonic() - started:.0f} s)", flush=True)
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'mutant':<{width}}  caught  first seed  category")
+    for name, yes, seed, category in rows:
+        print(f"{name:<{width}}  {yes:<6}  {seed:<10}  {category}")
+    total = len(rows)
+    print(
+        f"\nmutation score: {caught}/{total} = {caught / total:.0%} "
+        f"(seeds {args.start}..{args.start + args.seeds - 1}, {time.monotonic() - started:.0f} s)"
+    )
+    return 0 if caught == total else 1
+
+
 def _mutants() -> int:
     width = max(len(name) for name in MUTANTS)
     for name, mutant in MUTANTS.items():
@@ -233,6 +279,8 @@ def main(argv: list[str]) -> int:
         return _run(args)
     if args.command == "explore":
         return _explore(args)
+    if args.command == "score":
+        return _score(args)
     return _mutants()
 
 

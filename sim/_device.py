@@ -37,6 +37,7 @@ from protocol import (
     RemoteProtocolError,
     SendFailed,
     StateChanged,
+    TypingNotice,
     decode_server_frame,
 )
 
@@ -206,6 +207,21 @@ class SimDevice:
         self._spawn(self._raw(tap, text))
         return True
 
+    def send_frame(self, frame: dict[str, object]) -> bool:
+        """Write a well-formed client frame past the SDK (forbidden-but-valid requests, such
+        as a departed member's ``recv``); recorded like the SDK's own frames."""
+        tap = self._tap
+        if tap is None or not self.connected:
+            return False
+        self._spawn(self._write(tap, orjson.dumps(frame).decode()))
+        return True
+
+    async def _write(self, tap: _Tap, text: str) -> None:
+        try:
+            await tap.send_message(text)
+        except (trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+            return
+
     def set_wanted(self, wanted: bool) -> None:
         self.wanted = wanted
 
@@ -257,6 +273,7 @@ class SimDevice:
             return
 
     async def _history_request(self, conv: str, limit: int) -> None:
+        asked_at = trio.current_time()
         try:
             page = await self.client.history(conv, limit=limit)
         except ClientError as exc:
@@ -270,6 +287,7 @@ class SimDevice:
                 session=self.session_no,
                 conv=conv,
                 messages=tuple((m.seq, m.id) for m in page.messages),
+                asked_at=asked_at,
             )
         )
 
@@ -419,6 +437,8 @@ class SimDevice:
                         read=frame.read,
                     )
                 )
+            case TypingNotice():
+                self._record(h.TypingSeen(**common, conv=frame.conv, of_user=frame.user))
             case Presence():
                 self._record(
                     h.PresenceSeen(

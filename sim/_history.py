@@ -131,6 +131,18 @@ class ReceiptSeen:
 
 
 @attrs.frozen(kw_only=True)
+class TypingSeen:
+    """A ``typing`` notice about ``of_user`` in ``conv`` reached the device."""
+
+    at: float
+    user: str
+    device: str
+    session: int
+    conv: str
+    of_user: str
+
+
+@attrs.frozen(kw_only=True)
 class PresenceSeen:
     """A ``presence`` frame about ``of_user`` reached the device."""
 
@@ -155,6 +167,8 @@ class HistorySeen:
     session: int
     conv: str
     messages: tuple[tuple[int, str], ...]
+    #: When the device asked (the node answers from the membership it knew by then).
+    asked_at: float = 0.0
 
 
 @attrs.frozen(kw_only=True)
@@ -219,6 +233,7 @@ Event: TypeAlias = (
     | PushSeen
     | Displayed
     | ReceiptSeen
+    | TypingSeen
     | PresenceSeen
     | HistorySeen
     | ErrorSeen
@@ -262,6 +277,8 @@ def _describe(event: Event) -> tuple[str, str]:
             return actor, f"display {conv}#{seq} id={mid}"
         case ReceiptSeen(session=s, conv=conv, of_user=who, delivered=d, read=r):
             return actor, f"s{s} << receipt {conv} {who} delivered={d} read={r}"
+        case TypingSeen(session=s, conv=conv, of_user=who):
+            return actor, f"s{s} << typing {conv} {who}"
         case PresenceSeen(session=s, of_user=who, status=status, last_seen=seen, sent_at=sent):
             late = f" (sent {sent:.3f})" if sent < event.at else ""
             return actor, f"s{s} << presence {who} {status} last_seen={seen}{late}"

@@ -75,6 +75,37 @@ MUTANTS: dict[str, Mutant] = {
             "G7: keeps pushing a group's messages to removed members",
             "authorization_leaks",
         ),
+        _m(
+            "receipts_to_removed",
+            "G7: receipts of a group still reach members it removed",
+            "authorization_leaks",
+        ),
+        _m(
+            "receipts_from_departed",
+            "G7: a departed member's (clamped) recv/read marks still send receipts",
+            "authorization_leaks",
+        ),
+        _m(
+            "typing_to_removed",
+            "G7: typing notices of a group still reach members it removed",
+            "authorization_leaks",
+        ),
+        _m(
+            "typing_from_departed",
+            "G7: a departed member's typing is relayed instead of refused",
+            "authorization_leaks",
+        ),
+        _m(
+            "history_for_departed",
+            "Visibility: a departed member's history request is answered, not forbidden",
+            "authorization_leaks",
+        ),
+        _m(
+            "history_before_join",
+            "Visibility: history pages reach below the event that last added the caller",
+            "authorization_leaks",
+            switch="store",
+        ),
     )
 }
 

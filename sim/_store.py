@@ -135,3 +135,27 @@ class ForgetfulStore:
     ) -> list[StoredMessage | StoreError]:
         fresh = [attrs.evolve(d, cmid=f"{self._rng.getrandbits(64):016x}") for d in drafts]
         return await self._inner.append(conv, fresh, notify=notify)
+
+
+class EarlyHistoryStore:
+    """The ``history_before_join`` mutant: ``history`` pages also reach below the event that
+    (last) added the caller, down to older messages of the conversation (G7 Visibility)."""
+
+    def __init__(self, inner: Store) -> None:
+        self._inner = inner
+
+    def as_store(self) -> Store:
+        return cast(Store, self)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def history(
+        self, conv: str, user: str, before: int | None, limit: int
+    ) -> tuple[list[StoredMessage], bool]:
+        messages, more = await self._inner.history(conv, user, before, limit)
+        first = messages[0].seq if messages else before
+        if first is None or first <= 1 or len(messages) >= limit:
+            return messages, more
+        older = await self._inner.range(conv, max(1, first - (limit - len(messages))), first - 1)
+        return [*older, *messages], more

@@ -26,6 +26,8 @@ class ConvTruth:
     messages: tuple[StoredMessage, ...]
     #: user -> list of (first seq, last seq or None while still a member)
     periods: Mapping[str, tuple[tuple[int, int | None], ...]]
+    #: user -> their membership changes in seq order: (seq, joined?, ts in epoch ms)
+    changes: Mapping[str, tuple[tuple[int, bool, int], ...]] = attrs.field(factory=dict)
 
     def can_see(self, user: str, seq: int) -> bool:
         """True if ``user`` may see the message at ``seq`` (G7, PROTOCOL "Visibility")."""
@@ -40,6 +42,31 @@ class ConvTruth:
         """
         return self.conv.can_see(user, seq)
 
+    def joined_by(self, user: str, at_ms: int, after_seq: int = 0) -> int | None:
+        """The seq of the latest event above ``after_seq`` that (re)added ``user`` and was
+        stored by ``at_ms`` (the node could know of it then), or ``None``."""
+        found = None
+        for seq, joined, ts in self.changes.get(user, ()):
+            if joined and seq > after_seq and ts <= at_ms:
+                found = seq
+        return found
+
+    def out_at(self, user: str, at_ms: int) -> int | None:
+        """The seq of the event that removed ``user``, if by ``at_ms`` their latest stored
+        membership change was a removal (or leave); ``None`` while a member then."""
+        out = None
+        for seq, joined, ts in self.changes.get(user, ()):
+            if ts <= at_ms:
+                out = None if joined else seq
+        return out
+
+    def departed_at(self, user: str) -> int | None:
+        """The seq of the event that removed ``user``, if they are not a member now."""
+        if self.conv.is_member(user):
+            return None
+        ends = [hi for _lo, hi in self.periods.get(user, ()) if hi is not None]
+        return max(ends) if ends else None
+
     def ever_member(self, user: str) -> bool:
         """True if ``user`` belonged to the conversation at some point."""
         return user in self.periods
@@ -49,28 +76,44 @@ class ConvTruth:
         return len(self.messages)
 
 
+def member_change(message: StoredMessage) -> tuple[bool, list[str]] | None:
+    """``(joined, users)`` of a member event (``None`` for a text message)."""
+    if message.kind != "member":
+        return None
+    return parse_member_body(message.body)
+
+
+def parse_member_body(body: str) -> tuple[bool, list[str]]:
+    """``(joined, users)`` of a member event's body (PROTOCOL: ``{"op", "by", "users"}``)."""
+    event = json.loads(body)
+    op, by, users = event["op"], event["by"], list(event["users"])
+    if op == "leave" and not users:
+        users = [by]
+    return op in ("create", "add"), users
+
+
 def _periods(
     conv: Conversation, messages: tuple[StoredMessage, ...]
-) -> dict[str, list[tuple[int, int | None]]]:
+) -> tuple[dict[str, list[tuple[int, int | None]]], dict[str, list[tuple[int, bool, int]]]]:
     if conv.kind == "direct":
-        return {user: [(1, None)] for user in conv.members}
+        return {user: [(1, None)] for user in conv.members}, {}
     periods: dict[str, list[tuple[int, int | None]]] = {}
+    changes: dict[str, list[tuple[int, bool, int]]] = {}
     open_from: dict[str, int] = {}
     for message in messages:
-        if message.kind != "member":
+        change = member_change(message)
+        if change is None:
             continue
-        event = json.loads(message.body)
-        op, by, users = event["op"], event["by"], list(event["users"])
-        if op == "leave" and not users:
-            users = [by]
+        joined, users = change
         for user in users:
-            if op in ("create", "add"):
+            changes.setdefault(user, []).append((message.seq, joined, message.ts))
+            if joined:
                 open_from.setdefault(user, message.seq)
             elif user in open_from:
                 periods.setdefault(user, []).append((open_from.pop(user), message.seq))
     for user, lo in open_from.items():
         periods.setdefault(user, []).append((lo, None))
-    return periods
+    return periods, changes
 
 
 @attrs.frozen(kw_only=True)
@@ -97,8 +140,14 @@ def snapshot(store: MemoryStore) -> Truth:
     for conv_id in sorted(store._convs):
         messages = tuple(store._messages.get(conv_id, ()))
         conv = store._convs[conv_id]
-        periods = {u: tuple(p) for u, p in sorted(_periods(conv, messages).items())}
-        convs[conv_id] = ConvTruth(conv=conv, messages=messages, periods=periods)
+        spans, changes = _periods(conv, messages)
+        periods = {u: tuple(p) for u, p in sorted(spans.items())}
+        convs[conv_id] = ConvTruth(
+            conv=conv,
+            messages=messages,
+            periods=periods,
+            changes={u: tuple(c) for u, c in sorted(changes.items())},
+        )
         for message in messages:
             if message.cmid is not None:
                 key = (message.sender, message.device, message.cmid)

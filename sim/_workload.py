@@ -34,6 +34,11 @@ class Workload:
     typing: float = 0.5
     #: Malformed or forbidden frames written past the client session (G9).
     garbage: float = 0.3
+    #: A departed member keeps acting on the group (typing, recv/read past the removal,
+    #: history, sends, group operations): well-formed, forbidden (G7, Visibility).
+    departed: float = 0.5
+    #: Devices that stay offline at first and join during the chaos phase (long backlogs).
+    late_devices: int = attrs.field(default=0)
 
     @classmethod
     def swarm(cls, rng: random.Random, *, users: int, devices: int, steps: int) -> Workload:
@@ -50,6 +55,8 @@ class Workload:
             group=round(rng.uniform(0, 2.5), 2),
             typing=round(rng.uniform(0, 1), 2),
             garbage=round(rng.uniform(0, 1), 2),
+            departed=round(rng.uniform(0, 2), 2),
+            late_devices=rng.choice((0, 0, 1, 2)),
         )
 
     def weights(self) -> dict[str, float]:
@@ -61,11 +68,12 @@ class Workload:
             "group": self.group,
             "typing": self.typing,
             "garbage": self.garbage,
+            "departed": self.departed,
         }
 
     def describe(self) -> str:
         mix = " ".join(f"{k}={v:g}" for k, v in self.weights().items())
         return (
             f"{self.users} users x {self.devices} devices, {self.steps} steps, "
-            f"gap {self.step_gap_s:g} s, mix {mix}"
+            f"gap {self.step_gap_s:g} s, mix {mix}, late devices {self.late_devices}"
         )

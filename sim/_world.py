@@ -39,7 +39,7 @@ from ._device import SimDevice
 from ._faults import FAULT_KINDS, FaultPlan
 from ._mutants import node_mutants
 from ._network import Arm, Link
-from ._store import FaultyStore, ForgetfulStore, StoreFaults
+from ._store import EarlyHistoryStore, FaultyStore, ForgetfulStore, StoreFaults
 from ._trace import Trace
 from ._truth import Truth, snapshot
 from ._workload import Workload
@@ -146,12 +146,16 @@ class World:
         self._nursery: trio.Nursery | None = None
         self.failed_at_step: int | None = None
         self.steps_done = 0
+        #: chaos step -> devices that come online for the first time then
+        self._late: dict[int, list[SimDevice]] = {}
 
     # ------------------------------------------------------------------ node
 
     def _mutated(self, store: Store) -> Store:
         if "no_cmid_dedupe" in self.config.mutants:
-            return ForgetfulStore(store, derive_rng(self.config.seed, "cmids")).as_store()
+            store = ForgetfulStore(store, derive_rng(self.config.seed, "cmids")).as_store()
+        if "history_before_join" in self.config.mutants:
+            store = EarlyHistoryStore(store).as_store()
         return store
 
     def _node_config(self) -> NodeConfig:
@@ -271,6 +275,15 @@ class World:
         )
 
     def _make_devices(self, nursery: trio.Nursery) -> None:
+        """Every device; ``late_devices`` of them stay offline until a step of the chaos
+        phase (then they connect to a long backlog)."""
+        late = self.config.workload.late_devices
+        total = len(self.users) * self.config.workload.devices
+        rng = derive_rng(self.config.seed, "late-devices")
+        late_at = {
+            i: rng.randrange(self.config.workload.steps)
+            for i in sorted(rng.sample(range(total), k=min(late, total - 1)))
+        }
         for user in self.users:
             for d in range(self.config.workload.devices):
                 device = SimDevice(
@@ -280,6 +293,10 @@ class World:
                     history=self.history,
                     dial=self._dial_for,
                 )
+                step = late_at.get(len(self.devices))
+                if step is not None:
+                    device.set_wanted(False)
+                    self._late[step] = [*self._late.get(step, []), device]
                 self.devices.append(device)
                 nursery.start_soon(device.run)
 
@@ -343,6 +360,9 @@ class World:
         workload = self.config.workload
         rng = self._workload_rng
         for step in range(workload.steps):
+            for device in self._late.pop(step, ()):
+                self.trace.add("world", f"{device.name} comes online for the first time")
+                device.set_wanted(True)
             self._inject_faults()
             self._act(step)
             await trio.sleep(rng.expovariate(1 / workload.step_gap_s))
@@ -461,6 +481,45 @@ class World:
             device.typing(rng.choice(mine))
         elif action == "garbage":
             device.send_raw(rng.choice(GARBAGE))
+        elif action == "departed":
+            self._departed_action(truth, step)
+
+    def _departed_action(self, truth: Truth, step: int) -> None:
+        """A member a group removed (or who left) keeps acting on it, as a buggy or hostile
+        client would: every such request must be refused or clamped, and tell nobody."""
+        rng = self._workload_rng
+        ghosts = [
+            (device, conv_id)
+            for conv_id, conv in truth.convs.items()
+            for device in self.devices
+            if conv.departed_at(device.user) is not None
+        ]
+        if not ghosts:
+            return
+        device, conv_id = rng.choice(ghosts)
+        last = truth.convs[conv_id].last_seq
+        roll = rng.random()
+        if roll < 0.25:
+            device.typing(conv_id)
+        elif roll < 0.5:
+            kind = rng.choice(("recv", "read"))
+            device.send_frame({"type": kind, "conv": conv_id, "seq": last + rng.randint(0, 2)})
+        elif roll < 0.65:
+            device.history(conv_id, rng.randint(1, 30))
+        elif roll < 0.8:
+            device.send(f"m{step}.{device.user}.{device.device}", conv=conv_id)
+        else:
+            client = device.client
+            other = rng.choice(self.users)
+            if rng.random() < 0.5:
+                device.group(
+                    f"group_add {conv_id} {other} (departed)",
+                    lambda: client.group_add(conv_id, other),
+                )
+            else:
+                device.group(
+                    f"group_leave {conv_id} (departed)", lambda: client.group_leave(conv_id)
+                )
 
     def _group_action(self, device: SimDevice, truth: Truth, step: int) -> None:
         rng = self._workload_rng
@@ -482,6 +541,9 @@ class World:
         conv_id = rng.choice(groups)
         conv = truth.convs[conv_id].conv
         outsiders = [u for u in others if not conv.is_member(u)]
+        rejoining = [u for u in outsiders if truth.convs[conv_id].departed_at(u) is not None]
+        if rejoining and rng.random() < 0.5:
+            outsiders = rejoining  # users come back to groups they left or were removed from
         insiders = [u for u in others if conv.is_member(u)]
         client = device.client
         if roll < 0.55 and outsiders:
