@@ -15,11 +15,14 @@ from sim._history import (
     Displayed,
     FrameOut,
     History,
+    HistorySeen,
     PresenceSeen,
+    PushSeen,
     ReceiptSeen,
     SendIssued,
     SessionClosed,
     SessionOpened,
+    TypingSeen,
 )
 from sim._trace import Trace
 from sim._truth import snapshot
@@ -191,5 +194,142 @@ def test_a_bad_frame_that_gets_no_answer_is_uncontained() -> None:
         )
         report = checker.check_liveness(snapshot(store), [])
         assert report.counts()["uncontained"] == 1
+
+    _run(check)
+
+
+async def _group_with_removal(store: MemoryStore) -> tuple[str, PushSeen]:
+    """Group of a (creator), b, c; a removes c at seq 2. Returns the conv and c's push of #2."""
+    conv, _event = await store.create_group("a", "t", ["b", "c"], 0)
+    event = await store.remove_member(conv.id, "a", "c", 0)
+    assert event is not None
+    push = PushSeen(
+        at=1,
+        user="c",
+        device="d0",
+        session=1,
+        conv=conv.id,
+        seq=event.seq,
+        id=event.id,
+        sender="a",
+        cmid=None,
+        body=event.body,
+        kind="member",
+        synced=True,
+    )
+    return conv.id, push
+
+
+def test_a_receipt_after_the_departure_was_pushed_is_a_leak() -> None:
+    async def check() -> None:
+        store, checker, history = _world()
+        conv, push = await _group_with_removal(store)
+        history.record(push)
+        history.record(
+            ReceiptSeen(
+                at=2,
+                user="c",
+                device="d0",
+                session=1,
+                conv=conv,
+                of_user="b",
+                delivered=1,
+                read=None,
+            )
+        )
+        history.record(
+            FrameOut(
+                at=0,
+                user="b",
+                device="d0",
+                session=1,
+                type="recv",
+                fields=(("conv", conv), ("seq", 1)),
+            )
+        )
+        report = checker.check_safety(snapshot(store))
+        assert any(
+            "after it was pushed its departure" in t for t in report.findings["authorization_leaks"]
+        )
+
+    _run(check)
+
+
+def test_a_receipt_caused_by_a_departed_members_mark_is_a_leak() -> None:
+    async def check() -> None:
+        store, checker, history = _world()
+        conv, push = await _group_with_removal(store)
+        history.record(push)
+        history.record(
+            FrameOut(
+                at=2,
+                user="c",
+                device="d0",
+                session=1,
+                type="recv",
+                fields=(("conv", conv), ("seq", 2)),
+            )
+        )
+        history.record(
+            ReceiptSeen(
+                at=3,
+                user="b",
+                device="d0",
+                session=1,
+                conv=conv,
+                of_user="c",
+                delivered=2,
+                read=None,
+            )
+        )
+        report = checker.check_safety(snapshot(store))
+        assert any("after being told of" in t for t in report.findings["authorization_leaks"])
+
+    _run(check)
+
+
+def test_typing_from_or_to_a_departed_member_is_a_leak() -> None:
+    async def check() -> None:
+        store, checker, history = _world()
+        conv, push = await _group_with_removal(store)
+        history.record(push)
+        history.record(
+            FrameOut(
+                at=2, user="c", device="d0", session=1, type="typing", fields=(("conv", conv),)
+            )
+        )
+        history.record(TypingSeen(at=3, user="b", device="d0", session=1, conv=conv, of_user="c"))
+        history.record(TypingSeen(at=3, user="c", device="d0", session=1, conv=conv, of_user="b"))
+        report = checker.check_safety(snapshot(store))
+        leaks = report.findings["authorization_leaks"]
+        assert any("relayed from after c was told" in t for t in leaks), leaks
+        assert any("c/d0 got typing of b" in t for t in leaks), leaks
+
+    _run(check)
+
+
+def test_history_after_departure_or_before_the_join_is_a_leak() -> None:
+    async def check() -> None:
+        store, checker, history = _world()
+        conv, push = await _group_with_removal(store)
+        await store.add_member(conv, "a", "d", 0)  # d joins at seq 3
+        history.record(push)
+        first = store._messages[conv][0]
+        for user, asked in (("c", 2.0), ("d", 2.0)):
+            history.record(
+                HistorySeen(
+                    at=asked + 1,
+                    user=user,
+                    device="d0",
+                    session=1,
+                    conv=conv,
+                    messages=((1, first.id),),
+                    asked_at=asked,
+                )
+            )
+        report = checker.check_safety(snapshot(store))
+        leaks = report.findings["authorization_leaks"]
+        assert any("c/d0 got history" in t for t in leaks), leaks
+        assert any("before the event #3 that last added it" in t for t in leaks), leaks
 
     _run(check)
