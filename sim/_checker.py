@@ -165,6 +165,9 @@ class Checker:
     )
     # (viewer user, viewer device, of_user, conv) -> when the previous notice was read
     _typing_seen_at: dict[tuple[str, str, str, str], float] = attrs.Factory(dict)
+    # Store checks: conv -> messages checked; (sender, device, body) -> where it is stored
+    _store_checked: dict[str, int] = attrs.Factory(dict)
+    _copies: dict[tuple[str, str, str], list[str]] = attrs.Factory(lambda: defaultdict(list))
     # user -> when a device of theirs first wrote ``hello`` (nobody is online before)
     _first_hello: dict[str, float] = attrs.Factory(dict)
 
@@ -422,59 +425,58 @@ class Checker:
         return None
 
     def _check_store(self, truth: Truth) -> None:
+        """G2/G3 on what the Store holds; each stored message is looked at once (the Store
+        only appends), so checking after every step stays cheap."""
         for conv_id, conv in truth.convs.items():
-            for index, message in enumerate(conv.messages, start=1):
+            known = self._store_checked.get(conv_id, 0)
+            if known == conv.last_seq:
+                continue
+            self._store_checked[conv_id] = conv.last_seq
+            for index, message in enumerate(conv.messages[known:], start=known + 1):
                 if message.seq != index:
                     self.report.add(
                         "out_of_order", f"{conv_id} holds seq {message.seq} at position {index}"
                     )
                     break
-        self._check_identity(truth)
+                self._check_identity(message, conv, truth)
         self._check_acks(truth)
         self._check_send_order()
 
-    def _check_identity(self, truth: Truth) -> None:
+    def _check_identity(self, message: StoredMessage, conv: ConvTruth, truth: Truth) -> None:
         """G2 and "nobody sends as another": one stored message per cmid and per send."""
-        for (sender, device, cmid), messages in truth.by_key.items():
-            if len(messages) > 1:
-                where = ", ".join(f"{m.conv}#{m.seq}" for m in messages)
-                self.report.add(
-                    "duplicated",
-                    f"cmid {cmid} of {sender}/{device} stored {len(messages)}x: {where}",
-                )
-            for message in messages:
-                if message.kind != "text":
-                    continue
-                conv = truth.convs.get(message.conv)
-                if conv is not None and not conv.can_see(sender, message.seq):
-                    self.report.add(
-                        "authorization_leaks",
-                        f"{message.conv}#{message.seq} was stored from {sender}, not a member "
-                        "then (a refused send must leave no trace)",
-                    )
-                body = self._cmid_body.get((sender, device, cmid))
-                send = self._sends.get(message.body)
-                if body != message.body or send is None or send.user != sender:
-                    self.report.add(
-                        "unexpected",
-                        f"{message.conv}#{message.seq} from {sender}/{device} cmid {cmid} "
-                        f"body {message.body!r} matches no send that device wrote",
-                    )
+        if message.kind != "text" or message.cmid is None:
+            return
+        sender, device, cmid = message.sender, message.device, message.cmid
+        copies = truth.by_key.get((sender, device, cmid), ())
+        if len(copies) > 1:
+            where = ", ".join(f"{m.conv}#{m.seq}" for m in copies)
+            self.report.add(
+                "duplicated", f"cmid {cmid} of {sender}/{device} stored {len(copies)}x: {where}"
+            )
+        if not conv.can_see(sender, message.seq):
+            self.report.add(
+                "authorization_leaks",
+                f"{message.conv}#{message.seq} was stored from {sender}, not a member "
+                "then (a refused send must leave no trace)",
+            )
+        body = self._cmid_body.get((sender, device, cmid))
+        send = self._sends.get(message.body)
+        if body != message.body or send is None or send.user != sender:
+            self.report.add(
+                "unexpected",
+                f"{message.conv}#{message.seq} from {sender}/{device} cmid {cmid} "
+                f"body {message.body!r} matches no send that device wrote",
+            )
         # The workload gives every logical send a unique body: storing one twice is a
         # duplicate even when the two copies carry different cmids (a client resending badly).
-        copies: dict[tuple[str, str, str], list[str]] = defaultdict(list)
-        for conv_id, conv in truth.convs.items():
-            for message in conv.messages:
-                if message.kind == "text":
-                    copy_key = (message.sender, message.device, message.body)
-                    copies[copy_key].append(f"{conv_id}#{message.seq} cmid {message.cmid}")
-        for (sender, device, body), places in copies.items():
-            if len(places) > 1:
-                self.report.add(
-                    "duplicated",
-                    f"send {body!r} of {sender}/{device} stored {len(places)}x: "
-                    + ", ".join(places),
-                )
+        places = self._copies[(sender, device, message.body)]
+        places.append(f"{message.conv}#{message.seq} cmid {cmid}")
+        if len(places) > 1:
+            self.report.add(
+                "duplicated",
+                f"send {message.body!r} of {sender}/{device} stored {len(places)}x: "
+                + ", ".join(places),
+            )
 
     def _check_acks(self, truth: Truth) -> None:
         """G1: an ack names the stored message of its cmid (checked once, when it arrives)."""

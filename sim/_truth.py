@@ -133,29 +133,56 @@ class Truth:
         return truth.messages[seq - 1]
 
 
-def snapshot(store: MemoryStore) -> Truth:
-    """Read ``store``'s state without going through its (fault-injecting) async API."""
-    convs: dict[str, ConvTruth] = {}
-    by_key: dict[tuple[str, str, str], list[StoredMessage]] = {}
-    for conv_id in sorted(store._convs):
-        messages = tuple(store._messages.get(conv_id, ()))
-        conv = store._convs[conv_id]
-        spans, changes = _periods(conv, messages)
-        periods = {u: tuple(p) for u, p in sorted(spans.items())}
-        convs[conv_id] = ConvTruth(
-            conv=conv,
-            messages=messages,
-            periods=periods,
-            changes={u: tuple(c) for u, c in sorted(changes.items())},
-        )
-        for message in messages:
-            if message.cmid is not None:
-                key = (message.sender, message.device, message.cmid)
-                by_key.setdefault(key, []).append(message)
-    return Truth(
-        convs=convs,
-        by_key={k: tuple(v) for k, v in by_key.items()},
-        recv=dict(store._recv),
-        read=dict(store._read),
-        jobs=tuple(job.freeze() for job in store._jobs.values()),
+def _conv_truth(conv: Conversation, messages: tuple[StoredMessage, ...]) -> ConvTruth:
+    spans, changes = _periods(conv, messages)
+    return ConvTruth(
+        conv=conv,
+        messages=messages,
+        periods={u: tuple(p) for u, p in sorted(spans.items())},
+        changes={u: tuple(c) for u, c in sorted(changes.items())},
     )
+
+
+class TruthCache:
+    """Snapshots of one MemoryStore, each reusing what did not change since the previous one.
+
+    The simulator snapshots after every step; most conversations are unchanged then (same
+    conversation value, same number of messages), so their :class:`ConvTruth` is kept, and
+    the cmid index only grows by the new messages. A store's messages are append-only and a
+    conversation is replaced, never mutated, on a membership change, which is what makes the
+    reuse safe.
+    """
+
+    def __init__(self) -> None:
+        self._convs: dict[str, ConvTruth] = {}
+        self._by_key: dict[tuple[str, str, str], tuple[StoredMessage, ...]] = {}
+
+    def snapshot(self, store: MemoryStore) -> Truth:
+        """Read ``store``'s state without going through its async API (no fault, no time)."""
+        convs: dict[str, ConvTruth] = {}
+        for conv_id in sorted(store._convs):
+            log = store._messages.get(conv_id, [])
+            conv = store._convs[conv_id]
+            cached = self._convs.get(conv_id)
+            if cached is not None and cached.conv is conv and cached.last_seq == len(log):
+                convs[conv_id] = cached
+                continue
+            known = cached.last_seq if cached is not None else 0
+            truth = convs[conv_id] = _conv_truth(conv, tuple(log))
+            for message in truth.messages[known:]:
+                if message.cmid is not None:
+                    key = (message.sender, message.device, message.cmid)
+                    self._by_key[key] = (*self._by_key.get(key, ()), message)
+        self._convs = convs
+        return Truth(
+            convs=convs,
+            by_key=self._by_key,
+            recv=dict(store._recv),
+            read=dict(store._read),
+            jobs=tuple(job.freeze() for job in store._jobs.values()),
+        )
+
+
+def snapshot(store: MemoryStore) -> Truth:
+    """A one-off snapshot of ``store`` (see :class:`TruthCache` for repeated ones)."""
+    return TruthCache().snapshot(store)

@@ -41,7 +41,7 @@ from ._mutants import node_mutants
 from ._network import Arm, Link
 from ._store import EarlyHistoryStore, FaultyStore, ForgetfulStore, StoreFaults
 from ._trace import Trace
-from ._truth import Truth, snapshot
+from ._truth import Truth, TruthCache
 from ._workload import Workload
 
 #: Frames a broken or hostile client might write; each must get an error or nack (G9).
@@ -146,6 +146,7 @@ class World:
         self._nursery: trio.Nursery | None = None
         self.failed_at_step: int | None = None
         self.steps_done = 0
+        self._truths = TruthCache()
         #: chaos step -> devices that come online for the first time then
         self._late: dict[int, list[SimDevice]] = {}
 
@@ -317,7 +318,7 @@ class World:
         return link
 
     def _truth(self) -> Truth:
-        return snapshot(self.store)
+        return self._truths.snapshot(self.store)
 
     def _check(self) -> bool:
         self._note_store_faults()
