@@ -23,6 +23,8 @@ RECEIPTS_FROM_DEPARTED: Final = "receipts_from_departed"
 TYPING_TO_REMOVED: Final = "typing_to_removed"
 TYPING_FROM_DEPARTED: Final = "typing_from_departed"
 HISTORY_FOR_DEPARTED: Final = "history_for_departed"
+NO_OFFLINE_NOTIFICATION: Final = "no_offline_notification"
+PUSH_OUT_OF_ORDER: Final = "push_out_of_order"
 MUTANTS: Final = frozenset(
     {
         ACK_BEFORE_WRITE,
@@ -34,6 +36,8 @@ MUTANTS: Final = frozenset(
         TYPING_TO_REMOVED,
         TYPING_FROM_DEPARTED,
         HISTORY_FOR_DEPARTED,
+        NO_OFFLINE_NOTIFICATION,
+        PUSH_OUT_OF_ORDER,
     }
 )
 

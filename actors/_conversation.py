@@ -43,6 +43,8 @@ from protocol import Ack, Error, ErrorCode, Nack, TypingNotice, empty_result
 from ._config import (
     ACK_BEFORE_WRITE,
     DELIVER_TO_REMOVED,
+    NO_OFFLINE_NOTIFICATION,
+    PUSH_OUT_OF_ORDER,
     RECEIPTS_FROM_DEPARTED,
     RECEIPTS_TO_REMOVED,
     SEQ_REUSE_AFTER_RESTART,
@@ -243,6 +245,8 @@ class ConversationActor:
         # G8: members with no connected device are owed a notification job; the Store writes
         # it with the messages (one durable write), so a crash between the two cannot lose it.
         notify = [u for u in sorted(self.conversation.members) if not ctx.router.devices(u)]
+        if ctx.mutant(NO_OFFLINE_NOTIFICATION):
+            notify = []
         try:
             with ctx.timed("append"):
                 results = await ctx.store.append(self.conv, drafts, notify=notify)
@@ -383,7 +387,7 @@ class ConversationActor:
                 by_seq.setdefault(m.seq, m)
         self.last_seq = max(self.last_seq, top)
         offline: dict[str, int] = {}
-        for seq in sorted(by_seq):
+        for seq in sorted(by_seq, reverse=self._ctx.mutant(PUSH_OUT_OF_ORDER)):
             self._fan_out(by_seq[seq], origins.get(seq), offline)
         self._published = top
         await self._notify_offline(offline)

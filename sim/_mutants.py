@@ -76,6 +76,16 @@ MUTANTS: dict[str, Mutant] = {
             "authorization_leaks",
         ),
         _m(
+            "push_out_of_order",
+            "G4: a batch of messages is pushed newest first",
+            "out_of_order",
+        ),
+        _m(
+            "no_offline_notification",
+            "G8: a text message records no notification job for offline members",
+            "notification_misses",
+        ),
+        _m(
             "receipts_to_removed",
             "G7: receipts of a group still reach members it removed",
             "authorization_leaks",
