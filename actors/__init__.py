@@ -20,7 +20,6 @@ from ._notifier import LogSink as LogSink
 from ._notifier import Notifier as Notifier
 from ._notifier import Sink as Sink
 from ._notifier import WebhookSink as WebhookSink
-from ._router import SLOW_CONSUMER as SLOW_CONSUMER
 from ._router import ConnectionHandle as ConnectionHandle
 from ._router import Router as Router
 from ._serve import serve_main as serve_main

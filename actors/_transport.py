@@ -18,10 +18,9 @@ import wsproto.events
 from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.handshake import H11Handshake
 
-PingObserver = Callable[[], None]
+from protocol import CloseCode
 
-#: Close code reported when the peer vanished without a close frame (RFC 6455).
-ABNORMAL_CLOSURE = 1006
+PingObserver = Callable[[], None]
 
 
 class TransportClosed(Exception):
@@ -146,7 +145,7 @@ class WebSocketTransport:
         except ConnectionClosed as exc:
             raise _closed(exc) from None
         except trio.BrokenResourceError:
-            raise TransportClosed(ABNORMAL_CLOSURE, "connection reset") from None
+            raise TransportClosed(CloseCode.ABNORMAL_CLOSURE, "connection reset") from None
 
     async def close(self, code: int, reason: str) -> None:
         try:
@@ -187,7 +186,9 @@ class _Closes:
 
 
 def _gone(close: tuple[int, str] | None) -> TransportClosed:
-    return TransportClosed(*close) if close else TransportClosed(ABNORMAL_CLOSURE, "peer went away")
+    if close:
+        return TransportClosed(*close)
+    return TransportClosed(CloseCode.ABNORMAL_CLOSURE, "peer went away")
 
 
 @attrs.define(eq=False)
@@ -250,7 +251,7 @@ class MemoryPeer:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise _gone(self._closes.by_server) from None
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
+    async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         if self._closes.by_server is None and self._closes.by_client is None:
             self._closes.by_client = (code, reason)
         await self._outbound.aclose()

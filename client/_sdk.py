@@ -36,6 +36,7 @@ from protocol import (
     Acked,
     ClientSession,
     ClientState,
+    CloseCode,
     ConvRow,
     Convs,
     ErrorCode,
@@ -65,7 +66,9 @@ _log = logging.getLogger("messenger.client")
 
 #: Close codes after which reconnecting cannot help: bad token, a bug of ours, or another
 #: connection of this very device took over (fighting it would loop forever).
-FATAL_CLOSE_CODES: Final = frozenset({4400, 4401, 4409})
+FATAL_CLOSE_CODES: Final = frozenset(
+    {CloseCode.BAD_FRAME, CloseCode.UNAUTHENTICATED, CloseCode.REPLACED}
+)
 
 _CONNECTION_ERRORS: Final = (
     trio_websocket.ConnectionClosed,
