@@ -30,7 +30,6 @@ out to a membership that may be wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -38,7 +37,16 @@ from collections.abc import Callable, Sequence
 import trio
 
 from persistence import Conversation, Draft, StoredMessage, StoreError
-from protocol import Ack, Error, ErrorCode, Nack, TypingNotice, empty_result
+from protocol import (
+    Ack,
+    Error,
+    ErrorCode,
+    MemberEvent,
+    Nack,
+    RemoteProtocolError,
+    TypingNotice,
+    empty_result,
+)
 
 from ._config import (
     ACK_BEFORE_WRITE,
@@ -552,7 +560,7 @@ def _is_change(message: StoredMessage, op: str, by: str, user: str, ts: int) -> 
     if message.kind != "member" or message.sender != by or message.ts != ts:
         return False
     try:
-        body = json.loads(message.body)
-    except ValueError:
+        event = MemberEvent.parse(message.body)
+    except RemoteProtocolError:
         return False
-    return isinstance(body, dict) and body.get("op") == op and user in body.get("users", ())
+    return event.op == op and user in event.users

@@ -11,13 +11,13 @@ watermarks (graceful shutdown).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Sequence
 
 import trio
 
 from persistence import Conversation, StoredMessage, StoreError, Unavailable
+from protocol import MemberEvent, RemoteProtocolError
 
 from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext
@@ -252,7 +252,7 @@ def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[s
     if message.kind != "member" or message.sender != creator or message.ts != ts:
         return False
     try:
-        body = json.loads(message.body)
-    except ValueError:
+        event = MemberEvent.parse(message.body)
+    except RemoteProtocolError:
         return False
-    return isinstance(body, dict) and body.get("op") == "create" and body.get("users") == founders
+    return event.op == "create" and list(event.users) == founders

@@ -6,7 +6,6 @@ apart on what is allowed; they differ only in how state is read and written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 import attrs
@@ -16,6 +15,7 @@ from protocol import (
     MAX_GROUP_MEMBERS,
     MAX_HISTORY_LIMIT,
     MAX_TITLE_LEN,
+    MemberEvent,
     body_size,
     is_valid_id,
 )
@@ -112,8 +112,8 @@ def group_founders(creator: str, members: Iterable[str]) -> list[str]:
 
 
 def member_body(op: MemberOp, by: str, users: Iterable[str]) -> str:
-    """The JSON body of a member event."""
-    return json.dumps({"op": op, "by": by, "users": list(users)}, separators=(",", ":"))
+    """The JSON body of a member event (see :class:`protocol.MemberEvent`)."""
+    return MemberEvent(op=op, by=by, users=tuple(users)).to_body()
 
 
 def new_group(conv_id: str, creator: str, title: str, founders: list[str]) -> Conversation:

@@ -35,6 +35,7 @@ from ._frames import CLIENT_FRAMES as CLIENT_FRAMES
 from ._frames import SERVER_FRAMES as SERVER_FRAMES
 from ._frames import Ack as Ack
 from ._frames import ClientFrame as ClientFrame
+from ._frames import ConvKind as ConvKind
 from ._frames import ConvRow as ConvRow
 from ._frames import Convs as Convs
 from ._frames import Error as Error
@@ -46,11 +47,13 @@ from ._frames import GroupRemove as GroupRemove
 from ._frames import Hello as Hello
 from ._frames import History as History
 from ._frames import MemberMarks as MemberMarks
+from ._frames import MessageKind as MessageKind
 from ._frames import Msg as Msg
 from ._frames import Nack as Nack
 from ._frames import Ping as Ping
 from ._frames import Pong as Pong
 from ._frames import Presence as Presence
+from ._frames import PresenceStatus as PresenceStatus
 from ._frames import PresenceSub as PresenceSub
 from ._frames import PresenceUnsub as PresenceUnsub
 from ._frames import Read as Read
