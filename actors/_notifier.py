@@ -26,13 +26,13 @@ the injected ``wall_clock_ms`` (the simulator derives both from its virtual cloc
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
+import orjson
 import trio
 
 from persistence import NotificationJob, Store, StoreError
@@ -116,7 +116,7 @@ class WebhookSink:
         self._headers = tuple(headers)
 
     async def deliver(self, job: NotificationJob) -> None:
-        body = json.dumps(notification_payload(job), separators=(",", ":")).encode("utf-8")
+        body = orjson.dumps(notification_payload(job))
         response = await request(
             "POST",
             self._target,
