@@ -63,6 +63,7 @@ from ._messages import (
     SendRequest,
     TypingRequest,
 )
+from ._retry import retry_store
 from ._router import ConnectionHandle
 from ._watermarks import MarkWriter, Watermarks
 
@@ -471,28 +472,24 @@ class ConversationActor:
         then stale and tries again after ``RESYNC_RETRY_S``).
         """
         store = self._ctx.store
-        for pause in (*RESYNC_BACKOFF_S, None):
-            try:
-                with self._ctx.timed("load_conversation"):
-                    conversation = await store.get_conversation(self.conv)
-                    last_seq = await store.last_seq(self.conv)
-                    missing = (
-                        await store.range(self.conv, self._published + 1, last_seq)
-                        if last_seq > self._published
-                        else []
-                    )
-            except StoreError as exc:
-                if pause is None:
-                    log.warning("conversation %s is stale: %s", self.conv, exc)
-                    self._resync_at = trio.current_time() + RESYNC_RETRY_S
-                    return None
-                await trio.sleep(pause)
-                continue
-            self._conversation = conversation
-            self._resync_at = math.inf
-            await self._publish(missing, {})
-            return missing
-        raise AssertionError("unreachable")
+
+        async def load() -> tuple[Conversation, list[StoredMessage]]:
+            with self._ctx.timed("load_conversation"):
+                conversation = await store.get_conversation(self.conv)
+                last_seq = await store.last_seq(self.conv)
+                if last_seq <= self._published:
+                    return conversation, []
+                return conversation, await store.range(self.conv, self._published + 1, last_seq)
+
+        try:
+            self._conversation, missing = await retry_store(load, RESYNC_BACKOFF_S)
+        except StoreError as exc:
+            log.warning("conversation %s is stale: %s", self.conv, exc)
+            self._resync_at = trio.current_time() + RESYNC_RETRY_S
+            return None
+        self._resync_at = math.inf
+        await self._publish(missing, {})
+        return missing
 
     # ------------------------------------------------------------------ marks and typing
 

@@ -57,6 +57,7 @@ from protocol import (
     SendFailed,
     StateChanged,
     history_messages,
+    jittered_backoff,
 )
 
 from ._errors import ClientClosed, RequestError, RequestInterrupted, SendRefused
@@ -409,9 +410,9 @@ class Client:
                 await trio.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
-        """Equal jitter: half the exponential delay plus a random part of the other half."""
-        delay: float = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
-        return delay / 2 + self._rng.random() * delay / 2
+        return jittered_backoff(
+            attempt, base_s=self._backoff_base_s, max_s=self._backoff_max_s, rng=self._rng
+        )
 
     async def _connect_once(self) -> bool:
         """One connection from dial to drop; returns whether it got a ``welcome``."""

@@ -6,6 +6,7 @@ of the node that created it. Nothing here does I/O or reads a clock: callers pas
 text in, get frames and text out, and pass the time as an argument.
 """
 
+from ._backoff import jittered_backoff as jittered_backoff
 from ._client import ClientSession as ClientSession
 from ._client_events import Acked as Acked
 from ._client_events import ConvStatus as ConvStatus
