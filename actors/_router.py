@@ -119,9 +119,6 @@ class Router:
             return []
         return [devices[d] for d in sorted(devices)]
 
-    def is_connected(self, user: str) -> bool:
-        return user in self._table
-
     def all(self) -> list[ConnectionHandle]:
         """Every registered connection, by (user, device)."""
         return [h for user in sorted(self._table) for h in self.devices(user)]
