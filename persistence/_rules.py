@@ -15,7 +15,6 @@ from protocol import (
     MAX_GROUP_MEMBERS,
     MAX_HISTORY_LIMIT,
     MAX_TITLE_LEN,
-    MemberEvent,
     body_size,
     is_valid_id,
 )
@@ -109,11 +108,6 @@ def group_founders(creator: str, members: Iterable[str]) -> list[str]:
             f"group is full: at most {MAX_GROUP_MEMBERS} members, {len(founders)} given"
         )
     return founders
-
-
-def member_body(op: MemberOp, by: str, users: Iterable[str]) -> str:
-    """The JSON body of a member event (see :class:`protocol.MemberEvent`)."""
-    return MemberEvent(op=op, by=by, users=tuple(users)).to_body()
 
 
 def new_group(conv_id: str, creator: str, title: str, founders: list[str]) -> Conversation:
