@@ -3,6 +3,8 @@ typed results as text, JSON and a PNG."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -209,3 +211,23 @@ def test_workers_cannot_go_with_url(capsys: pytest.CaptureFixture[str]) -> None:
                         "--workers", "3"])  # fmt: skip
     assert exited.value.code == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_nothing_but_bench_needs_the_bench_extra() -> None:
+    """`pip install -e .` alone must run a node: no production package imports the extra."""
+    code = """
+import importlib.abc, sys
+class NoExtra(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("psutil", "matplotlib"):
+            raise ImportError(f"{name} is in the [bench] extra")
+sys.meta_path.insert(0, NoExtra())
+import actors, actors._serve, client, persistence, protocol, sim, messenger.__main__
+sys.argv = ["messenger", "serve", "--help"]
+messenger.__main__.main()
+"""
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    assert "--mongo-uri" in run.stdout
