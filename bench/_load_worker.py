@@ -210,7 +210,7 @@ class _LoadWorker:
     #: Set after every event while draining (the drain re-checks whether all is settled).
     progressed: trio.Event = attrs.Factory(trio.Event)
 
-    # ------------------------------------------------------------------ events (DeviceHooks)
+    # ------------------------------------------------------------------ DeviceHooks
 
     def on_event(self, device: Device, event: ClientEvent, now_ns: int) -> None:
         match event:

@@ -39,6 +39,8 @@ class StoreRun:
     seconds: float
     appends: int
     commits: int
+    #: ``append`` calls the commits carried (calls per commit: the group-commit batch).
+    calls: int
     append_latency: Latency
 
     @property
@@ -46,8 +48,8 @@ class StoreRun:
         return self.appends / self.seconds
 
     @property
-    def appends_per_commit(self) -> float:
-        return self.appends / max(self.commits, 1)
+    def calls_per_commit(self) -> float:
+        return self.calls / max(self.commits, 1)
 
     @property
     def ms_per_commit(self) -> float:
@@ -60,7 +62,7 @@ class StoreRun:
         return (
             f"{self.convs:>5} conv(s), batch {self.batch:>3}: "
             f"{self.appends_per_s:8,.0f} durable appends/s ({self.commits / self.seconds:6,.0f} "
-            f"commits/s, {self.ms_per_commit:6.2f} ms/commit, {self.appends_per_commit:6.1f} "
+            f"commits/s, {self.ms_per_commit:6.2f} ms/commit, {self.calls_per_commit:6.1f} "
             f"appends/commit; append latency p50 {p50}, p99 {p99})"
         )
 
@@ -83,7 +85,7 @@ async def _appenders(
     each appending ``batch`` drafts in a loop."""
     latency = LatencyHistogram()
     appended = 0
-    commits_before = store.commits
+    commits_before, calls_before = store.stats.commits, store.stats.calls
     began = time.perf_counter()
     deadline = began + seconds
 
@@ -109,7 +111,7 @@ async def _appenders(
             await trio.sleep(1.0)
             _progress(
                 f"  {len(convs)} conv(s), batch {batch}: {appended:,} appends so far, "
-                f"{store.commits - commits_before:,} commits ..."
+                f"{store.stats.commits - commits_before:,} commits ..."
             )
 
     async with trio.open_nursery() as nursery:
@@ -123,7 +125,8 @@ async def _appenders(
         batch=batch,
         seconds=time.perf_counter() - began,
         appends=appended,
-        commits=store.commits - commits_before,
+        commits=store.stats.commits - commits_before,
+        calls=store.stats.calls - calls_before,
         append_latency=latency.summary(),
     )
 
