@@ -58,8 +58,9 @@ def rate_lines(result: RateResult) -> list[str]:
         lines.append(latency_line("delivery cross node", result.delivery_cross_node))
     lines.append(latency_line("schedule lag", result.schedule_lag))
     lines.append(
-        f"  lost {check.lost_messages:,} messages ({check.lost_deliveries:,} deliveries), "
-        f"unacked {check.unacked:,}, duplicated {check.duplicated:,}, "
+        f"  lost {check.lost_messages:,} messages (acked, {check.lost_deliveries:,} deliveries "
+        f"missing when the drain ended), unacked {check.unacked:,}, "
+        f"duplicated {check.duplicated:,}, "
         f"seq conflicts {check.seq_conflicts:,}, failed {check.failed:,}, "
         f"redundant pushes {check.redundant_pushes:,}, receipts missing "
         f"{check.receipts_missing:,}, reconnects {check.reconnects:,} "
@@ -97,13 +98,13 @@ def sweep_text(sweep: SweepResult) -> str:
         lines.append("")
     lines.append(
         f"{'rate':>12}  {'delivery p50':>12}  {'p99':>10}  {'receipt p99':>12}  "
-        f"{'acked':>12}  {'lost':>5}  {'CPU/msg node+store':>19}"
+        f"{'acked':>12}  {'lost+unacked':>12}  {'CPU/msg node+store':>19}"
     )
     for r in sweep.rates:
         lines.append(
             f"{r.rate:>6,.0f} msg/s  {fmt_ms(r.delivery.p50_ms):>9} ms  "
             f"{fmt_ms(r.delivery.p99_ms):>7} ms  {fmt_ms(r.receipt.p99_ms):>9} ms  "
-            f"{r.acked_per_s:>6,.0f} msg/s  {r.check.lost_messages + r.check.unacked:>5,}  "
+            f"{r.acked_per_s:>6,.0f} msg/s  {r.check.lost_messages + r.check.unacked:>12,}  "
             f"{fmt_us(r.cpu.total_us):>19}"
         )
     lines.append(knee_text(sweep))
