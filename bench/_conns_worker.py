@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import trio
 
-from client import ClientEvent, Reconnecting
+from client import ClientClosed, ClientEvent, Reconnecting
 from protocol import ServerError
 
 from ._device import Device
@@ -134,7 +134,12 @@ class _ConnsWorker:
         async def connect(device: Device) -> None:
             async with limiter:
                 with trio.move_on_after(CONNECT_TIMEOUT_S) as scope:
-                    await nursery.start(device.run, self)
+                    try:
+                        await nursery.start(device.run, self)
+                    except ClientClosed as exc:  # refused for good (4401, 4400, 4409)
+                        self.failed += 1
+                        self.problems[f"refused:{exc.code}"] += 1
+                        return
             if scope.cancelled_caught or device.handshake_s is None:
                 self.failed += 1
                 self.problems["connect:timeout"] += 1

@@ -168,12 +168,7 @@ def own_node(
     made = data_dir is None
     directory = Path(tempfile.mkdtemp(prefix="messenger-bench-")) if made else data_dir
     assert directory is not None
-    command = [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--data-dir", str(directory), "--log-level", log_level]
-    if workers is not None:
-        command += ["--workers", str(workers)]
-    if mongo_uri is not None:
-        command += ["--mongo-uri", mongo_uri]
+    command = serve_command(directory, log_level=log_level, workers=workers, mongo_uri=mongo_uri)
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=None, text=True, start_new_session=True
     )
@@ -184,6 +179,19 @@ def own_node(
         _stop(process)
         if made:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def serve_command(
+    data_dir: Path, *, log_level: str, workers: int | None, mongo_uri: str | None
+) -> list[str]:
+    """The ``messenger serve`` command line of a node started by the benchmark."""
+    command = [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", "0"]
+    command += ["--data-dir", str(data_dir), "--log-level", log_level]
+    if workers is not None:
+        command += ["--workers", str(workers)]
+    if mongo_uri is not None:
+        command += ["--mongo-uri", mongo_uri]
+    return command
 
 
 def _wait_listening(process: subprocess.Popen[str]) -> str:

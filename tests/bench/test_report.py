@@ -21,6 +21,7 @@ from bench import (
     knee,
 )
 from bench._load import conversations, place
+from bench._node import serve_command
 from bench._procs import source_address, split
 from bench._report import plot_sweep, sweep_text, to_json
 from messenger.__main__ import main as messenger_main
@@ -231,3 +232,14 @@ messenger.__main__.main()
     )
     assert run.returncode == 0, run.stderr
     assert "--mongo-uri" in run.stdout
+
+
+def test_own_node_passes_workers_and_store_on_to_serve(tmp_path: Path) -> None:
+    command = serve_command(tmp_path, log_level="warning", workers=3, mongo_uri=None)
+    assert command[1:4] == ["-m", "messenger", "serve"]
+    assert command[command.index("--workers") + 1] == "3"
+    assert command[command.index("--port") + 1] == "0"
+    assert "--mongo-uri" not in command
+    single = serve_command(tmp_path, log_level="info", workers=None, mongo_uri="mongodb://x")
+    assert "--workers" not in single
+    assert single[single.index("--mongo-uri") + 1] == "mongodb://x"
