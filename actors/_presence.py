@@ -75,8 +75,10 @@ class PresenceRegistry:
             wake = min(self._grace_until.values(), default=math.inf)
             if self._deferred:
                 wake = min(wake, self._undecided_until)
-            with trio.move_on_at(wake):
+            request: PresenceRequest | None = None
+            with trio.move_on_at(wake):  # only the wait: a timer never cuts a request short
                 request = await self._inbox.receive()
+            if request is not None:
                 await self._handle(request)
             now = trio.current_time()
             self._expire_grace(now)

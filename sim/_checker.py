@@ -297,12 +297,8 @@ class Checker:
                 self._on_display(event)
             case HistorySeen():
                 self._pending_content.append(event)
-            case ReceiptSeen():
-                self._pending_receipts.append(event)
-                self._pending_receipt_told.append(self._told(event.user, event.device, event.conv))
-            case TypingSeen():
-                told = self._told(event.user, event.device, event.conv)
-                self._pending_typing.append((event, told))
+            case ReceiptSeen() | TypingSeen():
+                self._on_notice(event)
             case PresenceSeen():
                 self._pending_presence.append(event)
             case SessionOpened(user=user, device=device, session=session, at=at):
@@ -329,6 +325,15 @@ class Checker:
             self.report.add(
                 "uncontained", f"{event.user}/{event.device} got error internal: {event.message}"
             )
+
+    def _on_notice(self, event: ReceiptSeen | TypingSeen) -> None:
+        """Queue a receipt or typing notice, with the departure its device knew of then."""
+        told = self._told(event.user, event.device, event.conv)
+        if isinstance(event, ReceiptSeen):
+            self._pending_receipts.append(event)
+            self._pending_receipt_told.append(told)
+        else:
+            self._pending_typing.append((event, told))
 
     def _on_display(self, event: Displayed) -> None:
         dev = (event.user, event.device)

@@ -9,13 +9,13 @@ including users removed and re-added, for whom the final membership alone would 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import attrs
 
 from persistence import Conversation, NotificationJob, StoredMessage
 from persistence._memory import MemoryStore
+from protocol import MemberEvent
 
 
 @attrs.frozen(kw_only=True)
@@ -85,11 +85,11 @@ def member_change(message: StoredMessage) -> tuple[bool, list[str]] | None:
 
 def parse_member_body(body: str) -> tuple[bool, list[str]]:
     """``(joined, users)`` of a member event's body (PROTOCOL: ``{"op", "by", "users"}``)."""
-    event = json.loads(body)
-    op, by, users = event["op"], event["by"], list(event["users"])
-    if op == "leave" and not users:
-        users = [by]
-    return op in ("create", "add"), users
+    event = MemberEvent.parse(body)
+    users = list(event.users)
+    if event.op == "leave" and not users:
+        users = [event.by]
+    return event.op in ("create", "add"), users
 
 
 def _periods(
