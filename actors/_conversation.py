@@ -71,7 +71,7 @@ from ._messages import (
 )
 from ._retry import retry_store
 from ._router import ConnectionHandle
-from ._watermarks import MarkWriter, Watermarks
+from ._watermarks import MarkWriter, ReceiptOut, Watermarks
 
 log = logging.getLogger("actors.conversation")
 
@@ -119,6 +119,10 @@ class ConversationActor:
         # Receipt batches handed to the mark writer and not sent yet: the actor does not
         # retire before they are, so they go out under its (current) membership.
         self._receipts_owed = 0
+        # Receipts of written marks waiting for a membership change in flight (see
+        # _send_receipts), and whether one is.
+        self._held_receipts: list[ReceiptOut] = []
+        self._changing = False
 
     @property
     def conversation(self) -> Conversation:
@@ -185,7 +189,12 @@ class ConversationActor:
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
             return batch
-        if self._marks.dirty or self._resync_at < math.inf or self._receipts_owed:
+        if (
+            self._marks.dirty
+            or self._resync_at < math.inf
+            or self._receipts_owed
+            or self._held_receipts
+        ):
             return []  # a flush, a resync or receipts are due (a stale actor never retires)
         # Idle with an empty mailbox: nothing can slip in between this check and the close,
         # because retiring is synchronous.
@@ -471,6 +480,14 @@ class ConversationActor:
     # ------------------------------------------------------------------ membership
 
     async def _member_change(self, request: MemberRequest) -> None:
+        self._changing = True
+        try:
+            await self._change_members(request)
+        finally:
+            self._changing = False
+        self._send_receipts()
+
+    async def _change_members(self, request: MemberRequest) -> None:
         store, ts = self._ctx.store, self._ctx.wall_ms()
         actor = request.origin.user
         target = actor if request.op == "leave" else request.user
@@ -534,6 +551,7 @@ class ConversationActor:
             if m.cmid is not None and (m.sender, m.device, m.cmid) in by_key
         }
         await self._publish(missing, origins)
+        self._send_receipts()
         return missing
 
     # ------------------------------------------------------------------ marks and typing
@@ -568,29 +586,38 @@ class ConversationActor:
             return
         recv, read = self._marks.pending()
         outs = self._marks.written()
-        router = self._ctx.router
         self._receipts_owed += 1
 
-        def send_receipts() -> None:
-            # G7: under the membership of when the marks are written (this actor stays up
-            # until then, so its snapshot is current): receipts stop with the event that
-            # removed a member, both to them and about them (their later marks are clamped
-            # and stored, but tell nobody anything).
+        def written() -> None:
             self._receipts_owed -= 1
-            members = sorted(self.conversation.members)
-            recipients = members
-            if self._ctx.mutant(RECEIPTS_TO_REMOVED):
-                recipients = sorted({*members, *self.conversation.departed})
-            for out in outs:
-                if out.receipt.user not in members and not self._ctx.mutant(RECEIPTS_FROM_DEPARTED):
-                    continue
-                for member in recipients:
-                    for handle in router.devices(member):
-                        if member == out.receipt.user and handle.device in out.sources:
-                            continue
-                        handle.push(out.receipt)
+            self._held_receipts.extend(outs)
+            self._send_receipts()
 
-        self._mark_writer.submit(recv, read, send_receipts)
+        self._mark_writer.submit(recv, read, written)
+
+    def _send_receipts(self) -> None:
+        """Send the receipts of written marks, unless a membership change is in flight or
+        unsure (the Store may hold a removal this actor has not applied yet): they wait for
+        it. G7: under the current membership (the actor stays up while receipts are owed),
+        so receipts stop with the event that removed a member, both to them and about them
+        (a departed member's later marks are clamped and stored, but tell nobody anything).
+        """
+        if self._changing or self._resync_at < math.inf or not self._held_receipts:
+            return
+        outs, self._held_receipts = self._held_receipts, []
+        router = self._ctx.router
+        members = sorted(self.conversation.members)
+        recipients = members
+        if self._ctx.mutant(RECEIPTS_TO_REMOVED):
+            recipients = sorted({*members, *self.conversation.departed})
+        for out in outs:
+            if out.receipt.user not in members and not self._ctx.mutant(RECEIPTS_FROM_DEPARTED):
+                continue
+            for member in recipients:
+                for handle in router.devices(member):
+                    if member == out.receipt.user and handle.device in out.sources:
+                        continue
+                    handle.push(out.receipt)
 
     def _typing(self, request: TypingRequest) -> None:
         user = request.origin.user
