@@ -547,8 +547,10 @@ class Checker:
         conv = truth.convs.get(event.conv)
         who = f"{event.user}/{event.device}"
         if conv is not None:
+            # Told of the departure before asking, and not re-added by the answer (the node
+            # may read the request long after it was asked, behind a slow link).
             told = self._told(event.user, event.device, event.conv, before=event.asked_at)
-            if self._departed(conv, event.user, told, event.asked_at):
+            if self._departed(conv, event.user, told, event.at):
                 self.report.add(
                     "authorization_leaks",
                     f"{who} got history of {event.conv} (asked at {event.asked_at:.3f}) after "
@@ -632,7 +634,7 @@ class Checker:
                 continue
             frames = self._mark_frames.get((subject, receipt.conv, kind), ())
             member_max = max(
-                (s for s, at, t in frames if not self._departed(conv, subject, t, at)),
+                (s for s, _at, t in frames if not self._departed(conv, subject, t, receipt.at)),
                 default=0,
             )
             any_max = max((s for s, _at, _t in frames), default=0)
@@ -700,7 +702,10 @@ class Checker:
                 for at, t in self._typing_frames.get((notice.of_user, notice.conv), ())
                 if since - 2.0 < at <= notice.at
             ]
-            if frames and all(self._departed(conv, notice.of_user, t, at) for at, t in frames):
+            # (a re-add stored before the notice arrived may have been applied before the frame)
+            if frames and all(
+                self._departed(conv, notice.of_user, t, notice.at) for _, t in frames
+            ):
                 self.report.add(
                     "authorization_leaks",
                     f"{who} got typing of {notice.of_user} in {notice.conv} at "
