@@ -496,9 +496,15 @@ class World:
         if not ghosts:
             return
         device, conv_id = rng.choice(ghosts)
-        last = truth.convs[conv_id].last_seq
+        conv = truth.convs[conv_id]
+        last = conv.last_seq
+        # A recv/read past the removal, but never one claiming messages the device lacks:
+        # the node rightly pushes nothing below a device's recv (G4), so such a lie would
+        # only hide messages from the liveness check.
+        holds = device.client.session.conversation(conv_id).watermark
+        truthful = (holds or 0) >= (conv.departed_at(device.user) or 0)
         roll = rng.random()
-        if roll < 0.25:
+        if roll < 0.25 or (roll < 0.5 and not truthful):
             device.typing(conv_id)
         elif roll < 0.5:
             kind = rng.choice(("recv", "read"))
