@@ -85,7 +85,7 @@ class MongoStore(Store):
         self._chunks = ChunkLog(self._db, light)
         self._commit = GroupCommit(self._db, self._chunks, self._runner, self._rng)
         self._membership = Membership(self._db, self._chunks, self._runner)
-        self._marks = Marks(self._db, light, self._chunks)
+        self._marks = Marks(self._db, self._chunks, self._runner)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
         self._directs: BoundedCache[str, Conversation] = BoundedCache(DIRECTS_MAX)
@@ -257,15 +257,15 @@ class MongoStore(Store):
     # -- watermarks ----------------------------------------------------------------------
 
     async def merge_recv(self, marks: Sequence[RecvMark]) -> None:
-        if marks:
-            await self._runner.call(
-                self._marks.merge_recv, list(marks), limiter=self._marks_limiter
-            )
+        await self.merge_marks(marks, ())
 
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
-        if marks:
+        await self.merge_marks((), marks)
+
+    async def merge_marks(self, recv: Sequence[RecvMark], read: Sequence[ReadMark]) -> None:
+        if recv or read:
             await self._runner.call(
-                self._marks.merge_read, list(marks), limiter=self._marks_limiter
+                self._marks.merge, list(recv), list(read), limiter=self._marks_limiter
             )
 
     async def marks(self, conv: str) -> dict[str, MemberMarks]:
