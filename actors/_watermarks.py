@@ -175,14 +175,27 @@ class MarkWriter:
         self._work.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write until cancelled."""
-        task_status.started()
+        """Write until cancelled (and fold the Store's marks, if it asks for that)."""
+        async with trio.open_nursery() as nursery:
+            if self._store.FOLD_MARKS_EVERY_S is not None:
+                nursery.start_soon(self._fold, self._store.FOLD_MARKS_EVERY_S)
+            task_status.started()
+            while True:
+                await self._work.wait()
+                self._work = trio.Event()
+                if not await self._write_once():
+                    await trio.sleep(self._retry_s)
+                    self._work.set()
+
+    async def _fold(self, every_s: float) -> None:
+        """The Store's housekeeping of marks, off the receipts' path (a task of its own)."""
         while True:
-            await self._work.wait()
-            self._work = trio.Event()
-            if not await self._write_once():
-                await trio.sleep(self._retry_s)
-                self._work.set()
+            await trio.sleep(every_s)
+            try:
+                with self._timed("fold_marks"):
+                    await self._store.fold_marks()
+            except StoreError as exc:
+                log.warning("could not fold watermarks (will retry): %s", exc)
 
     async def drain(self) -> None:
         """Return once everything submitted so far is written (the caller bounds the wait)."""

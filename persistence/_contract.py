@@ -189,6 +189,14 @@ class Store(abc.ABC):
         if read:
             await self.merge_read(read)
 
+    #: How often the node should call :meth:`fold_marks` (``None``: never needed).
+    FOLD_MARKS_EVERY_S: float | None = None
+
+    async def fold_marks(self) -> None:
+        """Housekeeping of watermarks: a store that logs marks batches (MongoStore) folds
+        them into their compact form. Changes nothing any read returns. Default: nothing."""
+        return
+
     @abc.abstractmethod
     async def marks(self, conv: str) -> dict[str, MemberMarks]:
         """Watermarks of every current and former member of ``conv``, by user.

@@ -1,30 +1,38 @@
-"""Watermarks and the hello backlog of MongoStore: the ``marks`` collection.
+"""Watermarks and the hello backlog of MongoStore: the ``marklog`` and ``marks`` collections.
 
-One document per conversation holds every watermark of it (see :mod:`._schema`): the
-``recv`` mark of each device and the ``read`` mark of each user. A batch of marks is one
-``$max`` update per conversation, all of them in ONE durable transaction (journaled: a
-receipt sent after it never announces a mark a crash could take back, G5), and a 1:1
-message's two marks (the recipient's ``recv`` and the sender's ack-driven rise) land in one
-document. The hello backlog (:meth:`Marks.unsynced_many`) and the ``convs`` listing read
-the documents of the user's conversations with one ``$in`` query.
+A batch of marks (:meth:`Marks.merge`, one per window of the node's mark writer) is ONE
+durable insert into ``marklog``: a single document listing every mark of the batch,
+journaled before it returns, so a receipt sent after it never announces a mark a crash
+could take back (G5). One insert per batch instead of one update per conversation: on
+SecantusDB an update costs ~0.5 ms of store CPU, a listed mark ~40 us. Every few seconds
+(:meth:`Marks.fold`, :data:`FOLD_EVERY_S`) the store folds what it logged into the
+per-conversation ``marks`` documents (one ``$max`` update per conversation touched since,
+however many batches touched it) and deletes those log documents, in one transaction; log
+documents left by a store that died are folded by any other once they are
+:data:`STALE_LOG_MS` old.
+
+Readers see both: they read the log first, then the ``marks`` documents, and max-merge
+(a fold that commits in between moves marks from the log into documents read afterwards,
+so nothing is missed). The hello backlog (:meth:`Marks.unsynced_many`) and the ``convs``
+listing read the documents of the user's conversations with one ``$in`` query.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable
 
 from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from .._errors import Unavailable
 from .._rules import clamp_mark, unread_count
 from .._types import Conversation, ConvRow, MemberMarks, ReadMark, RecvMark, StoredMessage
 from ._chunks import ChunkLog
 from ._runner import Runner
 from ._schema import (
-    DUPLICATE_KEY,
     PROBES_PER_QUERY,
     Doc,
     decode_conv,
@@ -33,12 +41,22 @@ from ._schema import (
     recv_owner,
 )
 
-#: Conversation updates per bulk-write command of one marks transaction (see Marks.merge).
+#: Conversation updates per bulk-write command of one fold (one commit for all of them).
 MARKS_PER_COMMAND = 50
-#: Tries of one marks transaction that lost an upsert race (two first writers of a document).
-UPSERT_RACES = 3
+#: How often the node asks the store to fold its marks log (Store.FOLD_MARKS_EVERY_S).
+FOLD_EVERY_S = 2.0
+#: Log documents this old belong to a store that stopped folding (it died): any store folds them.
+STALE_LOG_MS = 60_000
 
 Backlog = list[tuple[Conversation, list[StoredMessage]]]
+#: conversation -> "recv.<field>" / "read.<field>" -> seq
+Pending = dict[str, dict[str, int]]
+
+
+def _max_into(target: Pending, conv: str, path: str, seq: int) -> None:
+    fields = target.setdefault(conv, {})
+    if seq > fields.get(path, 0):
+        fields[path] = seq
 
 
 class Marks:
@@ -48,48 +66,68 @@ class Marks:
         self._db = db
         self._chunks = chunks
         self._runner = runner
+        # What this store logged and has not folded yet, and the log documents holding it.
+        # Worker threads share them (a merge may run while a fold does), hence the lock.
+        self._lock = threading.Lock()
+        self._unfolded: Pending = {}
+        self._logged: list[str] = []
 
     # -- writes ----------------------------------------------------------------------------
 
     def merge(self, recv: list[RecvMark], read: list[ReadMark]) -> None:
-        """Max-merge ``recv`` and ``read`` marks, each clamped to what its user may see, in
-        one durable transaction."""
+        """Max-merge ``recv`` and ``read`` marks, each clamped to what its user may see: one
+        durable insert of a log document."""
         clamp = self._clamper([(m.conv, m.seq) for m in recv] + [(m.conv, m.seq) for m in read])
-        updates: dict[str, dict[str, int]] = {}
-
-        def add(conv: str, path: str, seq: int | None) -> None:
-            if seq is not None:
-                fields = updates.setdefault(conv, {})
-                fields[path] = max(seq, fields.get(path, 0))
-
+        batch: Pending = {}
         for r in recv:
-            add(r.conv, f"recv.{recv_field(r.user, r.device)}", clamp(r.conv, r.user, r.seq))
+            if (seq := clamp(r.conv, r.user, r.seq)) is not None:
+                _max_into(batch, r.conv, f"recv.{recv_field(r.user, r.device)}", seq)
         for m in read:
-            add(m.conv, f"read.{read_field(m.user)}", clamp(m.conv, m.user, m.seq))
-        if not updates:
+            if (seq := clamp(m.conv, m.user, m.seq)) is not None:
+                _max_into(batch, m.conv, f"read.{read_field(m.user)}", seq)
+        if not batch:
             return
-        ops = [
-            UpdateOne({"_id": conv}, {"$max": updates[conv]}, upsert=True)
-            for conv in sorted(updates)
-        ]
+        doc_id = uuid.uuid4().hex
+        entries = [[c, path, seq] for c in sorted(batch) for path, seq in sorted(batch[c].items())]
+        # A retry after an ambiguous failure may log the batch twice: harmless (max-merge).
+        self._db.marklog.insert_one({"_id": doc_id, "ts": int(time.time() * 1000), "m": entries})
+        with self._lock:
+            for c, fields in batch.items():
+                for path, seq in fields.items():
+                    _max_into(self._unfolded, c, path, seq)
+            self._logged.append(doc_id)
 
-        def body(s: ClientSession) -> None:
-            # In slices: a bulk write of hundreds of updates would hold up every command
-            # queued behind it on SecantusDB (one command at a time); one commit for all.
-            for k in range(0, len(ops), MARKS_PER_COMMAND):
-                self._db.marks.bulk_write(ops[k : k + MARKS_PER_COMMAND], ordered=False, session=s)
+    def fold(self) -> int:
+        """Fold the marks this store logged (and stale log documents of stores that died)
+        into the ``marks`` documents, in one transaction; returns the log documents folded."""
+        with self._lock:
+            unfolded, self._unfolded = self._unfolded, {}
+            logged, self._logged = self._logged, []
+        try:
+            cutoff = int(time.time() * 1000) - STALE_LOG_MS
+            ids = list(logged)
+            for doc in self._db.marklog.find({"ts": {"$lt": cutoff}}):
+                ids.append(doc["_id"])
+                for c, path, seq in doc["m"]:
+                    _max_into(unfolded, c, path, int(seq))
+            if ids:
+                self._runner.transaction(lambda s: self._write_fold(unfolded, ids, s))
+        except BaseException:
+            with self._lock:  # folded next time (the log still holds all of it)
+                for c, fields in unfolded.items():
+                    for path, seq in fields.items():
+                        _max_into(self._unfolded, c, path, seq)
+                self._logged[:0] = logged
+            raise
+        return len(ids)
 
-        for _ in range(UPSERT_RACES):
-            try:
-                self._runner.transaction(body)
-                return
-            except DuplicateKeyError:
-                continue  # another writer created a document first: it exists now
-            except BulkWriteError as exc:
-                errors = exc.details.get("writeErrors", [])
-                if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
-                    raise
-        raise Unavailable("watermarks: too many concurrent first writers; retry")
+    def _write_fold(self, unfolded: Pending, ids: list[str], s: ClientSession) -> None:
+        ops = [UpdateOne({"_id": c}, {"$max": unfolded[c]}, upsert=True) for c in sorted(unfolded)]
+        # In slices: one command at a time on SecantusDB; one commit for all of them.
+        for k in range(0, len(ops), MARKS_PER_COMMAND):
+            self._db.marks.bulk_write(ops[k : k + MARKS_PER_COMMAND], ordered=False, session=s)
+        for k in range(0, len(ids), PROBES_PER_QUERY):
+            self._db.marklog.delete_many({"_id": {"$in": ids[k : k + PROBES_PER_QUERY]}}, session=s)
 
     def _clamper(self, marks: Iterable[tuple[str, int]]) -> Callable[[str, str, int], int | None]:
         highest: dict[str, int] = {}
@@ -114,13 +152,28 @@ class Marks:
     # -- reads -----------------------------------------------------------------------------
 
     def _docs(self, convs: Iterable[str]) -> dict[str, Doc]:
-        """The ``marks`` documents of ``convs`` (absent: no mark yet), a few ``$in`` reads."""
+        """The watermarks of ``convs`` as ``{"recv": {...}, "read": {...}}`` (absent: none
+        yet): the log first, then the ``marks`` documents (a few ``$in`` reads)."""
         wanted = sorted(set(convs))
-        return {
+        logged: Pending = {}
+        if wanted:
+            want = set(wanted)
+            for doc in self._db.marklog.find({}, projection={"m": 1}):
+                for c, path, seq in doc["m"]:
+                    if c in want:
+                        _max_into(logged, c, path, int(seq))
+        docs: dict[str, Doc] = {
             d["_id"]: d
             for k in range(0, len(wanted), PROBES_PER_QUERY)
             for d in self._db.marks.find({"_id": {"$in": wanted[k : k + PROBES_PER_QUERY]}})
         }
+        for c, fields in logged.items():
+            doc = docs.setdefault(c, {"_id": c})
+            for path, seq in fields.items():
+                kind, _, field = path.partition(".")
+                marks = doc.setdefault(kind, {})
+                marks[field] = max(int(marks.get(field, 0)), seq)
+        return docs
 
     @staticmethod
     def _member_marks(conv: Conversation, doc: Doc | None) -> dict[str, MemberMarks]:
@@ -137,12 +190,11 @@ class Marks:
         return {u: MemberMarks(user=u, delivered=delivered[u], read=read[u]) for u in users}
 
     def marks(self, conv: Conversation) -> dict[str, MemberMarks]:
-        return self._member_marks(conv, self._db.marks.find_one({"_id": conv.id}))
+        return self._member_marks(conv, self._docs([conv.id]).get(conv.id))
 
     def device_recv(self, user: str, device: str, conv: str) -> int:
-        field = recv_field(user, device)
-        doc = self._db.marks.find_one({"_id": conv}, projection={f"recv.{field}": 1})
-        return 0 if doc is None else int(doc.get("recv", {}).get(field, 0))
+        doc = self._docs([conv]).get(conv, {})
+        return int(doc.get("recv", {}).get(recv_field(user, device), 0))
 
     def conversations(self, user: str, device: str) -> list[ConvRow]:
         """The ``convs`` listing of ``user`` as ``device`` sees it."""

@@ -22,6 +22,9 @@ from ._commit import MAX_ROUNDS
 from ._runner import Runner, is_write_conflict
 from ._schema import Doc, chunk_doc, decode_conv, load_conv, membership_fields, new_message_id
 
+#: Tries of the upsert that creates a direct conversation when concurrent ones collide.
+UPSERT_RACES = 5
+
 
 class _Contended(Exception):
     """Another writer changed the conversation under us; re-read and try again."""
@@ -47,18 +50,21 @@ class Membership:
             return decode_conv(found)
         conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
         fields = {"kind": "direct", "v": 0, **membership_fields(conv)}
-        try:
-            doc = self._db.convs.find_one_and_update(
-                {"_id": conv_id},
-                {"$setOnInsert": fields},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:
-            # Two first messages raced to create it; the other one won, which is the point.
-            doc = self._db.convs.find_one({"_id": conv_id})
-        assert doc is not None
-        return decode_conv(doc)
+        for _ in range(UPSERT_RACES):
+            try:
+                doc = self._db.convs.find_one_and_update(
+                    {"_id": conv_id},
+                    {"$setOnInsert": fields},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                # Two first messages raced to create it and the other one won, which is the
+                # point; its document may not be visible yet, so upsert again (it matches).
+                continue
+            assert doc is not None, "an upsert returning the document after always finds one"
+            return decode_conv(doc)
+        raise Unavailable(f"conversation {conv_id!r}: too many concurrent creations; retry")
 
     def create_group(
         self, conv: Conversation, event: StoredMessage

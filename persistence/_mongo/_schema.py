@@ -23,13 +23,20 @@ Collections (all in one database):
   version ``v`` (optimistic concurrency of membership changes), ``last_op``/``last_op_seq``
   (the last membership change, so a retried change finds itself) and ``end_hint`` (a chunk
   end at most the real end, where a cold "last seq" read starts).
+* ``marklog``: the durable log of watermark batches, one document per batch:
+  ``_id`` random, ``ts`` (wall ms of the write), ``m`` a list of ``[conv, path, seq]`` where
+  ``path`` is ``recv.<recv_field(user, device)>`` or ``read.<read_field(user)>``. Written
+  journaled (a receipt follows it), folded into ``marks`` and deleted every few seconds by
+  the store that wrote it (or, after :data:`._marks.STALE_LOG_MS`, by any store). Small by
+  construction; readers read all of it. No secondary index.
 * ``marks``: one document per conversation, ``_id`` the conversation id, holding every
-  watermark of it: ``recv`` maps ``recv_field(user, device)`` to that device's recv mark and
-  ``read`` maps ``read_field(user)`` to that user's read mark (both max-merged with
-  ``$max``, so they never move backwards). No secondary index: every read knows its
-  conversations. Schema change (2026-12-02): this replaces the per-mark collections
-  ``recv`` (``user|device|conv``) and ``read`` (``user|conv``) of earlier versions, which
-  are no longer read (their marks are lost on upgrade: at worst a redundant push).
+  folded watermark of it: ``recv`` maps ``recv_field(user, device)`` to that device's recv
+  mark and ``read`` maps ``read_field(user)`` to that user's read mark (``$max``-merged, so
+  they never move backwards). A watermark is the max of its ``marks`` entry and every
+  ``marklog`` entry for it. No secondary index: every read knows its conversations.
+  Schema change (2026-12-02): ``marklog`` + ``marks`` replace the per-mark collections
+  ``recv`` (``user|device|conv``) and ``read`` (``user|conv``) of earlier versions, which are
+  no longer read (their marks are lost on upgrade: at worst a redundant push).
 * ``devices``: ``_id = device_id(user, device)``, ``u``/``d``, ``ts`` of the latest connect
   registered. Index ``u``.
 * ``users``: ``_id`` the user id, ``last_seen`` (max-merged).
@@ -40,7 +47,7 @@ Collections (all in one database):
 
 Write concerns: everything an acknowledgement or a receipt depends on is ``majority`` +
 ``j: true`` (:data:`DURABLE`): messages, keys, membership, jobs and watermarks (one
-transaction per batch of marks); presence facts, the device registry and hints use ``w: 1``
+``marklog`` insert per batch of marks); presence facts, the device registry and hints use ``w: 1``
 (:data:`LIGHT`).
 """
 

@@ -48,7 +48,7 @@ from ._chunks import ChunkLog
 from ._coalescer import Coalescer
 from ._commit import MERGE_MAX_DRAFTS, CommitStats, GroupCommit, Outcome, Request
 from ._devices import Devices
-from ._marks import Backlog, Marks
+from ._marks import FOLD_EVERY_S, Backlog, Marks
 from ._membership import Membership
 from ._outbox import Outbox
 from ._runner import Runner
@@ -267,6 +267,11 @@ class MongoStore(Store):
             await self._runner.call(
                 self._marks.merge, list(recv), list(read), limiter=self._marks_limiter
             )
+
+    FOLD_MARKS_EVERY_S = FOLD_EVERY_S
+
+    async def fold_marks(self) -> None:
+        await self._runner.call(self._marks.fold, limiter=self._marks_limiter)
 
     async def marks(self, conv: str) -> dict[str, MemberMarks]:
         return await self._runner.call(lambda: self._marks.marks(load_conv(self._db, conv)[0]))

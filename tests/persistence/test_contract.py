@@ -247,6 +247,7 @@ async def test_merge_marks_writes_recv_and_read_at_once(store: Store) -> None:
         ],
         [ReadMark(user="b.ob", conv=conv.id, seq=2)],
     )
+    await store.fold_marks()  # housekeeping: no read changes
     await store.merge_marks([RecvMark(user="b.ob", device="ph.one", conv=conv.id, seq=1)], [])
     assert await store.device_recv("b.ob", "ph.one", conv.id) == 3
     assert await store.device_recv("b.ob", "lap", conv.id) == 2
@@ -263,6 +264,8 @@ async def test_merge_marks_writes_recv_and_read_at_once(store: Store) -> None:
     assert (row.delivered, row.read, row.unread) == (3, 2, 2)
     assert [(o.user, o.delivered) for o in row.others] == [("a.lice", 0), ("carol", 4)]
     await store.merge_marks([], [])  # nothing to write
+    await store.fold_marks()
+    assert (await store.marks(conv.id))["b.ob"].delivered == 3
 
 
 async def test_unsynced_and_conversation_rows(store: Store) -> None:
