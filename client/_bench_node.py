@@ -71,6 +71,7 @@ def own_node(*, log_level: str = "warning", keep_data: bool = False) -> Iterator
         str(data_dir),
         "--log-level",
         log_level,
+        "--metrics",
     ]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=None, text=True, start_new_session=True
