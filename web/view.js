@@ -283,6 +283,7 @@ export class ChatPage {
     const conv = this.conv(msg.conv);
     // A convs row counts every message up to its last_seq: only later ones add to unread.
     const isNew = msg.seq > conv.lastSeq;
+    if (!conv.members.length) conv.members = [this.me, msg.from]; // until its convs row comes
     this.addMessage(conv, msg);
     if (!known || msg.kind === "member") this.requestConvs(null);
     if (msg.from !== this.me && msg.kind === "text") {
