@@ -264,6 +264,10 @@ export class ChatPage {
       this.setConnection("connected");
     } else if (event.state === "disconnected" || event.state === "connecting") {
       this.setConnection(this.everConnected ? "reconnecting…" : "connecting…");
+      if (event.state === "disconnected") {
+        this.presence.clear(); // unknown while away; re-subscribed after the next welcome
+        this.renderHeader();
+      }
     }
   }
 
@@ -637,7 +641,8 @@ export class ChatPage {
     $("conv-title").textContent = conv ? conv.name(this.me) : this.open.to;
     const peer = conv ? conv.peer(this.me) : this.open.to;
     const presence = peer ? this.presence.get(peer) : undefined;
-    $("presence").textContent = presence ? lastSeen(presence) : "";
+    $("presence").textContent =
+      conv?.kind === "group" ? conv.members.join(", ") : presence ? lastSeen(presence) : "";
     $("group-tools").hidden = !(conv && conv.kind === "group");
   }
 

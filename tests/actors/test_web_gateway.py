@@ -6,7 +6,9 @@ what a browser would get."""
 
 from __future__ import annotations
 
+import fnmatch
 import random
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from wsclient import SECRET, TEST_CONFIG, Chat, wall_ms
 from actors import Node, NodeConfig, TokenIssuer
 from actors._serve import _parser as serve_parser
 from actors._token_cli import token_main
-from actors._web import normalize_origin
+from actors._web import normalize_origin, web_routes
 from persistence import MongoStore
 
 UPGRADE = (
@@ -190,3 +192,13 @@ def test_token_web_prints_sign_in_links(
     with pytest.raises(SystemExit):
         token_main(["carol", "--web", "--url", "chat.example", "--data-dir", data])
     assert "not an http(s) URL" in capsys.readouterr().err
+
+
+def test_every_web_client_file_is_package_data() -> None:
+    """A wheel carries what the node serves: each file of web/ matches the package data."""
+    root = Path(__file__).resolve().parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["web"]
+    files = [p.name for p in (root / "web").iterdir() if p.is_file() and p.suffix != ".py"]
+    assert files and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files)
+    assert {f"/{name}" for name in files} <= set(web_routes())
