@@ -57,10 +57,14 @@ async def connect(node: Node, user: str, device: str = "d") -> MemoryPeer:
     return peer
 
 
+async def drain(peer: MemoryPeer) -> None:
+    while True:
+        await peer.receive()
+
+
 async def close_code(peer: MemoryPeer) -> int | None:
     with pytest.raises(TransportClosed) as info:
-        while True:
-            await peer.receive()
+        await drain(peer)
     return info.value.code
 
 
