@@ -10,6 +10,7 @@ textbox, the "Connection" status.
 from __future__ import annotations
 
 import http.client
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -275,6 +276,67 @@ def _upgrade_headers(origin: str) -> dict[str, str]:
         "Sec-WebSocket-Version": "13",
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
     }
+
+
+def _group_row(i: int, unread: int = 0) -> dict[str, Any]:
+    return {
+        "conv": f"g:{i}",
+        "kind": "group",
+        "title": f"Group {i}",
+        "members": ["me", "x"],
+        "last_seq": 0,
+        "delivered": 0,
+        "read": 0,
+        "unread": unread,
+        "others": [],
+    }
+
+
+def _fake_node(pages: dict[str | None, dict[str, Any]], seen: list[dict[str, Any]]) -> Any:
+    """A WebSocket handler that plays a node answering ``convs`` from ``pages`` (by cursor)."""
+
+    def handler(ws: Any) -> None:
+        def on_message(text: str | bytes) -> None:
+            frame = json.loads(text)
+            seen.append(frame)
+            if frame["type"] == "hello":
+                welcome = {"user": "me", "device": frame["device"], "session": "s", "node": "f"}
+                ws.send(json.dumps({"type": "welcome", "heartbeat_s": 30, **welcome}))
+                ws.send(json.dumps({"type": "synced"}))
+            elif frame["type"] == "convs":
+                page = pages[frame.get("cursor")]
+                ws.send(json.dumps({"type": "result", "rid": frame["rid"], **page}))
+
+        ws.on_message(on_message)
+
+    return handler
+
+
+@pytest.mark.parametrize("paged", [True, False], ids=["with-cursor", "without-cursor"])
+def test_conversation_list_is_paged_with_the_cursor(browsers: Browsers, paged: bool) -> None:
+    first: dict[str, Any] = {"convs": [_group_row(1, unread=2), _group_row(2)], "more": True}
+    if paged:
+        first["cursor"] = "page-2"
+    pages = {None: first, "page-2": {"convs": [_group_row(3)], "more": False}}
+    seen: list[dict[str, Any]] = []
+    page = browsers.blank()
+    page.route_web_socket("**/v1/ws", _fake_node(pages, seen))
+    page.goto(f"http://127.0.0.1:{browsers.node.port}/#token=fake")
+    items = conversations(page).get_by_role("listitem")
+    expect(items).to_have_count(2)
+    expect(items.first).to_contain_text("Group 1")
+    expect(items.first.locator(".unread")).to_have_text("2")
+    more = page.get_by_role("button", name="More conversations")
+    if paged:
+        more.click()
+        expect(items).to_have_count(3)
+        expect(items.last).to_contain_text("Group 3")
+        expect(more).to_be_hidden()
+    else:  # a node without v1.1's cursor: the first page is all there is
+        expect(more).to_be_hidden()
+    convs = [f for f in seen if f["type"] == "convs"]
+    assert "limit" not in convs[0] and "cursor" not in convs[0]
+    assert [f.get("cursor") for f in convs] == ([None, "page-2"] if paged else [None])
 
 
 def test_node_killed_and_restarted_while_alice_types(
