@@ -15,7 +15,7 @@ from protocol import Ack, Msg, Receipt
 
 
 def send(origin: FakeConnection, cmid: str, body: str = "hi") -> SendRequest:
-    return SendRequest(origin=origin.handle, cmid=cmid, store_cmid=cmid, body=body, rid=None)
+    return SendRequest(origin=origin.handle, cmid=cmid, body=body, rid=None)
 
 
 def acks(connection: FakeConnection) -> list[tuple[str, int]]:
