@@ -5,7 +5,7 @@
 //
 // Keep-alive: a browser cannot send WebSocket pings, so a JSON ping goes out whenever
 // nothing was sent for a third of heartbeat_s. Reconnects back off exponentially with
-// jitter (0.25 s doubling to 8 s) and start over at once when the browser comes online.
+// jitter (0.25 s doubling to 5 s) and start over at once when the browser comes online.
 
 import { ClientSession, RemoteProtocolError } from "./session.js";
 
@@ -13,7 +13,7 @@ import { ClientSession, RemoteProtocolError } from "./session.js";
 export const FATAL_CLOSE_CODES = new Set([4400, 4401, 4409]);
 
 const BACKOFF_BASE_S = 0.25;
-const BACKOFF_MAX_S = 8;
+const BACKOFF_MAX_S = 5;
 
 const nowS = () => performance.now() / 1000;
 

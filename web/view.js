@@ -303,15 +303,13 @@ export class ChatPage {
     }
   }
 
-  onAcked({ cmid, ack }) {
+  onAcked({ cmid, ack, send }) {
     const target = this.sendTargets.get(cmid);
     this.sendTargets.delete(cmid);
     const conv = this.conv(ack.conv);
-    let body = conv.pending.get(cmid);
     conv.pending.delete(cmid);
     if (target && typeof target !== "string") {
       // The first message of a new chat: the conversation exists now; open it.
-      body = target.pending?.get(cmid) ?? body;
       target.pending?.delete(cmid);
       if (this.open === target) {
         // Until the convs row comes: a direct conversation of the two of us.
@@ -331,7 +329,7 @@ export class ChatPage {
       id: ack.id,
       from: this.me,
       cmid,
-      body: body ?? "",
+      body: send.body,
       ts: ack.ts,
       kind: "text",
     };
