@@ -5,7 +5,6 @@ Chromium is the system one (``/usr/bin/chromium``, the Debian package ``chromium
 ``.ci/run`` installs when it is missing); ``playwright install`` is never run. Where no
 Chromium or no Playwright can be had, the browser tests skip and say why.
 
-Screenshots of the main views go to ``test-artifacts/web/`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -19,12 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import attrs
 import pytest
 
 # The node-process helper of the client tests: one way to run `messenger serve` in tests.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "client"))
 from clienthelpers import NodeProcess
+from webhelpers import Browsers
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,7 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "web"
 #: Every expect() waits at most this long (ms): a node restart included, on a busy box.
 EXPECT_TIMEOUT_MS = 30_000
 
@@ -93,51 +91,6 @@ def own_node(browser: Any, tmp_path: Path) -> Iterator[NodeProcess]:
         yield node
     finally:
         _stop(node)
-
-
-@attrs.define
-class Browsers:
-    """Opens pages signed in as users of one node; each in a context (a browser) of its own.
-
-    Page errors (uncaught exceptions) and dialogs are recorded: a test ends with none.
-    """
-
-    browser: Any
-    node: NodeProcess
-    contexts: list[Any] = attrs.Factory(list)
-    errors: list[str] = attrs.Factory(list)
-    dialogs: list[str] = attrs.Factory(list)
-
-    def page(self, token: str, *, init_script: str | None = None) -> Any:
-        context = self.browser.new_context()
-        if init_script is not None:
-            context.add_init_script(init_script)
-        self.contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-        page.on("dialog", lambda dialog: self._on_dialog(dialog))
-        page.goto(f"http://127.0.0.1:{self.node.port}/#token={token}")
-        return page
-
-    def blank(self) -> Any:
-        context = self.browser.new_context()
-        self.contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda error: self.errors.append(str(error)))
-        return page
-
-    def _on_dialog(self, dialog: Any) -> None:
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    def screenshot(self, page: Any, name: str) -> None:
-        """Save the page as test-artifacts/web/NAME.png."""
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-
-    def close(self) -> None:
-        for context in self.contexts:
-            context.close()
 
 
 @pytest.fixture

@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 import trio
 from clienthelpers import NodeProcess
-from conftest import Browsers
-from playwright.sync_api import expect
+from webhelpers import Browsers
 
 from client import Client
 from protocol import ReceiptUpdated
 
 pytestmark = pytest.mark.slow
+expect = pytest.importorskip(
+    "playwright.sync_api", reason="Playwright for Python is not installed (the dev extra)"
+).expect
 
 Users = Callable[..., list[str]]
 
