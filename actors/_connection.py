@@ -66,7 +66,6 @@ from protocol import (
 )
 
 from ._auth import InvalidToken
-from ._config import NO_CMID_DEDUPE
 from ._context import NodeContext, msg_frame
 from ._conversations import ConversationManager
 from ._messages import (
@@ -91,11 +90,6 @@ log = logging.getLogger("actors.connection")
 TokenVerifier = Callable[[str, float], str]
 #: Starts a task in the node's nursery (``nursery.start_soon``).
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
-
-#: Close code after a Store failure during sync: the client should come back later.
-TRY_AGAIN_LATER = 1013
-#: Close code when the connection actor itself failed (RFC 6455 "internal error").
-INTERNAL_ERROR = 1011
 
 
 class ConnectionActor:
@@ -170,7 +164,7 @@ class ConnectionActor:
                     await self._serve()
                 except Exception:
                     log.exception("connection %d failed", self._conn_id)
-                    self.request_close(INTERNAL_ERROR, "internal error")
+                    self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
         except BaseException:
             self._abandon()
             raise
@@ -349,7 +343,7 @@ class ConnectionActor:
         except Exception:
             log.exception("connection %d: writer failed", self._conn_id)
             handle.closed = True
-            self.request_close(INTERNAL_ERROR, "internal error")
+            self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._writer_scope = None
             self._writing = False
@@ -403,7 +397,7 @@ class ConnectionActor:
             self._count(error)
             await self._enqueue(error)
             await self._drain_outbox()  # welcome + error out before the close cancels the writer
-            self.request_close(TRY_AGAIN_LATER, "storage unavailable")
+            self.request_close(CloseCode.TRY_AGAIN_LATER, "storage unavailable")
             return False
         synced_up_to: dict[str, int] = {}
         for _conversation, messages in backlog:
@@ -521,10 +515,7 @@ class ConnectionActor:
         else:
             assert frame.conv is not None
             conv = frame.conv
-        store_cmid = self._ctx.token() if self._ctx.mutant(NO_CMID_DEDUPE) else frame.cmid
-        request = SendRequest(
-            origin=handle, cmid=frame.cmid, store_cmid=store_cmid, body=frame.body, rid=frame.rid
-        )
+        request = SendRequest(origin=handle, cmid=frame.cmid, body=frame.body, rid=frame.rid)
         await self._conversations.submit(conv, request)
 
     async def _history(self, handle: ConnectionHandle, frame: History) -> None:

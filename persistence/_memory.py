@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 import attrs
 import trio
 
+from protocol import MemberEvent
+
 from ._contract import Store
 from ._errors import NotFound, StoreError, Unavailable
 from ._rules import (
@@ -27,7 +29,6 @@ from ._rules import (
     draft_error,
     group_founders,
     history_bounds,
-    member_body,
     new_group,
     no_such_conversation,
     not_member,
@@ -178,7 +179,7 @@ class MemoryStore(Store):
                 sender=creator,
                 device="",
                 cmid=None,
-                body=member_body("create", creator, founders),
+                body=MemberEvent(op="create", by=creator, users=tuple(founders)).to_body(),
                 ts=ts,
                 kind="member",
             )
@@ -208,7 +209,7 @@ class MemoryStore(Store):
                 sender=actor,
                 device="",
                 cmid=None,
-                body=member_body(kind, actor, [target]),
+                body=MemberEvent(op=kind, by=actor, users=(target,)).to_body(),
                 ts=ts,
                 kind="member",
             )

@@ -14,16 +14,18 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from protocol import MemberEvent
+
 from .._errors import Unavailable
-from .._rules import apply_member_change, member_body, plan_member_change
+from .._rules import apply_member_change, plan_member_change
 from .._types import Conversation, MemberOp, StoredMessage
 from ._chunks import ChunkLog, Head
 from ._commit import MAX_ROUNDS
 from ._runner import Runner, is_write_conflict
 from ._schema import Doc, chunk_doc, decode_conv, load_conv, membership_fields, new_message_id
 
-#: Tries of the upsert that creates a direct conversation when concurrent ones collide.
-UPSERT_RACES = 5
+#: Upserts of a new direct conversation before giving up (each one after a lost race).
+_DIRECT_RACE_TRIES = 3
 
 
 class _Contended(Exception):
@@ -50,7 +52,8 @@ class Membership:
             return decode_conv(found)
         conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
         fields = {"kind": "direct", "v": 0, **membership_fields(conv)}
-        for _ in range(UPSERT_RACES):
+        doc = None
+        for _ in range(_DIRECT_RACE_TRIES):
             try:
                 doc = self._db.convs.find_one_and_update(
                     {"_id": conv_id},
@@ -60,11 +63,13 @@ class Membership:
                 )
             except DuplicateKeyError:
                 # Two first messages raced to create it and the other one won, which is the
-                # point; its document may not be visible yet, so upsert again (it matches).
+                # point; its insert may not be visible yet, so the upsert is simply tried again
+                # (it now finds the document).
                 continue
-            assert doc is not None, "an upsert returning the document after always finds one"
-            return decode_conv(doc)
-        raise Unavailable(f"conversation {conv_id!r}: too many concurrent creations; retry")
+            break
+        if doc is None:
+            raise Unavailable("direct conversation creation kept racing; retry")
+        return decode_conv(doc)
 
     def create_group(
         self, conv: Conversation, event: StoredMessage
@@ -159,7 +164,7 @@ class Membership:
             sender=actor,
             device="",
             cmid=None,
-            body=member_body(kind, actor, [target]),
+            body=MemberEvent(op=kind, by=actor, users=(target,)).to_body(),
             ts=ts,
             kind="member",
         )
