@@ -62,10 +62,18 @@ def _max_into(target: Pending, conv: str, path: str, seq: int) -> None:
 class Marks:
     """The blocking operations on watermarks (run in worker threads by the store)."""
 
-    def __init__(self, db: Database[Doc], chunks: ChunkLog, runner: Runner) -> None:
+    def __init__(
+        self,
+        db: Database[Doc],
+        chunks: ChunkLog,
+        runner: Runner,
+        known_direct: Callable[[str], Conversation | None],
+    ) -> None:
         self._db = db
         self._chunks = chunks
         self._runner = runner
+        #: A direct conversation this store has seen (its cache), or None.
+        self._known_direct = known_direct
         # What this store logged and has not folded yet, and the log documents holding it.
         # Worker threads share them (a merge may run while a fold does), hence the lock.
         self._lock = threading.Lock()
@@ -133,15 +141,26 @@ class Marks:
         highest: dict[str, int] = {}
         for conv, seq in marks:
             highest[conv] = max(seq, highest.get(conv, 0))
-        wanted = sorted(highest)
-        docs = list(self._db.convs.find({"_id": {"$in": wanted}}))
-        known = {d["_id"]: decode_conv(d) for d in docs}
+        # A direct conversation's membership never changes: one this store has seen needs
+        # no read. The others are read in a few $in queries.
+        known: dict[str, Conversation] = {}
+        starts: dict[str, int] = {}
+        cold = []
+        for conv in sorted(highest):
+            direct = self._known_direct(conv)
+            if direct is None:
+                cold.append(conv)
+            else:
+                known[conv], starts[conv] = direct, self._chunks.hint(conv)
+        for k in range(0, len(cold), PROBES_PER_QUERY):
+            for d in self._db.convs.find({"_id": {"$in": cold[k : k + PROBES_PER_QUERY]}}):
+                known[d["_id"]], starts[d["_id"]] = decode_conv(d), self._chunks.hint(d["_id"], d)
         # A known chunk end at or above every mark of a conversation clamps exactly like its
         # last seq would; only the others need their last seq read.
-        lasts = {d["_id"]: self._chunks.hint(d["_id"], d) for d in docs}
-        lasts.update(
-            self._chunks.last_seqs([d for d in docs if highest[d["_id"]] > lasts[d["_id"]]])
-        )
+        lasts = dict(starts)
+        behind = {c: end for c, end in starts.items() if highest[c] > end}
+        if behind:
+            lasts.update(self._chunks.catch_up(behind)[0])
 
         def clamp(conv: str, user: str, seq: int) -> int | None:
             found = known.get(conv)

@@ -86,10 +86,10 @@ class MongoStore(Store):
         self._chunks = ChunkLog(self._db, light)
         self._commit = GroupCommit(self._db, self._chunks, self._runner, self._rng)
         self._membership = Membership(self._db, self._chunks, self._runner)
-        self._marks = Marks(self._db, self._chunks, self._runner)
+        self._directs: BoundedCache[str, Conversation] = BoundedCache(DIRECTS_MAX)
+        self._marks = Marks(self._db, self._chunks, self._runner, self._directs.get)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
-        self._directs: BoundedCache[str, Conversation] = BoundedCache(DIRECTS_MAX)
         # Appends (one merged commit at a time) and watermark batches get threads of their
         # own, so neither waits behind a burst of the other or of hello reads.
         self._marks_limiter = trio.CapacityLimiter(2)
@@ -185,7 +185,10 @@ class MongoStore(Store):
         return await self._runner.call(self._membership.create_group, conv, event)
 
     async def get_conversation(self, conv: str) -> Conversation:
-        return (await self._runner.call(load_conv, self._db, conv))[0]
+        found = (await self._runner.call(load_conv, self._db, conv))[0]
+        if found.kind == "direct":
+            self._directs.put(conv, found)  # never changes: see direct_conversation
+        return found
 
     async def _member_change(
         self, conv: str, op: MemberOp, actor: str, user: str, ts: int
