@@ -31,6 +31,7 @@ from ._config import NodeConfig
 from ._logging import configure_logging
 from ._node import Node
 from ._notifier import LogSink, Notifier, Sink, WebhookSink
+from ._web import normalize_origin
 
 log = logging.getLogger("actors.serve")
 
@@ -45,6 +46,13 @@ def _heartbeat(text: str) -> int:
     return value
 
 
+def _origin(text: str) -> str:
+    try:
+        return normalize_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="messenger serve", description="Run a chat node.")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -57,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT_S)
+    parser.add_argument(
+        "--allow-origin",
+        type=_origin,
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept browser WebSockets from this origin (repeatable)",
+    )
+    parser.add_argument("--metrics", action="store_true", help="serve GET /metrics (Prometheus)")
     return parser
 
 
@@ -113,7 +130,11 @@ async def _run_node(
         verify_token=issuer.verify,
         rng=rng,
         wall_ms=_wall_ms,
-        config=NodeConfig(heartbeat_s=args.heartbeat),
+        config=NodeConfig(
+            heartbeat_s=args.heartbeat,
+            metrics=args.metrics,
+            allowed_origins=frozenset(args.allow_origin),
+        ),
         notifier=notifier,
         name=owner,
     )
