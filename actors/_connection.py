@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -65,7 +66,8 @@ from protocol import (
     history_result,
 )
 
-from ._auth import InvalidToken
+from ._admission import Ticket
+from ._auth import Grant, InvalidToken
 from ._config import NO_CMID_DEDUPE
 from ._context import NodeContext, msg_frame
 from ._conversations import ConversationManager
@@ -82,13 +84,13 @@ from ._messages import (
     Unsubscribe,
 )
 from ._ratelimit import TokenBucket
-from ._router import ConnectionHandle
+from ._router import ConnectionHandle, frame_bytes
 from ._transport import Transport, TransportClosed, send_batch
 
 log = logging.getLogger("actors.connection")
 
-#: ``verify(token, now_s) -> user``, raising :class:`~actors._auth.InvalidToken`.
-TokenVerifier = Callable[[str, float], str]
+#: ``verify(token, now_s) -> grant``, raising :class:`~actors._auth.InvalidToken`.
+TokenVerifier = Callable[[str, float], Grant]
 #: Starts a task in the node's nursery (``nursery.start_soon``).
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
@@ -107,12 +109,15 @@ class ConnectionActor:
         "_conn_id",
         "_conversations",
         "_ctx",
+        "_drain",
+        "_expires_at",
         "_handle",
         "_presence",
         "_scope",
         "_session",
         "_space",
         "_spawn",
+        "_ticket",
         "_transport",
         "_verify_token",
         "_writer_scope",
@@ -129,6 +134,8 @@ class ConnectionActor:
         transport: Transport,
         conn_id: int,
         spawn: Spawn,
+        ticket: Ticket,
+        accepted_at: float,
     ) -> None:
         self._ctx = ctx
         self._conversations = conversations
@@ -138,9 +145,12 @@ class ConnectionActor:
         self._conn_id = conn_id
         self._scope = trio.CancelScope()
         self._close: tuple[int, str] | None = None
-        self._session = ServerSession(
-            now=trio.current_time(), hello_timeout=ctx.config.hello_timeout_s
-        )
+        self._drain = False
+        self._ticket = ticket
+        # The hello deadline runs from the TCP accept: the WebSocket handshake is part of it.
+        self._session = ServerSession(now=accepted_at, hello_timeout=ctx.config.hello_timeout_s)
+        #: When the session's token expires, on trio's clock (known after the hello).
+        self._expires_at = math.inf
         self._bucket = TokenBucket.full(
             ctx.config.rate_per_s, ctx.config.rate_burst, trio.current_time()
         )
@@ -155,10 +165,15 @@ class ConnectionActor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def request_close(self, code: int, reason: str) -> None:
-        """Close with ``code`` (the first request wins); safe to call from any task."""
+    def request_close(self, code: int, reason: str, *, drain: bool = False) -> None:
+        """Close with ``code`` (the first request wins); safe to call from any task.
+
+        With ``drain`` the frames already queued (acks of stored messages, pushes, a farewell
+        error) are written first, for at most ``drain_timeout_s``; without it they are dropped.
+        """
         if self._close is None:
             self._close = (code, reason)
+            self._drain = drain
         self._scope.cancel()
 
     async def run(self) -> None:
@@ -186,7 +201,10 @@ class ConnectionActor:
         opened = await self._authenticate()
         if opened is None:
             return
-        handle = self._open(*opened)
+        device, grant = opened
+        handle = self._open(device, grant.user)
+        if handle is None:
+            return
         try:
             await self._presence.send(DeviceConnected(user=handle.user, conn_id=self._conn_id))
             # The welcome waits in the outbox for the backlog and ``synced``: one write for all
@@ -207,24 +225,31 @@ class ConnectionActor:
                 await self._dispatch(frame)
                 del frame
         finally:
-            handle.closed = True
-            if self._writer_scope is not None:
-                self._writer_scope.cancel()
+            if not self._drain:
+                self._stop_writer(handle)
             self._ctx.keepalive.unwatch(self._conn_id)
 
-    async def _authenticate(self) -> tuple[str, str] | None:
-        """Wait for ``hello`` and verify its token: (device, user), or None (closing)."""
+    def _stop_writer(self, handle: ConnectionHandle) -> None:
+        handle.closed = True
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+
+    async def _authenticate(self) -> tuple[str, Grant] | None:
+        """Wait for ``hello`` and verify its token: (device, grant), or None (closing)."""
         hello = await self._await_hello()
         if hello is None:
             return None
+        now_s = self._ctx.wall_ms() / 1000
         try:
-            user = self._verify_token(hello.token, self._ctx.wall_ms() / 1000)
+            grant = self._verify_token(hello.token, now_s)
         except InvalidToken as exc:
             error, code = self._session.reject(exc.reason)
             await self._send_direct(error)
             self.request_close(code, "unauthenticated")
             return None
-        return hello.device, user
+        # The token's expiry on trio's clock, which is what the keep-alive timer runs on.
+        self._expires_at = trio.current_time() + max(0.0, grant.expires_s - now_s)
+        return hello.device, grant
 
     async def _await_hello(self) -> Hello | None:
         with trio.move_on_at(self._session.deadline()):
@@ -252,9 +277,21 @@ class ConnectionActor:
         except TransportClosed:
             return
 
-    def _open(self, device: str, user: str) -> ConnectionHandle:
-        """Accept the hello: queue ``welcome``, enter the router and the keep-alive timer."""
+    def _open(self, device: str, user: str) -> ConnectionHandle | None:
+        """Accept the hello: queue ``welcome``, enter the router and the keep-alive timer.
+
+        None (closing with 4429) when the user has ``max_devices_per_user`` other devices
+        connected to this node already (the same device replaces its old connection).
+        """
         ctx, config = self._ctx, self._ctx.config
+        others = [h for h in ctx.router.devices(user) if h.device != device]
+        if len(others) >= config.max_devices_per_user:
+            self.request_close(
+                CloseCode.OVER_LIMIT,
+                f"too many devices connected ({config.max_devices_per_user}); close one first",
+            )
+            return None
+        self._ticket.welcomed()
         welcome = self._session.accept(
             user=user,
             device=device,
@@ -263,9 +300,15 @@ class ConnectionActor:
             now=trio.current_time(),
         )
         handle = ConnectionHandle(
-            self._conn_id, user, device, self.request_close, config.outbox_size, self._kick
+            self._conn_id,
+            user,
+            device,
+            self.request_close,
+            config.outbox_size,
+            self._kick,
+            config.outbox_bytes,
         )
-        handle.outbox.append(welcome)
+        handle.queue(welcome, frame_bytes(welcome))
         self._handle = handle
         replaced = ctx.router.register(handle)
         if replaced is not None:
@@ -277,7 +320,11 @@ class ConnectionActor:
     async def _finish(self) -> None:
         """Leave the node's tables, then close the transport with the requested code."""
         code, reason = self._close if self._close is not None else (CloseCode.NORMAL, "")
-        with trio.move_on_after(self._ctx.config.close_timeout_s, shield=True):
+        config = self._ctx.config
+        with trio.move_on_after(config.close_timeout_s + config.drain_timeout_s, shield=True):
+            if self._drain and self._handle is not None:
+                await self._drain_outbox(config.drain_timeout_s)
+                self._stop_writer(self._handle)
             handle = self._leave_router()
             if handle is not None:
                 for request in self._farewells(handle):
@@ -300,6 +347,8 @@ class ConnectionActor:
         if handle is not None:
             self._ctx.router.unregister(handle)
             self._ctx.metrics.connections.dec()
+            if not self._ctx.router.is_connected(handle.user):
+                self._ctx.budgets.release(handle.user, trio.current_time())
         return handle
 
     def _farewells(self, handle: ConnectionHandle) -> list[PresenceRequest]:
@@ -333,16 +382,17 @@ class ConnectionActor:
         try:
             with trio.CancelScope() as self._writer_scope:
                 while handle.outbox and not handle.closed:
-                    frames, handle.outbox = handle.outbox, []
-                    handle.in_flight = len(frames)
+                    frames = handle.take()
                     texts = [self._session.send(frame) for frame in frames]
+                    del frames
                     try:
                         await send_batch(self._transport, texts)
                     except TransportClosed:
                         handle.closed = True
                         self.request_close(CloseCode.NORMAL, "peer went away")
                         return
-                    handle.in_flight = 0
+                    del texts
+                    handle.written()
                     if self._space is not None:
                         self._space.set()
                         self._space = None
@@ -355,36 +405,53 @@ class ConnectionActor:
             self._writing = False
 
     def keepalive_deadline(self) -> float:
-        """For the node's :class:`~actors._keepalive.KeepAlive` timer."""
-        return self._session.deadline()
+        """For the node's :class:`~actors._keepalive.KeepAlive` timer: the keep-alive
+        deadline, or the token's expiry when that comes first."""
+        return min(self._session.deadline(), self._expires_at)
 
     def keepalive_check(self, now: float) -> bool:
-        """Close with 4408 when nothing was heard for ``2 * heartbeat_s``."""
+        """Close with 4408 when nothing was heard for ``2 * heartbeat_s``; at the token's
+        expiry, ``error unauthenticated`` ("token expired") and close 4401."""
+        handle = self._handle
+        if now >= self._expires_at and handle is not None:
+            error = Error(code=ErrorCode.UNAUTHENTICATED, message="token expired")
+            self._count(error)
+            # Behind whatever is queued (even during the hello sync), then the close.
+            handle.queue(error, frame_bytes(error))
+            self._kick()
+            self.request_close(CloseCode.UNAUTHENTICATED, "token expired", drain=True)
+            return True
         code = self._session.expired(now)
         if code is None:
             return False
         self.request_close(code, f"nothing heard for {2 * self._ctx.config.heartbeat_s} s")
         return True
 
-    async def _drain_outbox(self) -> None:
-        """Wait until the writer wrote everything queued (bounded by ``close_timeout_s``)."""
+    async def _drain_outbox(self, timeout_s: float) -> None:
+        """Wait until the writer wrote everything queued (for at most ``timeout_s``)."""
         handle = self._handle
         assert handle is not None
-        with trio.move_on_after(self._ctx.config.close_timeout_s):
+        with trio.move_on_after(timeout_s):
             while handle.unsent and not handle.closed:
                 if self._space is None:
                     self._space = trio.Event()
                 await self._space.wait()
 
-    async def _enqueue(self, frame: ServerFrame) -> None:
-        """Queue one of the connection's own frames, waiting while the outbox is full."""
+    async def _enqueue(self, frame: ServerFrame, room_bytes: int | None = None) -> None:
+        """Queue one of the connection's own frames, waiting while the outbox is full (in
+        frames, or in bytes: fuller than ``room_bytes``, by default its byte limit)."""
         handle = self._handle
         assert handle is not None
-        while handle.unsent >= handle.limit:
+        size = frame_bytes(frame)
+        room = handle.byte_limit if room_bytes is None else room_bytes
+        # An outbox emptier than the bound takes any frame, however large (or none would fit).
+        while handle.unsent >= handle.limit or (
+            handle.unsent and handle.unsent_bytes + size > room
+        ):
             if self._space is None:
                 self._space = trio.Event()
             await self._space.wait()
-        handle.outbox.append(frame)
+        handle.queue(frame, size)
         self._kick()
 
     async def _sync(self, handle: ConnectionHandle) -> bool:
@@ -402,7 +469,8 @@ class ConnectionActor:
             error = Error(code=exc.code, message=f"cannot sync: {exc.message}")
             self._count(error)
             await self._enqueue(error)
-            await self._drain_outbox()  # welcome + error out before the close cancels the writer
+            # welcome + error out before the close cancels the writer
+            await self._drain_outbox(self._ctx.config.close_timeout_s)
             self.request_close(TRY_AGAIN_LATER, "storage unavailable")
             return False
         synced_up_to: dict[str, int] = {}
@@ -458,11 +526,18 @@ class ConnectionActor:
             await self._reply(Error(code=code, message=message, rid=frame.rid))
 
     async def _dispatch(self, frame: ClientFrame) -> None:
-        if not isinstance(frame, Ping) and not self._bucket.take(trio.current_time()):
-            await self._refuse(
-                frame, ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", True
-            )
-            return
+        if not isinstance(frame, Ping):
+            now, user = trio.current_time(), self._session.user
+            assert user is not None, "frames are dispatched only after the welcome"
+            if not self._bucket.take(now):
+                message = "rate limit exceeded; slow down"
+            elif not self._ctx.budgets.take(user, now):
+                message = "rate limit of this user (all devices together) exceeded; slow down"
+            else:
+                message = None
+            if message is not None:
+                await self._refuse(frame, ErrorCode.RATE_LIMITED, message, True)
+                return
         try:
             await self._handle_frame(frame)
         except UnknownConversation as exc:
@@ -493,7 +568,7 @@ class ConnectionActor:
                 await self._history(handle, frame)
             case Convs(rid=rid):
                 rows = await self._ctx.store.conversations(handle.user, handle.device)
-                await self._reply(convs_result(rid, tuple(_conv_row(r) for r in rows)))
+                await self._reply(convs_result(rid, tuple(_conv_row(r) for r in rows), False, None))
             case GroupCreate():
                 await self._group_create(handle, frame)
             case GroupAdd(conv=conv, user=user, rid=rid):

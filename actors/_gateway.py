@@ -130,10 +130,13 @@ async def handle_stream(
     *,
     serve: ServeTransport,
     routes: dict[str, HttpRoute],
-    handshake_timeout_s: float,
+    deadline: float,
     spawn: Spawn,
 ) -> None:
     """Serve one byte stream to its end: an HTTP reply, or a whole WebSocket session.
+
+    The request and the WebSocket handshake must be done by ``deadline`` (trio time: the
+    accept plus the hello timeout, which the session's ``hello`` then has to meet too).
 
     The stream is closed when this returns or fails (which also ends the WebSocket reader
     task, started with ``spawn``), but not when it is cancelled: that is the node crashing,
@@ -141,7 +144,7 @@ async def handle_stream(
     """
     try:
         transport = None
-        with trio.move_on_after(handshake_timeout_s):
+        with trio.move_on_at(deadline):
             transport = await _open(stream, routes, spawn)
         if transport is not None:
             await serve(transport)

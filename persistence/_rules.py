@@ -185,9 +185,11 @@ def history_bounds(conv: Conversation, user: str, before: int | None) -> tuple[i
         raise not_member(conv, user)
     lo, hi = span
     if before is not None:
-        if not isinstance(before, int) or before < 1:
-            raise BadInput(f"history 'before' must be a positive seq, not {before!r}")
-        hi = before - 1 if hi is None else min(hi, before - 1)
+        if not isinstance(before, int) or before < 0:
+            raise BadInput(f"history 'before' must be a seq (0 or more), not {before!r}")
+        # Exclusive: ``before`` 0 (or 1) leaves nothing below it, an empty page.
+        below = max(0, before - 1)
+        hi = below if hi is None else min(hi, below)
     return lo, hi
 
 

@@ -15,14 +15,18 @@ import attrs
 
 from ._errors import ErrorCode, LocalProtocolError
 from ._limits import (
+    DEFAULT_CONVS_LIMIT,
     DEFAULT_HISTORY_LIMIT,
     MAX_BODY_BYTES,
+    MAX_CONVS_LIMIT,
+    MAX_CURSOR_LEN,
     MAX_GROUP_MEMBERS,
     MAX_HEARTBEAT_S,
     MAX_HISTORY_LIMIT,
     MAX_PRESENCE_USERS,
     MAX_SEQ,
     MAX_TITLE_LEN,
+    MIN_CONVS_LIMIT,
     MIN_HEARTBEAT_S,
     MIN_HISTORY_LIMIT,
     body_size,
@@ -208,11 +212,26 @@ class History:
     rid: str | None = _rid()
 
 
+def _convs_limit(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not int or not MIN_CONVS_LIMIT <= value <= MAX_CONVS_LIMIT:
+        raise _fail(attribute, f"must be from {MIN_CONVS_LIMIT} to {MAX_CONVS_LIMIT}")
+
+
+def _opt_cursor(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not 0 < len(value) <= MAX_CURSOR_LEN):
+        raise _fail(
+            attribute, f"must be a cursor from a previous result (1-{MAX_CURSOR_LEN} chars)"
+        )
+
+
 @attrs.frozen(kw_only=True)
 class Convs:
-    """List the caller's conversations."""
+    """List a page of the caller's conversations, latest activity first; ``cursor`` (from the
+    previous page's result) continues after that page."""
 
     TYPE: ClassVar[str] = "convs"
+    limit: int = attrs.field(default=DEFAULT_CONVS_LIMIT, validator=_convs_limit)
+    cursor: str | None = attrs.field(default=None, validator=_opt_cursor, metadata=OMIT_NONE)
     rid: str | None = _rid()
 
 
@@ -536,8 +555,16 @@ def history_result(rid: str | None, messages: tuple[Msg, ...], more: bool) -> Re
     return Result(rid=rid, fields=(("messages", messages), ("more", more)))
 
 
-def convs_result(rid: str | None, rows: tuple[ConvRow, ...]) -> Result:
-    return Result(rid=rid, fields=(("convs", rows),))
+def convs_result(
+    rid: str | None, rows: tuple[ConvRow, ...], more: bool, cursor: str | None
+) -> Result:
+    """A page of ``convs``: ``more`` says further rows exist, fetched by sending ``cursor``
+    (None exactly when there are no more) back."""
+    if more != (cursor is not None):
+        raise LocalProtocolError(
+            ErrorCode.BAD_FRAME, "a convs result carries a cursor exactly when more is true"
+        )
+    return Result(rid=rid, fields=(("convs", rows), ("cursor", cursor), ("more", more)))
 
 
 def group_created_result(rid: str | None, conv: str) -> Result:

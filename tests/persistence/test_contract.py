@@ -198,6 +198,11 @@ async def test_visibility_of_history_follows_membership(store: Store) -> None:
     assert [m.seq for m in page] == [3, 4, 5] and more
     page, more = await store.history(conv.id, "bob", 3, 50)
     assert [m.seq for m in page] == [1, 2] and not more
+    # ``before`` is exclusive: 1 and 0 leave nothing below them (docs/protocol.md §8.5).
+    for before in (1, 0):
+        assert await store.history(conv.id, "bob", before, 50) == ([], False)
+    with pytest.raises(BadInput):
+        await store.history(conv.id, "bob", -1, 50)
     with pytest.raises(Forbidden):
         await store.history(conv.id, "mallory", None, 10)
     for bad in (0, 201):
