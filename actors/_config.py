@@ -65,7 +65,7 @@ class NodeConfig:
     #: less than this (so a backlog of any length costs about this much memory).
     backlog_window_bytes: int = 256 * 1024
     #: Messages per page of the hello backlog (one Store read each).
-    backlog_page: int = 100
+    backlog_page: int = 32
     #: Admission (close 4429): open connections of this node, handshakes included;
     #: connections that have not said hello yet; connected devices of one user here.
     max_connections: int = 20_000

@@ -437,16 +437,15 @@ class ConnectionActor:
                     self._space = trio.Event()
                 await self._space.wait()
 
-    async def _enqueue(self, frame: ServerFrame, room_bytes: int | None = None) -> None:
+    async def _enqueue(self, frame: ServerFrame) -> None:
         """Queue one of the connection's own frames, waiting while the outbox is full (in
-        frames, or in bytes: fuller than ``room_bytes``, by default its byte limit)."""
+        frames or in bytes). An outbox emptier than its byte limit takes any frame, however
+        large, so that every frame fits eventually."""
         handle = self._handle
         assert handle is not None
         size = frame_bytes(frame)
-        room = handle.byte_limit if room_bytes is None else room_bytes
-        # An outbox emptier than the bound takes any frame, however large (or none would fit).
         while handle.unsent >= handle.limit or (
-            handle.unsent and handle.unsent_bytes + size > room
+            handle.unsent and handle.unsent_bytes + size > handle.byte_limit
         ):
             if self._space is None:
                 self._space = trio.Event()
@@ -461,10 +460,9 @@ class ConnectionActor:
         user's offline period are written afterwards, in the background (see
         :meth:`_after_sync`): nothing the client is sent depends on them.
         """
-        store, ts = self._ctx.store, self._ctx.wall_ms()
+        ts = self._ctx.wall_ms()
         try:
-            with self._ctx.timed("sync"):
-                backlog = await store.unsynced(handle.user, handle.device)
+            synced_up_to = await self._push_backlog(handle)
         except StoreError as exc:
             error = Error(code=exc.code, message=f"cannot sync: {exc.message}")
             self._count(error)
@@ -473,12 +471,6 @@ class ConnectionActor:
             await self._drain_outbox(self._ctx.config.close_timeout_s)
             self.request_close(TRY_AGAIN_LATER, "storage unavailable")
             return False
-        synced_up_to: dict[str, int] = {}
-        for _conversation, messages in backlog:
-            for message in messages:
-                await self._enqueue(msg_frame(message))
-                synced_up_to[message.conv] = message.seq
-        self._ctx.metrics.messages_out.inc(sum(len(m) for _c, m in backlog))
         await self._enqueue(Synced())
         while parked := handle.take_parked(synced_up_to):
             for frame in parked:
@@ -486,6 +478,36 @@ class ConnectionActor:
         handle.syncing = False
         self._spawn(functools.partial(self._after_sync, handle.user, handle.device, ts))
         return True
+
+    async def _push_backlog(self, handle: ConnectionHandle) -> dict[str, int]:
+        """Stream the backlog: where it is (one Store call), then its messages a page of
+        ``backlog_page`` at a time, each page read only once the outbox holds less than
+        ``backlog_window_bytes`` — so its memory is bounded however long it is, and one
+        user's long backlog is many short Store calls that other requests interleave with.
+        Returns the seq pushed up to, per conversation."""
+        store, config = self._ctx.store, self._ctx.config
+        with self._ctx.timed("sync"):
+            ranges = await store.unsynced(handle.user, handle.device)
+        synced_up_to: dict[str, int] = {}
+        for span in ranges:
+            for lo in range(span.lo, span.hi + 1, config.backlog_page):
+                await self._wait_for_room(handle, config.backlog_window_bytes)
+                hi = min(span.hi, lo + config.backlog_page - 1)
+                with self._ctx.timed("sync_page"):
+                    page = await store.range(span.conv, lo, hi)
+                for message in page:
+                    await self._enqueue(msg_frame(message))
+                self._ctx.metrics.messages_out.inc(len(page))
+                del page
+                synced_up_to[span.conv] = hi
+        return synced_up_to
+
+    async def _wait_for_room(self, handle: ConnectionHandle, room_bytes: int) -> None:
+        """Wait until the outbox holds less than ``room_bytes``."""
+        while handle.unsent_bytes >= room_bytes and not handle.closed:
+            if self._space is None:
+                self._space = trio.Event()
+            await self._space.wait()
 
     async def _after_sync(self, user: str, device: str, ts: int) -> None:
         """Record the device and end the user's offline period (G8: the next message stored

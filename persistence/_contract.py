@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 
 from ._errors import StoreError
 from ._types import (
+    BacklogRange,
     Conversation,
     ConvRow,
     Draft,
@@ -189,13 +190,11 @@ class Store(abc.ABC):
         """The ``recv`` watermark of one device in ``conv`` (0 if none)."""
 
     @abc.abstractmethod
-    async def unsynced(
-        self, user: str, device: str
-    ) -> list[tuple[Conversation, list[StoredMessage]]]:
-        """Every message ``user`` may see above ``device``'s recv mark, per conversation.
-
-        Conversations in id order, messages in seq order; conversations with nothing to push
-        are left out. This is what the node pushes after ``welcome`` and before ``synced``.
+    async def unsynced(self, user: str, device: str) -> list[BacklogRange]:
+        """Where the messages ``user`` may see above ``device``'s recv mark are: one seq range
+        per conversation, in conversation id order (conversations with nothing to push left
+        out). Reads no message: the node reads them with :meth:`range` a page at a time as
+        the connection drains, so a backlog of any length costs bounded memory.
         """
 
     # -- presence and devices ------------------------------------------------------------

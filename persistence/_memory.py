@@ -36,6 +36,7 @@ from ._rules import (
     unread_count,
 )
 from ._types import (
+    BacklogRange,
     Conversation,
     ConvRow,
     Draft,
@@ -374,21 +375,19 @@ class MemoryStore(Store):
         await self._enter()
         return self._recv.get((user, device, conv), 0)
 
-    async def unsynced(
-        self, user: str, device: str
-    ) -> list[tuple[Conversation, list[StoredMessage]]]:
+    async def unsynced(self, user: str, device: str) -> list[BacklogRange]:
         await self._enter()
-        out: list[tuple[Conversation, list[StoredMessage]]] = []
+        out: list[BacklogRange] = []
         for conv_id in sorted(self._convs):
             conv = self._convs[conv_id]
             span = conv.visible_range(user)
             if span is None:
                 continue
             lo = max(span[0], self._recv.get((user, device, conv_id), 0) + 1)
-            log = self._messages[conv_id]
-            hi = len(log) if span[1] is None else min(span[1], len(log))
+            last = len(self._messages[conv_id])
+            hi = last if span[1] is None else min(span[1], last)
             if lo <= hi:
-                out.append((conv, log[lo - 1 : hi]))
+                out.append(BacklogRange(conv=conv_id, lo=lo, hi=hi))
         return out
 
     # -- presence and devices ------------------------------------------------------------

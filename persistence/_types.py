@@ -19,6 +19,17 @@ def _frozen_map(value: Mapping[str, object]) -> Mapping[str, object]:
 
 
 @attrs.frozen(kw_only=True)
+class BacklogRange:
+    """Seqs ``lo`` to ``hi`` (inclusive, ``lo <= hi``) of ``conv``: messages a device may see
+    and has not acknowledged, which the node pushes after ``welcome`` (reading them with
+    :meth:`Store.range` a page at a time)."""
+
+    conv: str
+    lo: int
+    hi: int
+
+
+@attrs.frozen(kw_only=True)
 class StoredMessage:
     """A message as stored: a text message or a membership event (``kind="member"``).
 

@@ -13,14 +13,14 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from .._rules import clamp_mark, unread_count
-from .._types import Conversation, ConvRow, MemberMarks, ReadMark, RecvMark, StoredMessage
+from .._types import BacklogRange, Conversation, ConvRow, MemberMarks, ReadMark, RecvMark
 from ._chunks import ChunkLog
 from ._schema import Doc, decode_conv, read_id, recv_id
 
 #: Watermark upserts per bulk-write command (see :meth:`Marks._bulk`).
 MARKS_PER_COMMAND = 50
 
-Backlog = list[tuple[Conversation, list[StoredMessage]]]
+Backlog = list[BacklogRange]
 
 
 class Marks:
@@ -139,7 +139,8 @@ class Marks:
         return rows
 
     def unsynced_many(self, wanted: list[tuple[str, str]]) -> list[Backlog]:
-        """The hello backlog of many (user, device) at once: a few commands for all of them."""
+        """Where the hello backlog of many (user, device) is, at once: a few commands for all
+        of them, and no message read (the node reads them with ``range``, page by page)."""
         users = sorted({u for u, _ in wanted})
         recv: dict[tuple[str, str], dict[str, int]] = {}
         for d in self._db.recv.find({"u": {"$in": users}}):
@@ -162,7 +163,7 @@ class Marks:
     def _unsynced_one(
         self, user: str, docs: list[Doc], recv: dict[str, int], lasts: dict[str, int]
     ) -> Backlog:
-        out = []
+        out: Backlog = []
         for doc in docs:
             conv = decode_conv(doc)
             span = conv.visible_range(user)
@@ -171,5 +172,5 @@ class Marks:
             last = lasts[conv.id]
             hi = last if span[1] is None else min(span[1], last)
             if lo <= hi:
-                out.append((conv, self._chunks.fetch(conv.id, lo, hi)))
+                out.append(BacklogRange(conv=conv.id, lo=lo, hi=hi))
         return out

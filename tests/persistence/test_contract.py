@@ -248,9 +248,7 @@ async def test_unsynced_and_conversation_rows(store: Store) -> None:
     await store.merge_recv([RecvMark(user="bob", device="phone", conv=direct.id, seq=1)])
     await store.merge_read([ReadMark(user="bob", conv=direct.id, seq=1)])
     pending = await store.unsynced("bob", "phone")
-    assert [(c.id, [m.seq for m in ms]) for c, ms in pending] == sorted(
-        [(direct.id, [2, 3]), (group.id, [1, 2])]
-    )
+    assert [(r.conv, r.lo, r.hi) for r in pending] == sorted([(direct.id, 2, 3), (group.id, 1, 2)])
     rows = {r.conv: r for r in await store.conversations("bob", "phone")}
     assert sorted(rows) == sorted([direct.id, group.id])
     row = rows[direct.id]
@@ -394,8 +392,10 @@ async def test_reads_across_small_and_big_batches(store: Store) -> None:
     page, more = await store.history(conv.id, "bob", None, 10)
     assert page == stored[-10:] and more
     await store.merge_recv([RecvMark(user="bob", device="p", conv=conv.id, seq=150)])
-    [(synced_conv, messages)] = await store.unsynced("bob", "p")
-    assert synced_conv.id == conv.id and messages == stored[150:]
+    [backlog] = await store.unsynced("bob", "p")
+    assert (backlog.conv, backlog.lo, backlog.hi) == (conv.id, 151, len(stored))
+    messages = await store.range(conv.id, backlog.lo, backlog.hi)
+    assert messages == stored[150:]
     # Returned numbers are plain ints (not a driver's own int type).
     for value in (stored[0].seq, stored[0].ts, messages[0].seq, messages[0].ts):
         assert type(value) is int
