@@ -24,7 +24,7 @@ from pathlib import Path
 
 import trio
 
-from persistence import EmbeddedServer, EmbeddedServerError, MongoStore, Store
+from persistence import EmbeddedServer, EmbeddedServerError, MongoStore, Store, StoreError
 from protocol import DEFAULT_HEARTBEAT_S
 
 from ._auth import SecretError, TokenIssuer, resolve_secret
@@ -59,7 +59,39 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT_S)
+    limits = NodeConfig()
+    parser.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=limits.max_connections,
+        metavar="N",
+        help="open connections beyond this are closed with 4429 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-pending-hellos",
+        type=_positive,
+        default=limits.max_pending_hellos,
+        metavar="N",
+        help="connections that have not said hello yet, at most (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-devices",
+        type=_positive,
+        default=limits.max_devices_per_user,
+        metavar="N",
+        help="connected devices per user on this node (default %(default)s)",
+    )
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def serve_main(argv: list[str]) -> int:
@@ -76,7 +108,16 @@ def serve_main(argv: list[str]) -> int:
     except (EmbeddedServerError, OSError) as exc:
         print(f"messenger serve: {exc}", file=sys.stderr)
         return _EXIT_STARTUP
+    except StoreError as exc:  # a bad --mongo-uri, or no server behind it
+        print(f"messenger serve: cannot use the store: {_one_line(exc.message)}", file=sys.stderr)
+        return _EXIT_STARTUP
     return 0
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut to ``limit`` characters (driver errors can be pages long)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _wall_ms() -> int:
@@ -115,7 +156,12 @@ async def _run_node(
         verify_token=issuer.verify,
         rng=rng,
         wall_ms=_wall_ms,
-        config=NodeConfig(heartbeat_s=args.heartbeat),
+        config=NodeConfig(
+            heartbeat_s=args.heartbeat,
+            max_connections=args.max_connections,
+            max_pending_hellos=args.max_pending_hellos,
+            max_devices_per_user=args.max_devices,
+        ),
         notifier=notifier,
         name=owner,
     )

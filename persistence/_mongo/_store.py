@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 
 import trio
 from pymongo import MongoClient
+from pymongo.errors import ConfigurationError
 from pymongo.read_concern import ReadConcern
 
 from .._contract import Store
-from .._errors import StoreError
+from .._errors import BadInput, StoreError
 from .._rules import (
     GROUP_ID_HEX,
     check_id,
@@ -131,10 +132,17 @@ class MongoStore(Store):
 
     @classmethod
     async def connect(cls, uri: str, database: str = "messenger", **kwargs: Any) -> MongoStore:
-        """Connect to ``uri``, create the indexes (idempotently) and return the store."""
-        client: MongoClient[Doc] = MongoClient(
-            uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=30000
-        )
+        """Connect to ``uri``, create the indexes (idempotently) and return the store.
+
+        A malformed ``uri`` raises :class:`BadInput`; an unreachable server
+        :class:`Unavailable` (after the retries).
+        """
+        try:
+            client: MongoClient[Doc] = MongoClient(
+                uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=30000
+            )
+        except ConfigurationError as exc:  # InvalidURI included
+            raise BadInput(f"invalid MongoDB URI: {exc}") from None
         store = cls(client, database, **kwargs)
         try:
             await store._runner.call(create_indexes, store._db)
