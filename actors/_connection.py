@@ -588,9 +588,13 @@ class ConnectionActor:
                 await submit(conv, MarkRequest(origin=handle, kind="read", seq=seq, rid=rid))
             case History():
                 await self._history(handle, frame)
-            case Convs(rid=rid):
-                rows = await self._ctx.store.conversations(handle.user, handle.device)
-                await self._reply(convs_result(rid, tuple(_conv_row(r) for r in rows), False, None))
+            case Convs(limit=limit, cursor=cursor, rid=rid):
+                with self._ctx.timed("convs"):
+                    page = await self._ctx.store.conversations(
+                        handle.user, handle.device, limit=limit, cursor=cursor
+                    )
+                rows = tuple(_conv_row(r) for r in page.rows)
+                await self._reply(convs_result(rid, rows, page.cursor is not None, page.cursor))
             case GroupCreate():
                 await self._group_create(handle, frame)
             case GroupAdd(conv=conv, user=user, rid=rid):

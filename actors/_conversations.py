@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import trio
 
-from persistence import Conversation, StoredMessage, StoreError, Unavailable
+from persistence import Conversation, ConvRow, Store, StoredMessage, StoreError, Unavailable
+from protocol import MAX_CONVS_LIMIT
 
 from ._context import NodeContext
 from ._conversation import ConversationActor
@@ -182,7 +183,7 @@ class ConversationManager:
         for pause in (0.05, 0.2, None):
             try:
                 with self._ctx.timed("find_group"):
-                    for row in await store.conversations(user, device):
+                    for row in await _all_conversations(store, user, device):
                         if row.kind != "group" or row.title != title:
                             continue
                         first = await store.range(row.conv, 1, 1)
@@ -236,6 +237,18 @@ class ConversationManager:
     def _forget(self, conv: str, mailbox: Mailbox) -> None:
         if self._actors.get(conv) is mailbox:
             del self._actors[conv]
+
+
+async def _all_conversations(store: Store, user: str, device: str) -> list[ConvRow]:
+    """Every row of ``user``'s ``convs`` listing, page by page."""
+    rows: list[ConvRow] = []
+    cursor: str | None = None
+    while True:
+        page = await store.conversations(user, device, limit=MAX_CONVS_LIMIT, cursor=cursor)
+        rows.extend(page.rows)
+        if page.cursor is None:
+            return rows
+        cursor = page.cursor
 
 
 def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[str]) -> bool:

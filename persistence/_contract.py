@@ -28,7 +28,7 @@ from ._errors import StoreError
 from ._types import (
     BacklogRange,
     Conversation,
-    ConvRow,
+    ConvPage,
     Draft,
     MemberMarks,
     NotificationJob,
@@ -101,8 +101,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
-        """The ``convs`` listing: one row per conversation ``user`` is a member of, by id."""
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
+        """A page of the ``convs`` listing: up to ``limit`` (1..500, else :class:`BadInput`)
+        rows, one per conversation ``user`` is a member of, latest activity (the time of its
+        last message) first; ``cursor`` (from the previous page) continues after that page.
+
+        The work of a page is bounded by its rows, apart from one cheap read of where each of
+        the user's conversations ends. A malformed cursor → :class:`BadInput`.
+        """
 
     @abc.abstractmethod
     async def contacts(self, user: str) -> set[str]:

@@ -23,6 +23,7 @@ from ._rules import (
     check_limit,
     check_title,
     clamp_mark,
+    convs_page,
     direct_id,
     draft_error,
     group_founders,
@@ -38,6 +39,7 @@ from ._rules import (
 from ._types import (
     BacklogRange,
     Conversation,
+    ConvPage,
     ConvRow,
     Draft,
     MemberMarks,
@@ -247,15 +249,20 @@ class MemoryStore(Store):
             others=tuple(marks[u] for u in conv.members if u != user),
         )
 
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
         check_id("user id", user)
         check_id("device id", device)
         await self._enter()
-        return [
-            self._row(self._convs[c], user, device)
+        activity = [
+            (log[-1].ts if (log := self._messages[c]) else 0, c)
             for c in sorted(self._convs)
             if self._convs[c].is_member(user)
         ]
+        page, next_cursor = convs_page(activity, limit, cursor)
+        rows = tuple(self._row(self._convs[c], user, device) for c in page)
+        return ConvPage(rows=rows, cursor=next_cursor)
 
     async def contacts(self, user: str) -> set[str]:
         await self._enter()

@@ -13,6 +13,7 @@ import attrs
 
 from protocol import (
     MAX_BODY_BYTES,
+    MAX_CONVS_LIMIT,
     MAX_GROUP_MEMBERS,
     MAX_HISTORY_LIMIT,
     MAX_TITLE_LEN,
@@ -176,6 +177,43 @@ def clamp_mark(conv: Conversation, user: str, last_seq: int, seq: int) -> int | 
 def check_limit(limit: int) -> None:
     if not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
         raise BadInput(f"history limit must be 1-{MAX_HISTORY_LIMIT}, not {limit!r}")
+
+
+def check_convs_limit(limit: int) -> None:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_CONVS_LIMIT:
+        raise BadInput(f"convs limit must be 1-{MAX_CONVS_LIMIT}, not {limit!r}")
+
+
+#: A ``convs`` position: (latest activity in ms, conversation id); rows go by it, descending.
+Activity = tuple[int, str]
+
+
+def convs_page(
+    activity: Iterable[Activity], limit: int, cursor: str | None
+) -> tuple[list[str], str | None]:
+    """The conversation ids of one ``convs`` page and the cursor of the next (None: last).
+
+    Rows go newest activity first (ties: conversation id, descending); ``cursor`` names the
+    last row of the previous page, ``"<activity ms>:<conv id>"``, and the page continues
+    strictly after it. A cursor that does not parse is :class:`BadInput`.
+    """
+    check_convs_limit(limit)
+    ordered = sorted(activity, reverse=True)
+    if cursor is not None:
+        after = _parse_cursor(cursor)
+        ordered = [key for key in ordered if key < after]
+    page, rest = ordered[:limit], ordered[limit:]
+    if not rest:
+        return [conv for _ts, conv in page], None
+    ts, conv = page[-1]
+    return [conv for _ts, conv in page], f"{ts}:{conv}"
+
+
+def _parse_cursor(cursor: str) -> Activity:
+    ts, sep, conv = cursor.partition(":")
+    if not sep or not ts.isdigit() or not conv:
+        raise BadInput(f"not a convs cursor: {cursor[:80]!r}")
+    return int(ts), conv
 
 
 def history_bounds(conv: Conversation, user: str, before: int | None) -> tuple[int, int | None]:

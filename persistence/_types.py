@@ -134,6 +134,14 @@ class ConvRow:
 
 
 @attrs.frozen(kw_only=True)
+class ConvPage:
+    """A page of the ``convs`` listing; ``cursor`` continues it (None: this is the last)."""
+
+    rows: tuple[ConvRow, ...]
+    cursor: str | None
+
+
+@attrs.frozen(kw_only=True)
 class RecvMark:
     """Device ``device`` of ``user`` has received everything of ``conv`` up to ``seq``."""
 

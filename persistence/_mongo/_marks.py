@@ -12,10 +12,18 @@ from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
 
-from .._rules import clamp_mark, unread_count
-from .._types import BacklogRange, Conversation, ConvRow, MemberMarks, ReadMark, RecvMark
+from .._rules import clamp_mark, convs_page
+from .._types import (
+    BacklogRange,
+    Conversation,
+    ConvPage,
+    ConvRow,
+    MemberMarks,
+    ReadMark,
+    RecvMark,
+)
 from ._chunks import ChunkLog
-from ._schema import Doc, decode_conv, read_id, recv_id
+from ._schema import PROBES_PER_QUERY, Doc, decode_conv, read_id, recv_id
 
 #: Watermark upserts per bulk-write command (see :meth:`Marks._bulk`).
 MARKS_PER_COMMAND = 50
@@ -111,32 +119,68 @@ class Marks:
         doc = self._db.recv.find_one({"_id": recv_id(user, device, conv)})
         return 0 if doc is None else int(doc["s"])
 
-    def conversations(self, user: str, device: str) -> list[ConvRow]:
-        """The ``convs`` listing of ``user`` as ``device`` sees it."""
+    def conversations(self, user: str, device: str, limit: int, cursor: str | None) -> ConvPage:
+        """A page of the ``convs`` listing of ``user`` as ``device`` sees it.
+
+        Every page reads the ids and ends of all the user's conversations (one indexed query
+        and the catch-up's ``$in`` rounds; the activity of each end from memory, or one small
+        bodiless read the first time), then only its own rows: their documents and marks in
+        ``$in`` batches, and their unread counts from bodiless reads.
+        """
+        ids = list(self._db.convs.find({"member_ids": user}, projection={"end_hint": 1}))
+        ends = self._chunks.last_seqs(ids)
+        stamps = self._chunks.last_ts(ends)
+        page, next_cursor = convs_page(((stamps[c], c) for c in ends), limit, cursor)
+        docs: dict[str, Doc] = {}
+        recv: dict[tuple[str, str], int] = {}  # (user, conv) → highest recv of their devices
+        mine: dict[str, int] = {}  # conv → this device's recv
+        read: dict[tuple[str, str], int] = {}
+        for k in range(0, len(page), PROBES_PER_QUERY):
+            batch = page[k : k + PROBES_PER_QUERY]
+            docs.update((d["_id"], d) for d in self._db.convs.find({"_id": {"$in": batch}}))
+            for d in self._db.recv.find(
+                {"c": {"$in": batch}}, projection={"u": 1, "d": 1, "c": 1, "s": 1}
+            ):
+                key = (d["u"], d["c"])
+                recv[key] = max(recv.get(key, 0), int(d["s"]))
+                if d["u"] == user and d["d"] == device:
+                    mine[d["c"]] = int(d["s"])
+            for d in self._db.read.find({"c": {"$in": batch}}, projection={"u": 1, "c": 1, "s": 1}):
+                read[(d["u"], d["c"])] = int(d["s"])
         rows = []
-        docs = list(self._db.convs.find({"member_ids": user}, sort=[("_id", 1)]))
-        lasts = self._chunks.last_seqs(docs)
-        for doc in docs:
-            conv = decode_conv(doc)
-            last = lasts[conv.id]
-            marks = self.marks(conv)
-            read = marks[user].read
+        for conv_id in page:
+            if conv_id not in docs:
+                continue  # gone between the two reads (conversations are never deleted)
+            conv = decode_conv(docs[conv_id])
+            last = ends[conv_id]
+            own_read = read.get((user, conv_id), 0)
+            unread = sum(
+                1
+                for seq, sender, kind, _ts in self._chunks.headers(conv_id, own_read + 1, last)
+                if kind == "text" and sender != user and conv.can_see(user, seq)
+            )
             rows.append(
                 ConvRow(
-                    conv=conv.id,
+                    conv=conv_id,
                     kind=conv.kind,
                     title=conv.title,
                     members=tuple(conv.members),
                     last_seq=last,
-                    delivered=self.device_recv(user, device, conv.id),
-                    read=read,
-                    unread=unread_count(
-                        conv, user, read, self._chunks.fetch(conv.id, read + 1, last)
+                    delivered=mine.get(conv_id, 0),
+                    read=own_read,
+                    unread=unread,
+                    others=tuple(
+                        MemberMarks(
+                            user=u,
+                            delivered=recv.get((u, conv_id), 0),
+                            read=read.get((u, conv_id), 0),
+                        )
+                        for u in conv.members
+                        if u != user
                     ),
-                    others=tuple(marks[u] for u in conv.members if u != user),
                 )
             )
-        return rows
+        return ConvPage(rows=tuple(rows), cursor=next_cursor)
 
     def unsynced_many(self, wanted: list[tuple[str, str]]) -> list[Backlog]:
         """Where the hello backlog of many (user, device) is, at once: a few commands for all

@@ -24,6 +24,7 @@ from .._contract import Store
 from .._errors import BadInput, StoreError
 from .._rules import (
     GROUP_ID_HEX,
+    check_convs_limit,
     check_id,
     check_limit,
     check_title,
@@ -35,7 +36,7 @@ from .._rules import (
 )
 from .._types import (
     Conversation,
-    ConvRow,
+    ConvPage,
     Draft,
     MemberMarks,
     MemberOp,
@@ -213,10 +214,13 @@ class MongoStore(Store):
         assert event is not None, "a leave always records an event"
         return event
 
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
         check_id("user id", user)
         check_id("device id", device)
-        return await self._runner.call(self._marks.conversations, user, device)
+        check_convs_limit(limit)
+        return await self._runner.call(self._marks.conversations, user, device, limit, cursor)
 
     async def contacts(self, user: str) -> set[str]:
         return await self._runner.call(self._membership.contacts, user)

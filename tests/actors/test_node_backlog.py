@@ -49,3 +49,26 @@ async def test_a_long_backlog_costs_bounded_memory(chat: Chat) -> None:
     # Node, store client and test client together (all traced in this process): reading the
     # whole backlog at once took more than 20 MiB.
     assert peak < 4 * 1024 * 1024, f"peak {peak / 2**20:.1f} MiB"
+
+
+async def test_convs_are_paged_with_a_cursor(chat: Chat) -> None:
+    ann = await chat.connect("ann")
+    for i in range(5):
+        await ann.request({"type": "group_create", "title": f"g{i}", "members": [], "rid": f"g{i}"})
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        frame = {"type": "convs", "limit": 2, "cursor": cursor, "rid": chat.rid()}
+        page = await ann.request(frame)
+        pages += 1
+        seen += [row["conv"] for row in page["convs"]]
+        assert page["more"] == (page["cursor"] is not None)
+        if not page["more"]:
+            break
+        cursor = page["cursor"]
+    assert pages == 3 and len(set(seen)) == 5
+    refused = await ann.request({"type": "convs", "limit": 501, "rid": "bad"}, kind="error")
+    assert refused["code"] == "bad_frame"
+    refused = await ann.request({"type": "convs", "cursor": "junk", "rid": "junk"}, kind="error")
+    assert refused["code"] == "bad_frame"

@@ -249,7 +249,7 @@ async def test_unsynced_and_conversation_rows(store: Store) -> None:
     await store.merge_read([ReadMark(user="bob", conv=direct.id, seq=1)])
     pending = await store.unsynced("bob", "phone")
     assert [(r.conv, r.lo, r.hi) for r in pending] == sorted([(direct.id, 2, 3), (group.id, 1, 2)])
-    rows = {r.conv: r for r in await store.conversations("bob", "phone")}
+    rows = {r.conv: r for r in (await store.conversations("bob", "phone")).rows}
     assert sorted(rows) == sorted([direct.id, group.id])
     row = rows[direct.id]
     assert (row.kind, row.last_seq, row.delivered, row.read, row.unread) == ("direct", 3, 1, 1, 1)
@@ -399,7 +399,7 @@ async def test_reads_across_small_and_big_batches(store: Store) -> None:
     # Returned numbers are plain ints (not a driver's own int type).
     for value in (stored[0].seq, stored[0].ts, messages[0].seq, messages[0].ts):
         assert type(value) is int
-    [row] = await store.conversations("bob", "p")
+    [row] = (await store.conversations("bob", "p")).rows
     assert (type(row.last_seq), type(row.delivered), type(row.unread)) == (int, int, int)
 
 
@@ -408,3 +408,29 @@ async def test_direct_conversation_lookup_does_not_change_it(store: Store) -> No
     await store.append(first.id, [draft("alice", "c1")])
     assert await store.direct_conversation("bob", "alice") == first
     assert await store.last_seq(first.id) == 1
+
+
+async def test_conversations_are_paged_by_latest_activity(store: Store) -> None:
+    groups = []
+    for i in range(5):
+        conv, _ = await store.create_group("alice", f"g{i}", ["bob"], 100 + i)
+        groups.append(conv.id)
+    # Activity is the time of the last message: g1 spoke last, then g3; the others did not.
+    await store.append(groups[3], [draft("bob", "b3", ts=500)])
+    await store.append(groups[1], [draft("bob", "b1", ts=600)])
+    expected = [groups[1], groups[3], groups[4], groups[2], groups[0]]
+    first = await store.conversations("alice", "d1", limit=2)
+    assert [r.conv for r in first.rows] == expected[:2] and first.cursor is not None
+    second = await store.conversations("alice", "d1", limit=2, cursor=first.cursor)
+    assert [r.conv for r in second.rows] == expected[2:4] and second.cursor is not None
+    last = await store.conversations("alice", "d1", limit=2, cursor=second.cursor)
+    assert [r.conv for r in last.rows] == expected[4:] and last.cursor is None
+    everything = await store.conversations("alice", "d1")
+    assert [r.conv for r in everything.rows] == expected and everything.cursor is None
+    assert [r.unread for r in everything.rows] == [1, 1, 0, 0, 0]
+    for bad_limit in (0, 501):
+        with pytest.raises(BadInput):
+            await store.conversations("alice", "d1", limit=bad_limit)
+    for bad_cursor in ("nonsense", ":g:1", "x:g:1"):
+        with pytest.raises(BadInput):
+            await store.conversations("alice", "d1", cursor=bad_cursor)
