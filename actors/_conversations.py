@@ -20,6 +20,7 @@ import trio
 from persistence import Conversation, ConvRow, Store, StoredMessage, StoreError, Unavailable
 from protocol import MAX_CONVS_LIMIT
 
+from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext
 from ._conversation import ConversationActor
 from ._messages import Announce, ConversationRequest
@@ -30,8 +31,6 @@ log = logging.getLogger("actors.conversations")
 Mailbox = trio.MemorySendChannel[ConversationRequest]
 #: Pauses between tries to start a new group's actor that could not start (the last repeats).
 ANNOUNCE_BACKOFF_S = (0.05, 0.2, 1.0)
-#: Bound on the cache of direct conversation ids (cleared when full).
-_MAX_DIRECTS = 100_000
 
 
 class ConversationManager:
@@ -50,9 +49,6 @@ class ConversationManager:
         self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_window_s, ctx.timed)
         # New group → its creation event, until an actor of the group has fanned it out.
         self._unannounced: dict[str, StoredMessage] = {}
-        # (user, peer) → id of their direct conversation, known to exist (a direct
-        # conversation never changes and is never deleted, so this is never stale).
-        self._directs: dict[tuple[str, str], str] = {}
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -92,16 +88,9 @@ class ConversationManager:
                 self._forget(conv, mailbox)  # it retired between lookup and send: start anew
 
     async def direct_conversation(self, user: str, peer: str) -> str:
-        """The id of the direct conversation of ``user`` and ``peer`` (created if needed)."""
-        known = self._directs.get((user, peer))
-        if known is not None:
-            return known
-        with self._ctx.timed("direct_conversation"):
-            conv = (await self._ctx.store.direct_conversation(user, peer)).id
-        if len(self._directs) >= _MAX_DIRECTS:
-            self._directs.clear()
-        self._directs[(user, peer)] = conv
-        return conv
+        """The id of the direct conversation of ``user`` and ``peer``. Nothing is written: the
+        Store stores it with its first message, so a refused send leaves no trace (G7)."""
+        return (await self._ctx.store.direct_conversation(user, peer)).id
 
     async def create_group(
         self, user: str, device: str, title: str, members: Sequence[str]
@@ -230,7 +219,8 @@ class ConversationManager:
         if announce is not None:
             # Announced before it started (an event handed over meanwhile is still owed).
             self._unannounced.pop(conv, None)
-        self._first_seen_seq.setdefault(conv, actor.last_seq)
+        if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART):  # kept for nothing else: unbounded
+            self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
         return send
 

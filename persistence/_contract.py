@@ -49,11 +49,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def direct_conversation(self, a: str, b: str) -> Conversation:
-        """Get or create the 1:1 conversation of ``a`` and ``b``.
+        """The 1:1 conversation of ``a`` and ``b``; writes nothing.
 
         Its id is ``"d:" + min(a, b) + ":" + max(a, b)``, so concurrent first messages from
-        both sides (on any node) meet in one conversation. Idempotent. ``a == b`` →
-        :class:`Forbidden`; invalid ids → :class:`BadInput`.
+        both sides (on any node) meet in one conversation. It is stored only by the
+        :meth:`append` that stores its first message: until then every read treats it as an
+        empty conversation of its two members, and no listing (:meth:`conversations`,
+        :meth:`contacts`, :meth:`unsynced`) shows it, so a refused first send leaves no trace.
+        ``a == b`` → :class:`Forbidden`; invalid ids → :class:`BadInput`.
         """
 
     @abc.abstractmethod

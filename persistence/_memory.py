@@ -28,6 +28,7 @@ from ._rules import (
     draft_error,
     group_founders,
     history_bounds,
+    implicit_direct,
     member_body,
     new_group,
     no_such_conversation,
@@ -142,7 +143,7 @@ class MemoryStore(Store):
         return f"{self._rng.getrandbits(4 * GROUP_ID_HEX):0{GROUP_ID_HEX}x}"
 
     def _conv(self, conv: str) -> Conversation:
-        found = self._convs.get(conv)
+        found = self._convs.get(conv) or implicit_direct(conv)
         if found is None:
             raise no_such_conversation(conv)
         return found
@@ -156,13 +157,7 @@ class MemoryStore(Store):
     async def direct_conversation(self, a: str, b: str) -> Conversation:
         conv_id = direct_id(a, b)
         await self._enter()
-        conv = self._convs.get(conv_id)
-        if conv is None:
-            conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
-            self._convs[conv_id] = conv
-            self._messages[conv_id] = []
-            self._after_write()
-        return conv
+        return self._conv(conv_id)
 
     async def create_group(
         self, creator: str, title: str, members: Iterable[str], ts: int
@@ -279,7 +274,7 @@ class MemoryStore(Store):
     ) -> list[StoredMessage | StoreError]:
         await self._enter()
         current = self._conv(conv)
-        log = self._messages[conv]
+        log = self._messages.get(conv, [])
         results: list[StoredMessage | StoreError] = []
         new: list[StoredMessage] = []
         for draft in drafts:
@@ -305,6 +300,9 @@ class MemoryStore(Store):
                 body=draft.body,
                 ts=draft.ts,
             )
+            if conv not in self._convs:  # a direct conversation's first message stores it
+                self._convs[conv] = current
+                self._messages[conv] = log
             self._keys[key] = self._store(message)
             results.append(message)
             new.append(message)
@@ -322,7 +320,7 @@ class MemoryStore(Store):
         check_limit(limit)
         await self._enter()
         lo, hi = history_bounds(self._conv(conv), user, before)
-        log = self._messages[conv]
+        log = self._messages.get(conv, [])
         top = len(log) if hi is None else min(hi, len(log))
         start = max(lo, top - limit + 1)
         return log[start - 1 : top], start > lo
@@ -330,12 +328,12 @@ class MemoryStore(Store):
     async def range(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
         await self._enter()
         self._conv(conv)
-        return self._messages[conv][max(lo, 1) - 1 : max(hi, 0)]
+        return self._messages.get(conv, [])[max(lo, 1) - 1 : max(hi, 0)]
 
     async def last_seq(self, conv: str) -> int:
         await self._enter()
         self._conv(conv)
-        return len(self._messages[conv])
+        return len(self._messages.get(conv, []))
 
     # -- watermarks ----------------------------------------------------------------------
 

@@ -44,6 +44,22 @@ def check_id(what: str, value: object) -> str:
     return value
 
 
+def implicit_direct(conv_id: str) -> Conversation | None:
+    """The direct conversation ``conv_id`` names (``d:<a>:<b>``, ``a < b``), as it is before
+    its first message; None if ``conv_id`` names no direct conversation.
+
+    A direct conversation is stored only with its first message (a refused send leaves no
+    trace, G7); until then it exists implicitly, like users do: empty, with its two members.
+    """
+    parts = conv_id.split(":")
+    if len(parts) != 3 or parts[0] != "d":
+        return None
+    a, b = parts[1], parts[2]
+    if not (is_valid_id(a) and is_valid_id(b) and a < b):
+        return None
+    return Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
+
+
 def direct_id(a: str, b: str) -> str:
     """The stable id of the direct conversation of ``a`` and ``b``."""
     check_id("user id", a)

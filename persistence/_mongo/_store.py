@@ -31,6 +31,7 @@ from .._rules import (
     direct_id,
     group_founders,
     history_bounds,
+    implicit_direct,
     member_body,
     new_group,
 )
@@ -45,7 +46,6 @@ from .._types import (
     RecvMark,
     StoredMessage,
 )
-from ._cache import BoundedCache
 from ._chunks import ChunkLog
 from ._coalescer import Coalescer
 from ._commit import MERGE_MAX_DRAFTS, CommitStats, GroupCommit, Outcome, Request
@@ -58,8 +58,6 @@ from ._schema import DURABLE, LIGHT, Doc, create_indexes, load_conv, new_message
 
 A = TypeVar("A")
 R = TypeVar("R")
-#: Direct conversations one store answers from memory (they never change).
-DIRECTS_MAX = 20_000
 
 
 class MongoStore(Store):
@@ -90,7 +88,6 @@ class MongoStore(Store):
         self._marks = Marks(self._db, light, self._chunks)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
-        self._directs: BoundedCache[str, Conversation] = BoundedCache(DIRECTS_MAX)
         # Appends (one merged commit at a time) and watermark batches get threads of their
         # own, so neither waits behind a burst of the other or of hello reads.
         self._marks_limiter = trio.CapacityLimiter(2)
@@ -158,14 +155,10 @@ class MongoStore(Store):
     # -- conversations -------------------------------------------------------------------
 
     async def direct_conversation(self, a: str, b: str) -> Conversation:
-        conv_id = direct_id(a, b)
-        # A direct conversation never changes (no adds, removes or leaves) and is never
-        # deleted, so once seen it is answered from memory.
-        known = self._directs.get(conv_id)
-        if known is not None:
-            return known
-        conv = await self._runner.call(self._membership.direct, conv_id, a, b)
-        self._directs.put(conv_id, conv)
+        # A direct conversation never changes (no adds, removes or leaves): it is what its
+        # id says, stored or not (the first message stores it).
+        conv = implicit_direct(direct_id(a, b))
+        assert conv is not None
         return conv
 
     async def create_group(

@@ -4,11 +4,11 @@ SecantusDB server), listening on a real TCP port, and raw-JSON WebSocket clients
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
-from wsclient import SECRET, TEST_CONFIG, Chat, wall_ms
+from wsclient import SECRET, TEST_CONFIG, Chat, StartChat, wall_ms
 
 from actors import Node, NodeConfig, TokenIssuer
 from persistence import MongoStore
@@ -32,9 +32,6 @@ async def chat(mongo_uri: str, mongo_db_name: str, nursery: trio.Nursery) -> Asy
     yield Chat(node=node, store=store, port=port, nursery=nursery, issuer=issuer)
     await node.shutdown()
     await store.aclose()
-
-
-StartChat = Callable[[NodeConfig], Awaitable[Chat]]
 
 
 @pytest.fixture

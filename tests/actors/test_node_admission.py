@@ -10,9 +10,8 @@ import time
 import attrs
 import orjson
 import trio
-from conftest import StartChat
 from trio_websocket import ConnectionClosed, wrap_client_stream
-from wsclient import TEST_CONFIG, Chat, WsClient
+from wsclient import TEST_CONFIG, Chat, StartChat, WsClient
 
 from actors import NodeConfig
 
@@ -179,3 +178,19 @@ async def test_history_before_zero_and_null_limit_behave_as_documented(chat: Cha
 def config_with(**changes: object) -> NodeConfig:
     """TEST_CONFIG with ``changes``."""
     return attrs.evolve(TEST_CONFIG, **changes)  # type: ignore[misc]
+
+
+async def test_a_refused_send_leaves_no_direct_conversation(chat: Chat) -> None:
+    ann, cy = await chat.connect("ann"), await chat.connect("cy")
+    await ann.send({"type": "send", "cmid": "c1", "to": "ben", "body": "hi ben"})
+    await ann.wait_for("ack", cmid="c1")
+    await ann.send({"type": "send", "cmid": "c1", "to": "cy", "body": "hi cy"})  # reused cmid
+    nack = await ann.wait_for("nack", cmid="c1")
+    assert nack["code"] == "conflict"
+    # No trace: cy lists no conversation, and ann may not watch cy's presence.
+    listing = await cy.request({"type": "convs", "rid": chat.rid()})
+    assert listing["convs"] == []
+    refused = await ann.request(
+        {"type": "presence_sub", "users": ["cy"], "rid": chat.rid()}, kind="error"
+    )
+    assert refused["code"] == "forbidden"

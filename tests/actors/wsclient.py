@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -133,3 +134,7 @@ class Chat:
 
 #: Short presence grace and batch windows keep tests fast; every wait is still event-driven.
 TEST_CONFIG = NodeConfig(presence_grace_s=0.5, watermark_window_s=0.02)
+
+
+#: The ``start_chat`` fixture: starts a node with the given config (see conftest.py).
+StartChat = Callable[[NodeConfig], Awaitable[Chat]]

@@ -434,3 +434,36 @@ async def test_conversations_are_paged_by_latest_activity(store: Store) -> None:
     for bad_cursor in ("nonsense", ":g:1", "x:g:1"):
         with pytest.raises(BadInput):
             await store.conversations("alice", "d1", cursor=bad_cursor)
+
+
+async def test_a_direct_conversation_is_stored_with_its_first_message(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    # Before its first message it reads as empty and is listed nowhere.
+    assert await store.get_conversation(conv.id) == conv
+    assert await store.last_seq(conv.id) == 0
+    assert await store.history(conv.id, "alice", None, 50) == ([], False)
+    assert await store.range(conv.id, 1, 10) == []
+    assert (await store.conversations("alice", "d1")).rows == ()
+    assert await store.contacts("bob") == set()
+    assert await store.unsynced("bob", "d1") == []
+    with pytest.raises(Forbidden):
+        await store.add_member(conv.id, "alice", "carol", 1)
+    # A refused first message (a reused cmid) stores nothing either.
+    other = await store.direct_conversation("alice", "carol")
+    await store.append(other.id, [draft("alice", "c1", "to carol")])
+    [refused] = await store.append(conv.id, [draft("alice", "c1", "to bob")])
+    assert isinstance(refused, Conflict)
+    assert [r.conv for r in (await store.conversations("bob", "d1")).rows] == []
+    assert await store.contacts("bob") == set()
+    # Its first message stores it, for both sides.
+    [first] = await store.append(conv.id, [draft("bob", "b1", ts=2000)])
+    assert isinstance(first, StoredMessage) and first.seq == 1
+    assert [r.conv for r in (await store.conversations("alice", "d1")).rows] == [
+        conv.id,
+        other.id,
+    ]
+    assert await store.contacts("bob") == {"alice"}
+    # Ids that name no direct conversation are still unknown.
+    for bad in ("d:bob:alice", "d:alice", "d:alice:alice", "d:a b:c"):
+        with pytest.raises(NotFound):
+            await store.get_conversation(bad)
