@@ -8,8 +8,6 @@ from ._auth import resolve_secret as resolve_secret
 from ._config import ACK_BEFORE_WRITE as ACK_BEFORE_WRITE
 from ._config import DELIVER_TO_REMOVED as DELIVER_TO_REMOVED
 from ._config import MUTANTS as MUTANTS
-from ._config import NO_CMID_DEDUPE as NO_CMID_DEDUPE
-from ._config import NO_PRESENCE_GRACE as NO_PRESENCE_GRACE
 from ._config import SEQ_REUSE_AFTER_RESTART as SEQ_REUSE_AFTER_RESTART
 from ._config import WATERMARK_BACKWARDS as WATERMARK_BACKWARDS
 from ._config import NodeConfig as NodeConfig
@@ -21,7 +19,6 @@ from ._notifier import LogSink as LogSink
 from ._notifier import Notifier as Notifier
 from ._notifier import Sink as Sink
 from ._notifier import WebhookSink as WebhookSink
-from ._router import SLOW_CONSUMER as SLOW_CONSUMER
 from ._router import ConnectionHandle as ConnectionHandle
 from ._router import Router as Router
 from ._serve import serve_main as serve_main
@@ -31,10 +28,7 @@ from ._supervisor import Restart as Restart
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorEscalation as SupervisorEscalation
 from ._token_cli import token_main as token_main
-from ._transport import MemoryPeer as MemoryPeer
-from ._transport import MemoryTransport as MemoryTransport
 from ._transport import PingObservingConnection as PingObservingConnection
 from ._transport import Transport as Transport
 from ._transport import TransportClosed as TransportClosed
 from ._transport import WebSocketTransport as WebSocketTransport
-from ._transport import memory_transport_pair as memory_transport_pair

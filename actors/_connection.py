@@ -68,7 +68,6 @@ from protocol import (
 
 from ._admission import Ticket
 from ._auth import Grant, InvalidToken
-from ._config import NO_CMID_DEDUPE
 from ._context import NodeContext, msg_frame
 from ._conversations import ConversationManager
 from ._messages import (
@@ -93,11 +92,6 @@ log = logging.getLogger("actors.connection")
 TokenVerifier = Callable[[str, float], Grant]
 #: Starts a task in the node's nursery (``nursery.start_soon``).
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
-
-#: Close code after a Store failure during sync: the client should come back later.
-TRY_AGAIN_LATER = 1013
-#: Close code when the connection actor itself failed (RFC 6455 "internal error").
-INTERNAL_ERROR = 1011
 
 
 class ConnectionActor:
@@ -185,7 +179,7 @@ class ConnectionActor:
                     await self._serve()
                 except Exception:
                     log.exception("connection %d failed", self._conn_id)
-                    self.request_close(INTERNAL_ERROR, "internal error")
+                    self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
         except BaseException:
             self._abandon()
             raise
@@ -347,7 +341,7 @@ class ConnectionActor:
         if handle is not None:
             self._ctx.router.unregister(handle)
             self._ctx.metrics.connections.dec()
-            if not self._ctx.router.is_connected(handle.user):
+            if not self._ctx.router.devices(handle.user):
                 self._ctx.budgets.release(handle.user, trio.current_time())
         return handle
 
@@ -399,7 +393,7 @@ class ConnectionActor:
         except Exception:
             log.exception("connection %d: writer failed", self._conn_id)
             handle.closed = True
-            self.request_close(INTERNAL_ERROR, "internal error")
+            self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._writer_scope = None
             self._writing = False
@@ -469,7 +463,7 @@ class ConnectionActor:
             await self._enqueue(error)
             # welcome + error out before the close cancels the writer
             await self._drain_outbox(self._ctx.config.close_timeout_s)
-            self.request_close(TRY_AGAIN_LATER, "storage unavailable")
+            self.request_close(CloseCode.TRY_AGAIN_LATER, "storage unavailable")
             return False
         await self._enqueue(Synced())
         while parked := handle.take_parked(synced_up_to):
@@ -622,10 +616,7 @@ class ConnectionActor:
         else:
             assert frame.conv is not None
             conv = frame.conv
-        store_cmid = self._ctx.token() if self._ctx.mutant(NO_CMID_DEDUPE) else frame.cmid
-        request = SendRequest(
-            origin=handle, cmid=frame.cmid, store_cmid=store_cmid, body=frame.body, rid=frame.rid
-        )
+        request = SendRequest(origin=handle, cmid=frame.cmid, body=frame.body, rid=frame.rid)
         await self._conversations.submit(conv, request)
 
     async def _history(self, handle: ConnectionHandle, frame: History) -> None:

@@ -11,19 +11,19 @@ watermarks (graceful shutdown).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Sequence
 
 import trio
 
 from persistence import Conversation, ConvRow, Store, StoredMessage, StoreError, Unavailable
-from protocol import MAX_CONVS_LIMIT
+from protocol import MAX_CONVS_LIMIT, MemberEvent, RemoteProtocolError
 
 from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext
 from ._conversation import ConversationActor
 from ._messages import Announce, ConversationRequest
+from ._retry import retry_store
 from ._watermarks import MarkWriter
 
 log = logging.getLogger("actors.conversations")
@@ -31,6 +31,8 @@ log = logging.getLogger("actors.conversations")
 Mailbox = trio.MemorySendChannel[ConversationRequest]
 #: Pauses between tries to start a new group's actor that could not start (the last repeats).
 ANNOUNCE_BACKOFF_S = (0.05, 0.2, 1.0)
+#: Pauses between the searches for a group whose creation failed ambiguously.
+FIND_GROUP_PAUSES_S = (0.05, 0.2)
 
 
 class ConversationManager:
@@ -40,8 +42,8 @@ class ConversationManager:
         self._ctx = ctx
         self._actors: dict[str, Mailbox] = {}
         self._starting: dict[str, trio.Event] = {}
-        # The last seq each conversation had when its first actor on this node started:
-        # only the ``seq_reuse_after_restart`` mutant reads it (a deliberately stale cache).
+        # The last seq each conversation had when its first actor on this node started: a
+        # deliberately stale cache kept only while the ``seq_reuse_after_restart`` mutant is on.
         self._first_seen_seq: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
@@ -54,7 +56,15 @@ class ConversationManager:
         return len(self._actors)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Host the actors until :meth:`stop` (then wait for them) or cancellation."""
+        """Host the actors until :meth:`stop` (then wait for them) or cancellation.
+
+        Each run starts from fresh state (OTP: a restarted child does not inherit its dead
+        predecessor's): the actors, their mailboxes and pending announcements died with the
+        previous run. Only caches of facts that never change (direct conversation ids) stay.
+        """
+        self._actors = {}
+        self._starting = {}
+        self._unannounced = {}
         async with trio.open_nursery() as outer:
             await outer.start(self.mark_writer.run)
             async with trio.open_nursery() as nursery:
@@ -169,22 +179,25 @@ class ConversationManager:
                 raise
             failure = exc
         founders = list(dict.fromkeys([user, *members]))
-        for pause in (0.05, 0.2, None):
-            try:
-                with self._ctx.timed("find_group"):
-                    for row in await _all_conversations(store, user, device):
-                        if row.kind != "group" or row.title != title:
-                            continue
-                        first = await store.range(row.conv, 1, 1)
-                        if first and _is_creation(first[0], user, ts, founders):
-                            log.info("ambiguous group_create of %s found %s", user, row.conv)
-                            return await store.get_conversation(row.conv), first[0]
-                raise failure  # searched without error: it was not created
-            except StoreError as exc:
-                if exc is failure or pause is None:
-                    raise failure from None
-                await trio.sleep(pause)
-        raise AssertionError("unreachable")
+
+        async def find() -> tuple[Conversation, StoredMessage] | None:
+            with self._ctx.timed("find_group"):
+                for row in await _all_conversations(store, user, device):
+                    if row.kind != "group" or row.title != title:
+                        continue
+                    first = await store.range(row.conv, 1, 1)
+                    if first and _is_creation(first[0], user, ts, founders):
+                        return await store.get_conversation(row.conv), first[0]
+            return None
+
+        try:
+            found = await retry_store(find, FIND_GROUP_PAUSES_S)
+        except StoreError:
+            found = None
+        if found is None:  # not created, or not to be found: the original error stands
+            raise failure from None
+        log.info("ambiguous group_create of %s found %s", user, found[0].id)
+        return found
 
     async def _mailbox(self, conv: str) -> Mailbox:
         while True:
@@ -245,7 +258,7 @@ def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[s
     if message.kind != "member" or message.sender != creator or message.ts != ts:
         return False
     try:
-        body = json.loads(message.body)
-    except ValueError:
+        event = MemberEvent.parse(message.body)
+    except RemoteProtocolError:
         return False
-    return isinstance(body, dict) and body.get("op") == "create" and body.get("users") == founders
+    return event.op == "create" and list(event.users) == founders

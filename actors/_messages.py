@@ -11,11 +11,11 @@ from typing import Literal
 import attrs
 
 from persistence import StoredMessage
+from protocol import MemberOp
 
 from ._router import ConnectionHandle
 
 MarkKind = Literal["recv", "read"]
-MemberOp = Literal["add", "remove", "leave"]
 
 
 # --------------------------------------------------------------------- to a conversation actor
@@ -23,11 +23,10 @@ MemberOp = Literal["add", "remove", "leave"]
 
 @attrs.frozen(kw_only=True)
 class SendRequest:
-    """Store ``body`` from ``origin``'s device; ``store_cmid`` is what the Store dedupes on."""
+    """Store ``body`` from ``origin``'s device under ``cmid`` (the Store dedupes on it)."""
 
     origin: ConnectionHandle
     cmid: str
-    store_cmid: str
     body: str
     rid: str | None
 

@@ -19,12 +19,9 @@ from collections.abc import Callable
 
 import attrs
 
-from protocol import Msg, Result, ServerFrame
+from protocol import CloseCode, Msg, Result, ServerFrame
 
 log = logging.getLogger("actors.router")
-
-#: Close code for a connection dropped because it did not keep up with its pushes.
-SLOW_CONSUMER = 1013
 
 CloseRequest = Callable[[int, str], None]
 
@@ -94,7 +91,7 @@ class ConnectionHandle:
         size = frame_bytes(frame)
         if self.syncing:
             if len(self._parked) >= self.limit or self._parked_bytes + size > self.byte_limit:
-                self.close(SLOW_CONSUMER, "slow consumer: too many pushes during sync")
+                self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: too many pushes during sync")
                 return False
             self._parked.append(frame)
             self._parked_bytes += size
@@ -102,7 +99,7 @@ class ConnectionHandle:
         if self.closed:
             return False
         if self.unsent >= self.limit or self.unsent_bytes + size > self.byte_limit:
-            self.close(SLOW_CONSUMER, "slow consumer: outbox full")
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: outbox full")
             return False
         self.queue(frame, size)
         self._kick()
@@ -168,9 +165,6 @@ class Router:
         if not devices:
             return []
         return [devices[d] for d in sorted(devices)]
-
-    def is_connected(self, user: str) -> bool:
-        return user in self._table
 
     def all(self) -> list[ConnectionHandle]:
         """Every registered connection, by (user, device)."""

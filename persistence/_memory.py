@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 import attrs
 import trio
 
+from protocol import MemberEvent
+
 from ._contract import Store
 from ._errors import NotFound, StoreError, Unavailable
 from ._rules import (
@@ -29,7 +31,6 @@ from ._rules import (
     group_founders,
     history_bounds,
     implicit_direct,
-    member_body,
     new_group,
     no_such_conversation,
     not_member,
@@ -176,7 +177,7 @@ class MemoryStore(Store):
                 sender=creator,
                 device="",
                 cmid=None,
-                body=member_body("create", creator, founders),
+                body=MemberEvent(op="create", by=creator, users=tuple(founders)).to_body(),
                 ts=ts,
                 kind="member",
             )
@@ -206,7 +207,7 @@ class MemoryStore(Store):
                 sender=actor,
                 device="",
                 cmid=None,
-                body=member_body(kind, actor, [target]),
+                body=MemberEvent(op=kind, by=actor, users=(target,)).to_body(),
                 ts=ts,
                 kind="member",
             )

@@ -13,13 +13,18 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from protocol import MemberEvent
+
 from .._errors import Unavailable
-from .._rules import apply_member_change, member_body, plan_member_change
+from .._rules import apply_member_change, plan_member_change
 from .._types import Conversation, MemberOp, StoredMessage
 from ._chunks import ChunkLog, Head
 from ._commit import MAX_ROUNDS
 from ._runner import Runner, is_write_conflict
 from ._schema import Doc, chunk_doc, load_conv, membership_fields, new_message_id
+
+#: Upserts of a new direct conversation before giving up (each one after a lost race).
+_DIRECT_RACE_TRIES = 3
 
 
 class _Contended(Exception):
@@ -132,7 +137,7 @@ class Membership:
             sender=actor,
             device="",
             cmid=None,
-            body=member_body(kind, actor, [target]),
+            body=MemberEvent(op=kind, by=actor, users=(target,)).to_body(),
             ts=ts,
             kind="member",
         )

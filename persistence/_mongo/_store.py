@@ -20,6 +20,8 @@ from pymongo import MongoClient
 from pymongo.errors import ConfigurationError
 from pymongo.read_concern import ReadConcern
 
+from protocol import MemberEvent
+
 from .._contract import Store
 from .._errors import BadInput, StoreError
 from .._rules import (
@@ -32,7 +34,6 @@ from .._rules import (
     group_founders,
     history_bounds,
     implicit_direct,
-    member_body,
     new_group,
 )
 from .._types import (
@@ -179,7 +180,7 @@ class MongoStore(Store):
             sender=creator,
             device="",
             cmid=None,
-            body=member_body("create", creator, founders),
+            body=MemberEvent(op="create", by=creator, users=tuple(founders)).to_body(),
             ts=ts,
             kind="member",
         )
