@@ -32,8 +32,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from persistence import BacklogRange, StoreError, UnknownConversation
 from persistence import ConvRow as StoredConvRow
-from persistence import StoreError, UnknownConversation
 from protocol import (
     ClientFrame,
     CloseCode,
@@ -483,18 +483,34 @@ class ConnectionActor:
         with self._ctx.timed("sync"):
             ranges = await store.unsynced(handle.user, handle.device)
         synced_up_to: dict[str, int] = {}
+        # Pages of about backlog_page messages: a long range is split, short ones (a user in
+        # many conversations with a little each) go several to a Store call.
+        page: list[BacklogRange] = []
+        size = 0
         for span in ranges:
             for lo in range(span.lo, span.hi + 1, config.backlog_page):
-                await self._wait_for_room(handle, config.backlog_window_bytes)
                 hi = min(span.hi, lo + config.backlog_page - 1)
-                with self._ctx.timed("sync_page"):
-                    page = await store.range(span.conv, lo, hi)
-                for message in page:
-                    await self._enqueue(msg_frame(message))
-                self._ctx.metrics.messages_out.inc(len(page))
-                del page
-                synced_up_to[span.conv] = hi
+                page.append(BacklogRange(conv=span.conv, lo=lo, hi=hi))
+                size += hi - lo + 1
+                if size >= config.backlog_page:
+                    await self._push_page(handle, page, synced_up_to)
+                    page, size = [], 0
+        if page:
+            await self._push_page(handle, page, synced_up_to)
         return synced_up_to
+
+    async def _push_page(
+        self, handle: ConnectionHandle, page: list[BacklogRange], synced_up_to: dict[str, int]
+    ) -> None:
+        """Read one page of the backlog once the outbox has room for it, and queue it."""
+        await self._wait_for_room(handle, self._ctx.config.backlog_window_bytes)
+        with self._ctx.timed("sync_page"):
+            messages = await self._ctx.store.read_ranges(page)
+        for message in messages:
+            await self._enqueue(msg_frame(message))
+        self._ctx.metrics.messages_out.inc(len(messages))
+        for span in page:
+            synced_up_to[span.conv] = span.hi
 
     async def _wait_for_room(self, handle: ConnectionHandle, room_bytes: int) -> None:
         """Wait until the outbox holds less than ``room_bytes``."""

@@ -171,6 +171,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        """The messages of several ranges (of :meth:`unsynced`), range after range, in one
+        call: what :meth:`range` of each would return. Unknown conversations give none."""
+
+    @abc.abstractmethod
     async def last_seq(self, conv: str) -> int:
         """The highest seq stored in ``conv`` (0 if empty); :class:`NotFound` if unknown."""
 

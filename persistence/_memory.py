@@ -331,6 +331,14 @@ class MemoryStore(Store):
         self._conv(conv)
         return self._messages.get(conv, [])[max(lo, 1) - 1 : max(hi, 0)]
 
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        await self._enter()
+        return [
+            m
+            for s in spans
+            for m in self._messages.get(s.conv, [])[max(s.lo, 1) - 1 : max(s.hi, 0)]
+        ]
+
     async def last_seq(self, conv: str) -> int:
         await self._enter()
         self._conv(conv)

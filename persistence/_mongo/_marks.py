@@ -154,10 +154,14 @@ class Marks:
             conv = decode_conv(docs[conv_id])
             last = ends[conv_id]
             own_read = read.get((user, conv_id), 0)
-            unread = sum(
-                1
-                for seq, sender, kind, _ts in self._chunks.headers(conv_id, own_read + 1, last)
-                if kind == "text" and sender != user and conv.can_see(user, seq)
+            unread = (
+                sum(
+                    1
+                    for seq, sender, kind, _ts in self._chunks.headers(conv_id, own_read + 1, last)
+                    if kind == "text" and sender != user and conv.can_see(user, seq)
+                )
+                if own_read < last  # read up to the end (the usual case): nothing to count
+                else 0
             )
             rows.append(
                 ConvRow(

@@ -37,6 +37,7 @@ from .._rules import (
     new_group,
 )
 from .._types import (
+    BacklogRange,
     Conversation,
     ConvPage,
     Draft,
@@ -252,6 +253,12 @@ class MongoStore(Store):
     def _range_sync(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
         load_conv(self._db, conv)
         return self._chunks.fetch(conv, lo, hi)
+
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        # One thread hop for all of them; each range is one index read of its chunks.
+        return await self._runner.call(
+            lambda: [m for s in spans for m in self._chunks.fetch(s.conv, s.lo, s.hi)]
+        )
 
     async def last_seq(self, conv: str) -> int:
         return await self._runner.call(self._last_seq_sync, conv)

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from persistence import (
+    BacklogRange,
     BadInput,
     Conflict,
     Draft,
@@ -249,6 +250,9 @@ async def test_unsynced_and_conversation_rows(store: Store) -> None:
     await store.merge_read([ReadMark(user="bob", conv=direct.id, seq=1)])
     pending = await store.unsynced("bob", "phone")
     assert [(r.conv, r.lo, r.hi) for r in pending] == sorted([(direct.id, 2, 3), (group.id, 1, 2)])
+    every = [m for r in pending for m in await store.range(r.conv, r.lo, r.hi)]
+    assert await store.read_ranges(pending) == every and len(every) == 4
+    assert await store.read_ranges([BacklogRange(conv="g:nope", lo=1, hi=3)]) == []
     rows = {r.conv: r for r in (await store.conversations("bob", "phone")).rows}
     assert sorted(rows) == sorted([direct.id, group.id])
     row = rows[direct.id]
