@@ -11,7 +11,7 @@ import attrs
 import orjson
 import trio
 from trio_websocket import ConnectionClosed, wrap_client_stream
-from wsclient import TEST_CONFIG, Chat, StartChat, WsClient
+from wsclient import TEST_CONFIG, Chat, StartChat, WsClient, slow_reader
 
 from actors import NodeConfig
 
@@ -98,18 +98,8 @@ async def test_session_ends_when_its_token_expires(chat: Chat) -> None:
     assert await client.closed() == 4401
 
 
-async def slow_reader(chat: Chat, user: str) -> tuple[WsClient, trio.SocketStream]:
-    """A client whose socket takes almost nothing (a 4 KiB receive buffer), and its socket."""
-    tcp = await trio.open_tcp_stream("127.0.0.1", chat.port)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    ws = await wrap_client_stream(chat.nursery, tcp, "127.0.0.1", "/v1/ws")
-    client = WsClient(ws)
-    await client.hello(chat.token(user), "d1")
-    return client, tcp
-
-
 async def test_shutdown_writes_what_each_connection_is_owed_then_1001(chat: Chat) -> None:
-    ann, ann_socket = await slow_reader(chat, "ann")
+    ann, ann_socket = await slow_reader(chat.nursery, chat.port, chat.token("ann"))
     ben = await chat.connect("ben")
     # About 1 MiB of pushes ann does not read: her connection's writer is stuck behind them.
     for i in range(64):

@@ -7,6 +7,7 @@ check the wire contract itself. Every wait is bounded (``timeout``); nothing sle
 from __future__ import annotations
 
 import itertools
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,7 +15,12 @@ from typing import Any
 import attrs
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    connect_websocket,
+    wrap_client_stream,
+)
 
 from actors import Node, NodeConfig, TokenIssuer
 from persistence import MongoStore
@@ -94,6 +100,18 @@ class WsClient:
 
     async def aclose(self) -> None:
         await self.ws.aclose()
+
+
+async def slow_reader(
+    nursery: trio.Nursery, port: int, token: str
+) -> tuple[WsClient, trio.SocketStream]:
+    """A welcomed client whose socket takes almost nothing (a 16 KiB receive buffer) until
+    the test raises its ``SO_RCVBUF``; and that socket."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    client = WsClient(await wrap_client_stream(nursery, tcp, "127.0.0.1", "/v1/ws"))
+    await client.hello(token, "d1")
+    return client, tcp
 
 
 def _matches(frame: Frame, kind: str, fields: dict[str, Any]) -> bool:
