@@ -8,18 +8,22 @@ actor) plus trio-websocket's reader, ~19 KiB in all. Other actors reach it only
 through its :class:`~actors._router.ConnectionHandle` (push a frame without blocking, or ask
 it to close).
 
-Flow: wait for ``hello`` (``hello_timeout_s``, else 4408; another first frame → ``error
-bad_frame`` + 4400; bad token → ``error unauthenticated`` + 4401), ``welcome``, register in
-the router (replacing and closing with 4409 an older connection of the same device), push
-the unacknowledged backlog then ``synced``, then read frames one at a time, in arrival order,
+Flow: wait for ``hello`` (``hello_timeout_s`` from the TCP accept, else 4408; another first
+frame → ``error bad_frame`` + 4400; bad token → ``error unauthenticated`` + 4401; a user with
+``max_devices_per_user`` other devices here → 4429), ``welcome``, register in the router
+(replacing and closing with 4409 an older connection of the same device), stream the
+unacknowledged backlog (page by page as the outbox drains) then ``synced``, then read frames
+one at a time (each spends a token of the connection's bucket and of its user's), in arrival order,
 until the peer leaves or someone asks the actor to close. A frame's failure is contained: a
 protocol error gets ``error``/``nack``; a Store error its code; an unexpected exception is
 logged with its traceback and answered ``internal``; the connection goes on (G9).
 
 Cancellation: a close asked through the handle (replacement 4409, shutdown 1001, slow
-consumer 1013, keep-alive timeout 4408) cancels the actor's own scope, after which it leaves
-the router and the presence registry and closes the transport with that code (shielded,
-bounded by ``close_timeout_s``). A cancellation from outside (the node crashed) leaves the
+consumer 1013, keep-alive timeout 4408, token expiry 4401) cancels the actor's own scope,
+after which it leaves the router and the presence registry and closes the transport with that
+code (shielded, bounded by ``close_timeout_s``). Shutdown and token expiry *drain* first: the
+writer finishes what is queued (acks, pushes, the farewell error) for up to
+``drain_timeout_s``; other closes drop it. A cancellation from outside (the node crashed) leaves the
 router at once and closes nothing gracefully: like a killed process, memory is just lost.
 """
 
