@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import trio
 
 from persistence import Conversation, ConvRow, Store, StoredMessage, StoreError, Unavailable
-from protocol import MAX_CONVS_LIMIT, MemberEvent, RemoteProtocolError
+from protocol import MAX_CONVS_LIMIT
 
 from ._config import SEQ_REUSE_AFTER_RESTART
-from ._context import NodeContext
+from ._context import NodeContext, member_event_of
 from ._conversation import ConversationActor
 from ._messages import Announce, ConversationRequest
 from ._retry import retry_store
@@ -255,10 +255,5 @@ async def _all_conversations(store: Store, user: str, device: str) -> list[ConvR
 
 
 def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[str]) -> bool:
-    if message.kind != "member" or message.sender != creator or message.ts != ts:
-        return False
-    try:
-        event = MemberEvent.parse(message.body)
-    except RemoteProtocolError:
-        return False
-    return event.op == "create" and list(event.users) == founders
+    event = member_event_of(message, by=creator, ts=ts)
+    return event is not None and event.op == "create" and list(event.users) == founders

@@ -166,6 +166,10 @@ class Router:
             return []
         return [devices[d] for d in sorted(devices)]
 
+    def is_connected(self, user: str) -> bool:
+        """Whether ``user`` has a device connected to this node."""
+        return user in self._table
+
     def all(self) -> list[ConnectionHandle]:
         """Every registered connection, by (user, device)."""
         return [h for user in sorted(self._table) for h in self.devices(user)]
