@@ -27,8 +27,9 @@ from collections.abc import Iterable, Sequence
 
 from ._errors import StoreError
 from ._types import (
+    BacklogRange,
     Conversation,
-    ConvRow,
+    ConvPage,
     Draft,
     MemberMarks,
     NotificationJob,
@@ -49,11 +50,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def direct_conversation(self, a: str, b: str) -> Conversation:
-        """Get or create the 1:1 conversation of ``a`` and ``b``.
+        """The 1:1 conversation of ``a`` and ``b``; writes nothing.
 
         Its id is ``"d:" + min(a, b) + ":" + max(a, b)``, so concurrent first messages from
-        both sides (on any node) meet in one conversation. Idempotent. ``a == b`` →
-        :class:`Forbidden`; invalid ids → :class:`BadInput`.
+        both sides (on any node) meet in one conversation. It is stored only by the
+        :meth:`append` that stores its first message: until then every read treats it as an
+        empty conversation of its two members, and no listing (:meth:`conversations`,
+        :meth:`contacts`, :meth:`unsynced`) shows it, so a refused first send leaves no trace.
+        ``a == b`` → :class:`Forbidden`; invalid ids → :class:`BadInput`.
         """
 
     @abc.abstractmethod
@@ -101,8 +105,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
-        """The ``convs`` listing: one row per conversation ``user`` is a member of, by id."""
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
+        """A page of the ``convs`` listing: up to ``limit`` (1..500, else :class:`BadInput`)
+        rows, one per conversation ``user`` is a member of, latest activity (the time of its
+        last message) first; ``cursor`` (from the previous page) continues after that page.
+
+        The work of a page is bounded by its rows, apart from one cheap read of where each of
+        the user's conversations ends. A malformed cursor → :class:`BadInput`.
+        """
 
     @abc.abstractmethod
     async def contacts(self, user: str) -> set[str]:
@@ -160,6 +172,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        """The messages of several ranges (of :meth:`unsynced`), range after range, in one
+        call: what :meth:`range` of each would return. Unknown conversations give none."""
+
+    @abc.abstractmethod
     async def last_seq(self, conv: str) -> int:
         """The highest seq stored in ``conv`` (0 if empty); :class:`NotFound` if unknown."""
 
@@ -209,13 +226,11 @@ class Store(abc.ABC):
         """The ``recv`` watermark of one device in ``conv`` (0 if none)."""
 
     @abc.abstractmethod
-    async def unsynced(
-        self, user: str, device: str
-    ) -> list[tuple[Conversation, list[StoredMessage]]]:
-        """Every message ``user`` may see above ``device``'s recv mark, per conversation.
-
-        Conversations in id order, messages in seq order; conversations with nothing to push
-        are left out. This is what the node pushes after ``welcome`` and before ``synced``.
+    async def unsynced(self, user: str, device: str) -> list[BacklogRange]:
+        """Where the messages ``user`` may see above ``device``'s recv mark are: one seq range
+        per conversation, in conversation id order (conversations with nothing to push left
+        out). Reads no message: the node reads them with :meth:`range` a page at a time as
+        the connection drains, so a backlog of any length costs bounded memory.
         """
 
     # -- presence and devices ------------------------------------------------------------

@@ -61,7 +61,7 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
 
-from .._rules import no_such_conversation
+from .._rules import implicit_direct, no_such_conversation
 from .._types import Conversation, StoredMessage
 
 Doc = dict[str, Any]
@@ -187,11 +187,23 @@ def membership_fields(conv: Conversation) -> Doc:
 def load_conv(
     db: Database[Doc], conv: str, session: ClientSession | None = None
 ) -> tuple[Conversation, Doc]:
-    """Read ``conv`` (decoded, and its document); :class:`NotFound` if it does not exist."""
+    """Read ``conv`` (decoded, and its document); :class:`NotFound` if it does not exist.
+
+    A direct conversation not stored yet (no message) is its implicit self, with an empty
+    document (see :func:`persistence._rules.implicit_direct`).
+    """
     doc = db.convs.find_one({"_id": conv}, session=session)
     if doc is None:
-        raise no_such_conversation(conv)
+        implicit = implicit_direct(conv)
+        if implicit is None:
+            raise no_such_conversation(conv)
+        return implicit, {}
     return decode_conv(doc), doc
+
+
+def direct_doc(conv: Conversation) -> Doc:
+    """The ``convs`` document of a direct conversation, written with its first message."""
+    return {"_id": conv.id, "kind": "direct", "v": 0, **membership_fields(conv)}
 
 
 def create_indexes(db: Database[Doc]) -> None:

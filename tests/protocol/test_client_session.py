@@ -341,7 +341,7 @@ def test_convs_row_fixes_the_base_of_a_fresh_device() -> None:
         read=4,
         unread=5,
     )
-    feed(session, convs_result(rid, (row,)))
+    feed(session, convs_result(rid, (row,), more=False, cursor=None))
     status = session.conversation("c")
     assert (status.watermark, status.reported, status.read) == (5, 5, 4)
     feed(session, msg("c", 5), msg("c", 6))
