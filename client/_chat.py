@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -64,6 +65,38 @@ marks: ✓ stored by the node, ✓✓ delivered to a device of the other member,
 _PAGE = 20
 _TYPING_EVERY_S = 3.0
 
+#: Format characters that reorder or hide text (bidirectional overrides and isolates); other
+#: format characters (the zero-width joiner of emoji sequences) are left alone.
+_BIDI_CONTROLS = frozenset(
+    [
+        "\u061c",
+        "\u200e",
+        "\u200f",
+        *map(chr, range(0x202A, 0x202F)),
+        *map(chr, range(0x2066, 0x206A)),
+    ]
+)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """``text`` with every character a terminal would act on, rather than print, written out
+    as an escape (``\\n``, ``\\x1b``, ``\\u202e``): one printed line stays one line, and a
+    body cannot move the cursor, recolour, retitle the terminal or reorder what follows."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    category = unicodedata.category(char)
+    if category in ("Cc", "Zl", "Zp", "Cs") or char in _BIDI_CONTROLS:
+        if char in _NAMED_ESCAPES:
+            return _NAMED_ESCAPES[char]
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
 
 @attrs.define
 class _Conv:
@@ -94,12 +127,16 @@ class _Open:
 
 
 class Chat:
-    """The chat's state and behaviour; ``out`` prints one line (UI-agnostic, testable)."""
+    """The chat's state and behaviour; ``out`` prints one line (UI-agnostic, testable).
+
+    Every line goes through :func:`visible` on its way to ``out``: bodies, titles, ids and
+    the node's error messages come from other people, and none of them may act on the
+    terminal."""
 
     def __init__(self, client: Client, me: str, out: Callable[[str], None]) -> None:
         self.client = client
         self.me = me
-        self.out = out
+        self._print = out
         self.convs: dict[str, _Conv] = {}
         self.open: _Open | None = None
         self.mine: dict[str, dict[int, str]] = {}  # conv -> seq -> body of my messages
@@ -110,8 +147,11 @@ class Chat:
         self.was_synced = False
         self.nursery: trio.Nursery | None = None
 
+    def out(self, line: str) -> None:
+        self._print(visible(line))
+
     def prompt(self) -> str:
-        return f"[{self.open.label}] > " if self.open else "> "
+        return f"[{visible(self.open.label)}] > " if self.open else "> "
 
     # ------------------------------------------------------------------ input
 
@@ -130,7 +170,8 @@ class Chat:
                 case "/quit" | "/exit":
                     return False
                 case "/help":
-                    self.out(HELP)
+                    for help_line in HELP.splitlines():
+                        self.out(help_line)
                 case "/list":
                     await self.refresh()
                     self.show_list()
@@ -475,11 +516,11 @@ async def _session(
     reader: Callable[[Chat], Callable[[], str | None]],
 ) -> int:
     def out(line: str) -> None:
-        print(line, flush=True)
+        print(visible(line), flush=True)
 
     out(f"* connecting to {url} as {user} (device {device}); /help for commands")
     async with Client(url, token=token, device=device) as client, trio.open_nursery() as nursery:
-        chat = Chat(client, user, out)
+        chat = Chat(client, user, lambda line: print(line, flush=True))
         chat.nursery = nursery
         read = reader(chat)
 
