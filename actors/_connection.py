@@ -61,6 +61,7 @@ from protocol import (
     Synced,
     Typing,
     convs_result,
+    count_within,
     group_created_result,
     history_result,
 )
@@ -493,7 +494,10 @@ class ConnectionActor:
                 await self._history(handle, frame)
             case Convs(rid=rid):
                 rows = await self._ctx.store.conversations(handle.user, handle.device)
-                await self._reply(convs_result(rid, tuple(_conv_row(r) for r in rows)))
+                conv_rows = tuple(_conv_row(r) for r in rows)
+                # Under the result limit: the newest rows that fit, and ``more`` if any did not.
+                kept = count_within(conv_rows)
+                await self._reply(convs_result(rid, conv_rows[:kept], kept < len(conv_rows)))
             case GroupCreate():
                 await self._group_create(handle, frame)
             case GroupAdd(conv=conv, user=user, rid=rid):
@@ -537,7 +541,12 @@ class ConnectionActor:
                 )
                 return
             messages, more = await store.history(frame.conv, handle.user, frame.before, frame.limit)
-        await self._reply(history_result(frame.rid, tuple(msg_frame(m) for m in messages), more))
+        page = tuple(msg_frame(m) for m in messages)
+        # Under the result limit: the newest messages that fit; ``more`` says older ones exist.
+        kept = count_within(page[::-1])
+        if kept < len(page):
+            page, more = page[len(page) - kept :], True
+        await self._reply(history_result(frame.rid, page, more))
 
     async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
         # The manager also finds a group an ambiguous Store failure created after all, and

@@ -9,6 +9,7 @@ from ._errors import ClientClosed as ClientClosed
 from ._errors import ClientError as ClientError
 from ._errors import RequestError as RequestError
 from ._errors import RequestInterrupted as RequestInterrupted
+from ._errors import RequestTimeout as RequestTimeout
 from ._errors import SendRefused as SendRefused
 from ._sdk import FATAL_CLOSE_CODES as FATAL_CLOSE_CODES
 from ._sdk import Client as Client

@@ -58,7 +58,7 @@ from protocol import (
     history_messages,
 )
 
-from ._errors import ClientClosed, RequestError, RequestInterrupted, SendRefused
+from ._errors import ClientClosed, RequestError, RequestInterrupted, RequestTimeout, SendRefused
 from ._transport import Transport, TransportError, WebSocketLike, websocket_transport
 
 _log = logging.getLogger("messenger.client")
@@ -139,6 +139,11 @@ class Client:
     ``heartbeat_s``; a connection whose pong does not come back within ``heartbeat_s`` is
     dropped and redialled.
 
+    Every request helper (:meth:`history`, :meth:`convs`, ``group_*``) fails with
+    :class:`RequestTimeout` when no usable reply came within ``request_timeout_s``, whether
+    the node is unreachable, slow, or sent a reply that cannot be decoded (that one fails
+    at once with :class:`RequestError` ``bad_frame``); none of them waits forever.
+
     Events are delivered on :meth:`events` through a buffer of ``event_buffer``; when the
     buffer is full the reader waits (backpressure), so read events from a task that does
     not itself wait on :meth:`send`. ``keep_events=False`` discards them (load generators).
@@ -156,6 +161,7 @@ class Client:
         backoff_base_s: float = 0.25,
         backoff_max_s: float = 10.0,
         welcome_timeout_s: float = 15.0,
+        request_timeout_s: float = 30.0,
         event_buffer: int = 1024,
         keep_events: bool = True,
     ) -> None:
@@ -166,8 +172,13 @@ class Client:
         self._transport = transport
         self._rng = rng if rng is not None else random.Random()
         self._session = ClientSession(
-            token=token, device=device, rng=self._rng, recv_delay_s=recv_delay_s
+            token=token,
+            device=device,
+            rng=self._rng,
+            recv_delay_s=recv_delay_s,
+            request_timeout_s=request_timeout_s,
         )
+        self._request_timeout_s = request_timeout_s
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._welcome_timeout_s = welcome_timeout_s
@@ -181,6 +192,9 @@ class Client:
         self._send_waiters: dict[str, _Waiter[Ack]] = {}
         self._request_waiters: dict[str, _Waiter[RequestCompleted | RequestFailed]] = {}
         self._wakeup = trio.Event()
+        # Held while moving events from the session to the application, so the reader and
+        # the writer (whose ticks can expire requests) publish in order, each event once.
+        self._dispatching = trio.Lock()
         self._idle = trio.Event()
         self._state_changed = trio.Event()
         self._conn_open = trio.Event()
@@ -362,22 +376,28 @@ class Client:
         self._kick()
 
     async def _request(self, frame: RequestFrame, *, retry: bool) -> Result:
-        while True:
-            self._check_running()
-            rid = self._session.request(frame)
-            waiter: _Waiter[RequestCompleted | RequestFailed] = _Waiter()
-            self._request_waiters[rid] = waiter
-            self._kick()
-            try:
-                outcome = await waiter.wait()
-            finally:
-                self._request_waiters.pop(rid, None)
-            if isinstance(outcome, RequestCompleted):
-                return outcome.result
-            if outcome.error is not None:
-                raise RequestError(outcome.error)
-            if not retry:
-                raise RequestInterrupted(f"the connection dropped during {frame.TYPE}")
+        timeout = self._request_timeout_s
+        with trio.move_on_after(timeout):
+            while True:
+                self._check_running()
+                rid = self._session.request(frame)
+                waiter: _Waiter[RequestCompleted | RequestFailed] = _Waiter()
+                self._request_waiters[rid] = waiter
+                self._kick()
+                try:
+                    outcome = await waiter.wait()
+                finally:
+                    self._request_waiters.pop(rid, None)
+                if isinstance(outcome, RequestCompleted):
+                    return outcome.result
+                if outcome.error is not None:
+                    raise RequestError(outcome.error)
+                if outcome.timed_out:
+                    break
+                if not retry:
+                    raise RequestInterrupted(f"the connection dropped during {frame.TYPE}")
+        self._session.abandon_request(rid)
+        raise RequestTimeout(f"no reply to {frame.TYPE} within {timeout} s")
 
     # ------------------------------------------------------------------ connection loop
 
@@ -464,6 +484,7 @@ class Client:
         while True:
             self._wakeup = trio.Event()
             self._session.tick(trio.current_time())
+            await self._dispatch()
             for text in self._session.data_to_send():
                 await ws.send_message(text)
             self._idle.set()
@@ -495,6 +516,10 @@ class Client:
     async def _dispatch(self) -> None:
         """Act on the session's new events, then publish them (and any left over by a
         dispatch that was cancelled while publishing) to the application, in order."""
+        async with self._dispatching:
+            await self._dispatch_locked()
+
+    async def _dispatch_locked(self) -> None:
         for event in self._session.next_events():
             match event:
                 case Acked(cmid=cmid, ack=ack):

@@ -536,8 +536,8 @@ def history_result(rid: str | None, messages: tuple[Msg, ...], more: bool) -> Re
     return Result(rid=rid, fields=(("messages", messages), ("more", more)))
 
 
-def convs_result(rid: str | None, rows: tuple[ConvRow, ...]) -> Result:
-    return Result(rid=rid, fields=(("convs", rows),))
+def convs_result(rid: str | None, rows: tuple[ConvRow, ...], more: bool = False) -> Result:
+    return Result(rid=rid, fields=(("convs", rows), ("more", more)))
 
 
 def group_created_result(rid: str | None, conv: str) -> Result:
