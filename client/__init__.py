@@ -16,6 +16,7 @@ from ._sdk import Client as Client
 from ._sdk import ClientEvent as ClientEvent
 from ._sdk import HistoryPage as HistoryPage
 from ._sdk import Reconnecting as Reconnecting
+from ._sdk import TokenProvider as TokenProvider
 from ._transport import Transport as Transport
 from ._transport import TransportError as TransportError
 from ._transport import WebSocketLike as WebSocketLike

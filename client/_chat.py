@@ -16,6 +16,9 @@ Tokens: ``--token`` or ``--data-dir``. With ``--data-dir`` the chat runs
 ``messenger token USER --data-dir DIR`` as a child process: minting needs the node's
 secret and its token format, both owned by ``actors``, and ``client`` must not import
 ``actors``; the subprocess keeps one authority for tokens and the dependency rule intact.
+It does so again whenever the node closes the session because the token expired (the SDK's
+``token_provider``), so a chat started with ``--data-dir`` outlives its tokens; one started
+with ``--token`` ends when that token does.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from protocol import (
 from protocol import ClientState as State
 
 from ._errors import ClientError
-from ._sdk import Client, ClientEvent, Reconnecting
+from ._sdk import Client, ClientEvent, Reconnecting, TokenProvider
 
 HELP = """commands:
   /list                 conversations, with unread counts
@@ -444,6 +447,15 @@ def mint_token(user: str, data_dir: str) -> str:
     return done.stdout.split()[0]
 
 
+def _minting(user: str, data_dir: str) -> TokenProvider:
+    """A token provider that mints with :func:`mint_token` (in a thread: it waits on a child)."""
+
+    async def provide() -> str:
+        return await trio.to_thread.run_sync(mint_token, user, data_dir)
+
+    return provide
+
+
 def chat_main(argv: list[str]) -> int:
     """Entry point of ``messenger chat``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -455,12 +467,16 @@ def chat_main(argv: list[str]) -> int:
     except ClientError as exc:
         print(f"messenger chat: {exc}", file=sys.stderr)
         return 1
+    provider = None if args.token else _minting(args.user, args.data_dir)
     device = args.device or f"term-{args.user}"
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    return trio.run(_run, args.url, args.user, device, token, interactive)
+    return trio.run(_run, args.url, args.user, device, (token, provider), interactive)
 
 
-async def _run(url: str, user: str, device: str, token: str, interactive: bool) -> int:
+_Auth = tuple[str, TokenProvider | None]
+
+
+async def _run(url: str, user: str, device: str, auth: _Auth, interactive: bool) -> int:
     lines_send, lines_receive = trio.open_memory_channel[str | None](16)
     if interactive:
         from prompt_toolkit import PromptSession
@@ -473,13 +489,13 @@ async def _run(url: str, user: str, device: str, token: str, interactive: bool) 
                 url,
                 user,
                 device,
-                token,
+                auth,
                 lines_send,
                 lines_receive,
                 reader=lambda chat: _read_prompt(prompt_session, chat, token_for_keys),
             )
     return await _session(
-        url, user, device, token, lines_send, lines_receive, reader=lambda chat: _read_stdin
+        url, user, device, auth, lines_send, lines_receive, reader=lambda chat: _read_stdin
     )
 
 
@@ -510,7 +526,7 @@ async def _session(
     url: str,
     user: str,
     device: str,
-    token: str,
+    auth: _Auth,
     lines_send: trio.MemorySendChannel[str | None],
     lines_receive: trio.MemoryReceiveChannel[str | None],
     reader: Callable[[Chat], Callable[[], str | None]],
@@ -519,7 +535,9 @@ async def _session(
         print(visible(line), flush=True)
 
     out(f"* connecting to {url} as {user} (device {device}); /help for commands")
-    async with Client(url, token=token, device=device) as client, trio.open_nursery() as nursery:
+    token, provider = auth
+    client = Client(url, token=token, token_provider=provider, device=device)
+    async with client, trio.open_nursery() as nursery:
         chat = Chat(client, user, lambda line: print(line, flush=True))
         chat.nursery = nursery
         read = reader(chat)

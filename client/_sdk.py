@@ -36,6 +36,7 @@ from protocol import (
     Acked,
     ClientSession,
     ClientState,
+    CloseCode,
     ConvRow,
     Convs,
     ErrorCode,
@@ -80,6 +81,8 @@ _CONNECTED: Final = frozenset({ClientState.CONNECTING, ClientState.OPEN, ClientS
 
 _T = TypeVar("_T")
 _ConnTask = Callable[[WebSocketLike], Awaitable[None]]
+#: Returns a fresh access token for this client's user (see :class:`Client`).
+TokenProvider = Callable[[], Awaitable[str]]
 
 
 @attrs.frozen(kw_only=True)
@@ -132,12 +135,20 @@ class _Waiter(Generic[_T]):
 class Client:
     """A device's connection to a chat node that survives disconnects.
 
-    ``Client(url, token, device)`` dials ``url``; pass ``transport=`` instead to supply
-    connections yourself (the simulator does). ``async with`` starts it; it connects,
-    reconnects with jittered exponential backoff (``backoff_base_s`` doubling up to
-    ``backoff_max_s``) and keeps the connection alive with WebSocket pings every half
-    ``heartbeat_s``; a connection whose pong does not come back within ``heartbeat_s`` is
-    dropped and redialled.
+    ``Client(url, token=..., device=...)`` dials ``url``; pass ``transport=`` instead to
+    supply connections yourself (the simulator does).
+
+    Tokens expire. With ``token_provider`` (an async callable returning a fresh token) the
+    client survives that: when the node closes with 4401 ("token expired", at the token's
+    expiry or at a reconnect after it) it awaits the provider and reconnects with the new
+    token. A 4401 for a token the provider has just given, before any ``welcome``, is final
+    (the provider's tokens are refused: reconnecting would loop), as is every 4401 without
+    a provider; a provider that raises stops the client (:class:`ClientClosed`, 4401).
+
+    ``async with`` starts it; it connects, reconnects with jittered exponential backoff
+    (``backoff_base_s`` doubling up to ``backoff_max_s``) and keeps the connection alive
+    with WebSocket pings every half ``heartbeat_s``; a connection whose pong does not come
+    back within ``heartbeat_s`` is dropped and redialled.
 
     Every request helper (:meth:`history`, :meth:`convs`, ``group_*``) fails with
     :class:`RequestTimeout` when no usable reply came within ``request_timeout_s``, whether
@@ -155,6 +166,7 @@ class Client:
         *,
         token: str,
         device: str,
+        token_provider: TokenProvider | None = None,
         transport: Transport | None = None,
         rng: random.Random | None = None,
         recv_delay_s: float = 0.05,
@@ -170,6 +182,9 @@ class Client:
                 raise ValueError("Client needs a url or a transport")
             transport = websocket_transport(url)
         self._transport = transport
+        self._token_provider = token_provider
+        # True while the session's token came from the provider and no welcome followed yet.
+        self._token_fresh = False
         self._rng = rng if rng is not None else random.Random()
         self._session = ClientSession(
             token=token,
@@ -406,12 +421,19 @@ class Client:
         with self._run_scope:
             while True:
                 reached_open = await self._connect_once()
+                if reached_open:
+                    self._token_fresh = False
                 if self._stopped is not None:
                     return
                 code, reason = self._close_code, self._close_reason
                 if self._session.state in _CONNECTED:
                     self._session.connection_lost(code, reason)
                 await self._dispatch()
+                if code == CloseCode.UNAUTHENTICATED and self._can_renew():
+                    if not await self._renew_token():
+                        return
+                    attempt = 0
+                    continue
                 if code in FATAL_CLOSE_CODES:
                     self._stopped = ClientClosed(
                         f"the node closed the session for good ({code}: {reason})", code
@@ -424,6 +446,26 @@ class Client:
                     Reconnecting(attempt=attempt, delay_s=delay, close_code=code, reason=reason)
                 )
                 await trio.sleep(delay)
+
+    def _can_renew(self) -> bool:
+        """A refused token is worth replacing: there is a provider and it was not the
+        provider's latest token that was refused before any welcome."""
+        return self._token_provider is not None and not self._token_fresh
+
+    async def _renew_token(self) -> bool:
+        """Get a fresh token from the provider; False (and the client stopped) if it fails."""
+        assert self._token_provider is not None
+        try:
+            token = await self._token_provider()
+        except Exception as exc:
+            self._stopped = ClientClosed(
+                f"could not get a fresh token: {exc}", CloseCode.UNAUTHENTICATED
+            )
+            self._finish()
+            return False
+        self._session.renew_token(token)
+        self._token_fresh = True
+        return True
 
     def _backoff(self, attempt: int) -> float:
         """Equal jitter: half the exponential delay plus a random part of the other half."""

@@ -540,6 +540,10 @@ class ClientSession:
             self._send_request(pending)
         return rid
 
+    def renew_token(self, token: str) -> None:
+        """Use ``token`` in every later ``hello`` (the old one expired or was refused)."""
+        self._hello = attrs.evolve(self._hello, token=token)
+
     def abandon_request(self, rid: str) -> None:
         """The driver gave up on request ``rid``: not sent if it is still queued, and its
         reply, should one come, is dropped. No event follows."""

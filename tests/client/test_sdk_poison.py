@@ -8,15 +8,13 @@ under 512 KiB.
 
 from __future__ import annotations
 
-import contextlib
 import random
-from collections.abc import Awaitable, Callable
 
 import orjson
 import pytest
 import trio
 import trio_websocket
-from clienthelpers import EventLog, NodeProcess
+from clienthelpers import EventLog, NodeProcess, fake_node
 
 from client import Client, Reconnecting, RequestError, RequestTimeout
 from protocol import (
@@ -104,32 +102,20 @@ async def test_history_pages_are_cut_to_the_result_limit(
     assert seqs == list(range(13 - len(seqs), 13)) and len(seqs) >= 5
 
 
-Replies = Callable[[trio_websocket.WebSocketConnection, dict[str, object]], Awaitable[None]]
-
-
-async def fake_node(nursery: trio.Nursery, answer: Replies) -> str:
-    """A WebSocket server that welcomes anyone and hands every later frame to ``answer``."""
-
-    async def handler(request: trio_websocket.WebSocketRequest) -> None:
-        ws = await request.accept()
-        hello = orjson.loads(await ws.get_message())
-        welcome = Welcome(user="bob", device=hello["device"], session="s", heartbeat_s=30)
-        await ws.send_message(encode(welcome))
-        await ws.send_message(encode(Synced()))
-        with contextlib.suppress(trio_websocket.ConnectionClosed):
-            while True:
-                await answer(ws, orjson.loads(await ws.get_message()))
-
-    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
-    return f"ws://127.0.0.1:{server.port}/v1/ws"
+async def welcome(ws: trio_websocket.WebSocketConnection, hello: dict[str, object]) -> None:
+    device = str(hello["device"])
+    await ws.send_message(encode(Welcome(user="bob", device=device, session="s", heartbeat_s=30)))
+    await ws.send_message(encode(Synced()))
 
 
 async def test_a_reply_that_cannot_be_decoded_fails_the_request(nursery: trio.Nursery) -> None:
-    async def garble(ws: trio_websocket.WebSocketConnection, frame: dict[str, object]) -> None:
-        if frame["type"] == "history":
-            await ws.send_message(
-                orjson.dumps({"type": "result", "rid": frame["rid"], "messages": 7}).decode()
-            )
+    async def garble(ws: trio_websocket.WebSocketConnection, hello: dict[str, object]) -> None:
+        await welcome(ws, hello)
+        while True:
+            frame = orjson.loads(await ws.get_message())
+            if frame["type"] == "history":
+                garbled = {"type": "result", "rid": frame["rid"], "messages": 7}
+                await ws.send_message(orjson.dumps(garbled).decode())
 
     url = await fake_node(nursery, garble)
     async with Client(url, token="t", device="d") as bob:
@@ -141,8 +127,10 @@ async def test_a_reply_that_cannot_be_decoded_fails_the_request(nursery: trio.Nu
 
 
 async def test_a_request_that_gets_no_reply_times_out(nursery: trio.Nursery) -> None:
-    async def ignore(ws: trio_websocket.WebSocketConnection, frame: dict[str, object]) -> None:
-        return None
+    async def ignore(ws: trio_websocket.WebSocketConnection, hello: dict[str, object]) -> None:
+        await welcome(ws, hello)
+        while True:
+            await ws.get_message()
 
     url = await fake_node(nursery, ignore)
     async with Client(url, token="t", device="d", request_timeout_s=0.5) as bob:
