@@ -75,7 +75,7 @@ async def _many(store: MongoStore, seconds: float, convs: int, body: str) -> Non
     )
     latencies: list[float] = []
     appended = 0
-    commits0, calls0 = store.commits, store.committed_calls
+    commits0, calls0 = store.stats.commits, store.stats.calls
     start = time.perf_counter()
     deadline = start + seconds
 
@@ -98,7 +98,7 @@ async def _many(store: MongoStore, seconds: float, convs: int, body: str) -> Non
         while True:
             await trio.sleep(1.0)
             now = time.perf_counter()
-            commits = store.commits - commits0
+            commits = store.stats.commits - commits0
             print(
                 f"  {convs} convs: {appended} messages so far, "
                 f"{(appended - last_count) / (now - last_t):6.0f} appends/s in the last "
@@ -114,8 +114,8 @@ async def _many(store: MongoStore, seconds: float, convs: int, body: str) -> Non
                 appenders.start_soon(appender, i, conv)
         nursery.cancel_scope.cancel()
     elapsed = time.perf_counter() - start
-    commits = store.commits - commits0
-    calls = store.committed_calls - calls0
+    commits = store.stats.commits - commits0
+    calls = store.stats.calls - calls0
     ms = sorted(1000 * x for x in latencies)
     print(
         f"{convs} convs, batch 1: {appended / elapsed:8.0f} durable appends/s "
