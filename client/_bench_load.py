@@ -125,7 +125,7 @@ class _LoadWorker:
     next_msg: int = 0
     setup_acks: dict[str, trio.Event] = attrs.Factory(dict)
 
-    # ------------------------------------------------------------------ hooks (ClientHooks)
+    # ------------------------------------------------------------------ ClientHooks
 
     def on_ack(self, client: BenchClient, ack: Ack, body: str) -> None:
         if body.startswith(_SETUP):

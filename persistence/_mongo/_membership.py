@@ -22,6 +22,9 @@ from ._commit import MAX_ROUNDS
 from ._runner import Runner, is_write_conflict
 from ._schema import Doc, chunk_doc, decode_conv, load_conv, membership_fields, new_message_id
 
+#: Upserts of a new direct conversation before giving up (each one after a lost race).
+_DIRECT_RACE_TRIES = 3
+
 
 class _Contended(Exception):
     """Another writer changed the conversation under us; re-read and try again."""
@@ -47,17 +50,23 @@ class Membership:
             return decode_conv(found)
         conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
         fields = {"kind": "direct", "v": 0, **membership_fields(conv)}
-        try:
-            doc = self._db.convs.find_one_and_update(
-                {"_id": conv_id},
-                {"$setOnInsert": fields},
-                upsert=True,
-                return_document=ReturnDocument.AFTER,
-            )
-        except DuplicateKeyError:
-            # Two first messages raced to create it; the other one won, which is the point.
-            doc = self._db.convs.find_one({"_id": conv_id})
-        assert doc is not None
+        doc = None
+        for _ in range(_DIRECT_RACE_TRIES):
+            try:
+                doc = self._db.convs.find_one_and_update(
+                    {"_id": conv_id},
+                    {"$setOnInsert": fields},
+                    upsert=True,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                # Two first messages raced to create it and the other one won, which is the
+                # point; its insert may not be visible yet, so the upsert is simply tried again
+                # (it now finds the document).
+                continue
+            break
+        if doc is None:
+            raise Unavailable("direct conversation creation kept racing; retry")
         return decode_conv(doc)
 
     def create_group(
