@@ -60,5 +60,10 @@ class NodeConfig:
     close_timeout_s: float = 2.0
     #: Bound on a graceful node shutdown before the rest is cancelled.
     shutdown_timeout_s: float = 10.0
+    #: Serve ``GET /metrics`` (Prometheus) on the node's port; off so that it is not public.
+    metrics: bool = False
+    #: Origins (``scheme://host[:port]``, normalized) besides the node's own from which a
+    #: browser may open a WebSocket (PROTOCOL.md, Transport).
+    allowed_origins: frozenset[str] = frozenset()
     #: Simulator-only broken variants (see :data:`MUTANTS`); empty in production.
     mutants: frozenset[str] = attrs.field(default=frozenset(), validator=_known_mutants)

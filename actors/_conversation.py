@@ -30,7 +30,6 @@ out to a membership that may be wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -38,7 +37,14 @@ from collections.abc import Callable, Sequence
 import trio
 
 from persistence import Conversation, Draft, StoredMessage, StoreError
-from protocol import Ack, Error, ErrorCode, Nack, TypingNotice, empty_result
+from protocol import (
+    Ack,
+    Error,
+    ErrorCode,
+    Nack,
+    TypingNotice,
+    empty_result,
+)
 
 from ._config import (
     ACK_BEFORE_WRITE,
@@ -46,7 +52,7 @@ from ._config import (
     SEQ_REUSE_AFTER_RESTART,
     WATERMARK_BACKWARDS,
 )
-from ._context import NodeContext, msg_frame
+from ._context import NodeContext, member_event_of, msg_frame
 from ._messages import (
     Announce,
     ConversationRequest,
@@ -55,6 +61,7 @@ from ._messages import (
     SendRequest,
     TypingRequest,
 )
+from ._retry import retry_store
 from ._router import ConnectionHandle
 from ._watermarks import MarkWriter, Watermarks
 
@@ -480,34 +487,30 @@ class ConversationActor:
         then stale and tries again after ``RESYNC_RETRY_S``).
         """
         store = self._ctx.store
-        for pause in (*RESYNC_BACKOFF_S, None):
-            try:
-                with self._ctx.timed("load_conversation"):
-                    conversation = await store.get_conversation(self.conv)
-                    last_seq = await store.last_seq(self.conv)
-                    missing = (
-                        await store.range(self.conv, self._published + 1, last_seq)
-                        if last_seq > self._published
-                        else []
-                    )
-            except StoreError as exc:
-                if pause is None:
-                    log.warning("conversation %s is stale: %s", self.conv, exc)
-                    self._resync_at = trio.current_time() + RESYNC_RETRY_S
-                    return None
-                await trio.sleep(pause)
-                continue
-            self._conversation = conversation
-            self._resync_at = math.inf
-            by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
-            origins = {
-                m.seq: by_key[(m.sender, m.device, m.cmid)]
-                for m in missing
-                if m.cmid is not None and (m.sender, m.device, m.cmid) in by_key
-            }
-            await self._publish(missing, origins)
-            return missing
-        raise AssertionError("unreachable")
+
+        async def load() -> tuple[Conversation, list[StoredMessage]]:
+            with self._ctx.timed("load_conversation"):
+                conversation = await store.get_conversation(self.conv)
+                last_seq = await store.last_seq(self.conv)
+                if last_seq <= self._published:
+                    return conversation, []
+                return conversation, await store.range(self.conv, self._published + 1, last_seq)
+
+        try:
+            self._conversation, missing = await retry_store(load, RESYNC_BACKOFF_S)
+        except StoreError as exc:
+            log.warning("conversation %s is stale: %s", self.conv, exc)
+            self._resync_at = trio.current_time() + RESYNC_RETRY_S
+            return None
+        self._resync_at = math.inf
+        by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
+        origins = {
+            m.seq: by_key[(m.sender, m.device, m.cmid)]
+            for m in missing
+            if m.cmid is not None and (m.sender, m.device, m.cmid) in by_key
+        }
+        await self._publish(missing, origins)
+        return missing
 
     # ------------------------------------------------------------------ marks and typing
 
@@ -572,10 +575,5 @@ class ConversationActor:
 
 def _is_change(message: StoredMessage, op: str, by: str, user: str, ts: int) -> bool:
     """True if ``message`` is the member event ``op`` of ``user`` by ``by`` stored at ``ts``."""
-    if message.kind != "member" or message.sender != by or message.ts != ts:
-        return False
-    try:
-        body = json.loads(message.body)
-    except ValueError:
-        return False
-    return isinstance(body, dict) and body.get("op") == op and user in body.get("users", ())
+    event = member_event_of(message, by=by, ts=ts)
+    return event is not None and event.op == op and user in event.users

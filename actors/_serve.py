@@ -1,8 +1,8 @@
 """``messenger serve``: run one chat node on TCP with the embedded store (or MongoDB).
 
 Startup: resolve the token secret, start SecantusDB on ``--data-dir`` unless ``--mongo-uri``
-is given (first killing a SecantusDB child a SIGKILLed earlier node left running on the
-same directory, found through its pid file), connect the Store, start the node and its
+is given (``EmbeddedServer`` first reaps one a SIGKILLed earlier node left running on the
+same directory), connect the Store, start the node and its
 notifier, listen, print ``messenger listening on ws://HOST:PORT/v1/ws``. SIGINT/SIGTERM:
 graceful shutdown (stop accepting, finish in-flight writes, flush watermarks, close clients
 with 1001), then close the Store and stop the embedded server.
@@ -11,7 +11,6 @@ with 1001), then close the Store and stop the embedded server.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import random
@@ -32,10 +31,10 @@ from ._config import NodeConfig
 from ._logging import configure_logging
 from ._node import Node
 from ._notifier import LogSink, Notifier, Sink, WebhookSink
+from ._web import normalize_origin
 
 log = logging.getLogger("actors.serve")
 
-PID_FILE = "secantusd.pid"
 _EXIT_USAGE = 2
 _EXIT_STARTUP = 1
 
@@ -45,6 +44,13 @@ def _heartbeat(text: str) -> int:
     if not 10 <= value <= 60:
         raise argparse.ArgumentTypeError("heartbeat must be from 10 to 60 seconds")
     return value
+
+
+def _origin(text: str) -> str:
+    try:
+        return normalize_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT_S)
+    parser.add_argument(
+        "--allow-origin",
+        type=_origin,
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept browser WebSockets from this origin (repeatable)",
+    )
+    parser.add_argument("--metrics", action="store_true", help="serve GET /metrics (Prometheus)")
     return parser
 
 
@@ -97,7 +112,7 @@ async def _serve(args: argparse.Namespace, issuer: TokenIssuer) -> None:
                 await store.aclose()
         finally:
             if embedded is not None:
-                await trio.to_thread.run_sync(_stop_embedded, embedded, args.data_dir)
+                await trio.to_thread.run_sync(embedded.stop)
 
 
 async def _run_node(
@@ -115,7 +130,11 @@ async def _run_node(
         verify_token=issuer.verify,
         rng=rng,
         wall_ms=_wall_ms,
-        config=NodeConfig(heartbeat_s=args.heartbeat),
+        config=NodeConfig(
+            heartbeat_s=args.heartbeat,
+            metrics=args.metrics,
+            allowed_origins=frozenset(args.allow_origin),
+        ),
         notifier=notifier,
         name=owner,
     )
@@ -134,59 +153,7 @@ async def _run_node(
 
 
 def _start_embedded(data_dir: Path) -> EmbeddedServer:
-    """Start SecantusDB on ``data_dir``, after killing a child a killed node left behind."""
-    _kill_stale_child(data_dir)
+    """Start SecantusDB on ``data_dir`` (the server reaps one a killed node left behind)."""
     server = EmbeddedServer(data_dir)
     server.start()
-    if server.pid is not None:
-        (data_dir / PID_FILE).write_text(f"{server.pid}\n")
     return server
-
-
-def _stop_embedded(server: EmbeddedServer, data_dir: Path) -> None:
-    server.stop()
-    (data_dir / PID_FILE).unlink(missing_ok=True)
-
-
-def _kill_stale_child(data_dir: Path) -> None:
-    """SIGKILL the SecantusDB recorded in the pid file if it still runs on ``data_dir``.
-
-    The embedded server runs in a session of its own (so Ctrl-C reaches the node first), so
-    it survives a SIGKILL of its node and would keep the database files open. Only a process
-    whose command line names ``secantusd`` and this directory is killed, and only while no
-    live node holds the directory's lock (``EmbeddedServer.start`` checks that right after).
-    """
-    pid_file = data_dir / PID_FILE
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        pid_file.unlink(missing_ok=True)
-        return
-    if "secantusd" not in cmdline or str(data_dir / "db") not in cmdline:
-        pid_file.unlink(missing_ok=True)
-        return
-    if _directory_locked(data_dir):
-        raise EmbeddedServerError(f"data directory {data_dir} is in use by another messenger node")
-    log.warning("killing stale embedded store pid %d left by a killed node", pid)
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid_file.unlink(missing_ok=True)
-
-
-def _directory_locked(data_dir: Path) -> bool:
-    try:
-        with open(data_dir / "node.lock", "ab") as lock:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-    except OSError:
-        return False
-    return False

@@ -6,7 +6,6 @@ apart on what is allowed; they differ only in how state is read and written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 import attrs
@@ -16,6 +15,7 @@ from protocol import (
     MAX_GROUP_MEMBERS,
     MAX_HISTORY_LIMIT,
     MAX_TITLE_LEN,
+    MemberEvent,
     body_size,
     is_valid_id,
 )
@@ -111,9 +111,21 @@ def group_founders(creator: str, members: Iterable[str]) -> list[str]:
     return founders
 
 
-def member_body(op: MemberOp, by: str, users: Iterable[str]) -> str:
-    """The JSON body of a member event."""
-    return json.dumps({"op": op, "by": by, "users": list(users)}, separators=(",", ":"))
+def member_message(
+    conv: str, seq: int, message_id: str, event: MemberEvent, ts: int
+) -> StoredMessage:
+    """A member event as stored: from its actor, from no device, without a cmid."""
+    return StoredMessage(
+        conv=conv,
+        seq=seq,
+        id=message_id,
+        sender=event.by,
+        device="",
+        cmid=None,
+        body=event.to_body(),
+        ts=ts,
+        kind="member",
+    )
 
 
 def new_group(conv_id: str, creator: str, title: str, founders: list[str]) -> Conversation:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
-from typing import Literal, TypeAlias
 
 import attrs
 
-MessageKind: TypeAlias = Literal["text", "member"]
-ConvKind: TypeAlias = Literal["direct", "group"]
-MemberOp: TypeAlias = Literal["create", "add", "remove", "leave"]
+# The wire's vocabulary and the ``convs`` row, re-exported for the Store's signatures.
+from protocol import ConvKind as ConvKind
+from protocol import ConvRow as ConvRow
+from protocol import MemberMarks as MemberMarks
+from protocol import MemberOp as MemberOp
+from protocol import MessageKind as MessageKind
 
 
 def _frozen_map(value: Mapping[str, object]) -> Mapping[str, object]:
@@ -96,30 +98,6 @@ class Conversation:
         if self.kind != "direct" or user not in self.members:
             raise ValueError(f"{user!r} is not a user of direct conversation {self.id!r}")
         return next(u for u in self.members if u != user)
-
-
-@attrs.frozen(kw_only=True)
-class MemberMarks:
-    """One user's watermarks in a conversation: ``delivered`` (max recv over devices), ``read``."""
-
-    user: str
-    delivered: int
-    read: int
-
-
-@attrs.frozen(kw_only=True)
-class ConvRow:
-    """One row of the ``convs`` listing, from the point of view of one (user, device)."""
-
-    conv: str
-    kind: ConvKind
-    title: str | None
-    members: tuple[str, ...]
-    last_seq: int
-    delivered: int
-    read: int
-    unread: int
-    others: tuple[MemberMarks, ...]
 
 
 @attrs.frozen(kw_only=True)

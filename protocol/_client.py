@@ -43,7 +43,8 @@ tables and per-conversation records it consults in ``_client_state``:
    reported like a push: the server moves its watermark on an ack only if it already had
    ``seq - 1``, and the client cannot know whether its earlier ``recv`` got there first. A
    duplicate push means the server believes we lack that seq (a lost ``recv``): the current
-   ``w`` is reported again.
+   ``w`` is reported again. :attr:`~ClientSession.duplicates` counts the pushes dropped as
+   duplicates (what the wire cost beyond exactly-once; the benchmark reports it).
 5. **Gaps.** When a pushed or acked seq leaves a hole above ``w`` (live pushes arrive in
    order on the connection that carries our acks, so a hole means a lost push), the
    session asks for the lowest missing run ``[w+1, h-1]`` (``h`` = lowest held seq above
@@ -81,6 +82,7 @@ import random
 
 import attrs
 
+from ._backoff import jittered_backoff
 from ._client_events import (
     Acked,
     ConvStatus,
@@ -179,6 +181,7 @@ class ClientSession:
         self._presence: dict[str, None] = {}  # ordered set of subscribed users
         self._out: list[str] = []
         self._events: list[Event] = []
+        self._duplicates = 0
 
     # ------------------------------------------------------------------ introspection
 
@@ -229,6 +232,11 @@ class ClientSession:
     def conversations(self) -> tuple[str, ...]:
         """Every conversation the session has state for, in the order it learned them."""
         return tuple(self._convs)
+
+    @property
+    def duplicates(self) -> int:
+        """Pushed ``msg`` frames dropped because their (conv, seq) was already held (rule 3)."""
+        return self._duplicates
 
     def holds(self, conv: str, seq: int) -> bool:
         """True once (conv, seq) was displayed, acked, or skipped as invisible."""
@@ -485,9 +493,11 @@ class ClientSession:
         if state.watermark is None:
             state.watermark = self._base_at(msg)
         if state.holds(msg.seq):
-            if pushed and state.reported >= msg.seq:
-                state.reported = msg.seq - 1
-                state.schedule_recv(now, self.recv_delay_s)
+            if pushed:
+                self._duplicates += 1
+                if state.reported >= msg.seq:
+                    state.reported = msg.seq - 1
+                    state.schedule_recv(now, self.recv_delay_s)
             return
         state.hold({msg.seq}, now, self.recv_delay_s)
         self._emit(NewMessage(message=msg))
@@ -511,9 +521,10 @@ class ClientSession:
             return
         entry.on_wire = False
         if nack.retry:
-            backoff = min(self.retry_max_s, self.retry_base_s * 2**entry.attempts)
-            entry.retry_at = now + backoff * (0.5 + self._rng.random() / 2)
             entry.attempts += 1
+            entry.retry_at = now + jittered_backoff(
+                entry.attempts, base_s=self.retry_base_s, max_s=self.retry_max_s, rng=self._rng
+            )
         else:
             del self._outbox[nack.cmid]
             self._emit(SendFailed(cmid=nack.cmid, nack=nack, send=entry.frame))

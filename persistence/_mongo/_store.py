@@ -19,6 +19,8 @@ import trio
 from pymongo import MongoClient
 from pymongo.read_concern import ReadConcern
 
+from protocol import MemberEvent
+
 from .._contract import Store
 from .._errors import StoreError
 from .._rules import (
@@ -29,7 +31,7 @@ from .._rules import (
     direct_id,
     group_founders,
     history_bounds,
-    member_body,
+    member_message,
     new_group,
 )
 from .._types import (
@@ -176,17 +178,8 @@ class MongoStore(Store):
             title,
             founders,
         )
-        event = StoredMessage(
-            conv=conv.id,
-            seq=1,
-            id=new_message_id(),
-            sender=creator,
-            device="",
-            cmid=None,
-            body=member_body("create", creator, founders),
-            ts=ts,
-            kind="member",
-        )
+        creation = MemberEvent(op="create", by=creator, users=tuple(founders))
+        event = member_message(conv.id, 1, new_message_id(), creation, ts)
         notified = tuple(sorted(set(notify)))
         return await self._runner.call(self._membership.create_group, conv, event, notified)
 
