@@ -168,6 +168,8 @@ class Checker:
     # Store checks: conv -> messages checked; (sender, device, body) -> where it is stored
     _store_checked: dict[str, int] = attrs.Factory(dict)
     _copies: dict[tuple[str, str, str], list[str]] = attrs.Factory(lambda: defaultdict(list))
+    # (user, last_seen) -> the earliest write of an ``offline`` frame saying so
+    _offline_sent: dict[tuple[str, int | None], float] = attrs.Factory(dict)
     # user -> when a device of theirs first wrote ``hello`` (nobody is online before)
     _first_hello: dict[str, float] = attrs.Factory(dict)
 
@@ -281,9 +283,10 @@ class Checker:
                 self._acked_at[dev].add((event.conv, event.seq))
                 acks = self._session_acks[(event.user, event.device, event.session)]
                 acks.setdefault(event.cmid, event.seq)
-            case ErrorSeen(rid=None) | NackSeen(code="bad_frame" | "too_large") if self._garbage[
-                (event.user, event.device, event.session)
-            ]:
+            case ErrorSeen(rid=None) | NackSeen(code="bad_frame" | "too_large") if (
+                event.code != "unauthenticated"  # a token's expiry, not a bad frame's answer
+                and self._garbage[(event.user, event.device, event.session)]
+            ):
                 self._garbage[(event.user, event.device, event.session)].pop(0)
                 if isinstance(event, NackSeen):
                     self._writes[(event.user, event.device, event.session, event.cmid)] += 1
@@ -300,7 +303,7 @@ class Checker:
             case ReceiptSeen() | TypingSeen():
                 self._on_notice(event)
             case PresenceSeen():
-                self._pending_presence.append(event)
+                self._on_presence(event)
             case SessionOpened(user=user, device=device, session=session, at=at):
                 # The link may already be down: the SDK reads a welcome the node wrote just
                 # before a reset, so "opened" can follow "closed" for the same session.
@@ -325,6 +328,13 @@ class Checker:
             self.report.add(
                 "uncontained", f"{event.user}/{event.device} got error internal: {event.message}"
             )
+
+    def _on_presence(self, event: PresenceSeen) -> None:
+        self._pending_presence.append(event)
+        if event.status == "offline":
+            key = (event.of_user, event.last_seen)
+            first = self._offline_sent.get(key, event.sent_at)
+            self._offline_sent[key] = min(first, event.sent_at)
 
     def _on_notice(self, event: ReceiptSeen | TypingSeen) -> None:
         """Queue a receipt or typing notice, with the departure its device knew of then."""
@@ -771,8 +781,12 @@ class Checker:
             )
         sessions = [s for s in self._sessions.values() if s.user == seen.of_user]
         # Judge the node at the moment it wrote the frame: a stalled or slow reader may read
-        # an old "offline" long after the user came back.
+        # an old "offline" long after the user came back. One decision (same user, same
+        # last_seen) is written to every subscriber; a slow connection writer may write it
+        # later than the others, so the earliest write stands for the decision.
         sent = seen.sent_at
+        if seen.status == "offline":
+            sent = min(sent, self._offline_sent.get((seen.of_user, seen.last_seen), sent))
         if seen.status == "offline":
             open_then = [
                 s

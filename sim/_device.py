@@ -132,14 +132,19 @@ class SimDevice:
         rng: random.Random,
         history: h.History,
         dial: Dialer,
+        token_ttl_s: float | None = None,
+        epoch_ms: int = 0,
     ) -> None:
         self.user = user
         self.device = device
         self.name = f"{user}/{device}"
         self._history = history
         self._dial = dial
+        self._token_ttl_s = token_ttl_s
+        self._epoch_ms = epoch_ms
         self.client = Client(
-            token=f"sim.{user}",
+            token=self._fresh_token(),
+            token_provider=self._token_provider if token_ttl_s is not None else None,
             device=device,
             transport=self._transport,
             rng=rng,
@@ -154,6 +159,17 @@ class SimDevice:
         self.sessions_opened = 0
         self._tap: _Tap | None = None
         self._nursery: trio.Nursery | None = None
+
+    def _fresh_token(self) -> str:
+        """A token for this user; with a TTL it expires ``token_ttl_s`` from now (virtual
+        time), so sessions outlive their tokens (PROTOCOL session rule 8)."""
+        if self._token_ttl_s is None:
+            return f"sim.{self.user}"
+        expiry = self._epoch_ms / 1000 + trio.current_time() + self._token_ttl_s
+        return f"sim.{self.user}.{expiry:.3f}"
+
+    async def _token_provider(self) -> str:
+        return self._fresh_token()
 
     # ------------------------------------------------------------------ state
 

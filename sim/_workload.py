@@ -39,6 +39,9 @@ class Workload:
     departed: float = 0.5
     #: Devices that stay offline at first and join during the chaos phase (long backlogs).
     late_devices: int = attrs.field(default=0)
+    #: Access tokens last this long (virtual s) and are refreshed by the SDK's provider
+    #: after the node ends a session at its token's expiry (4401); None: never expire.
+    token_ttl_s: float | None = None
 
     @classmethod
     def swarm(cls, rng: random.Random, *, users: int, devices: int, steps: int) -> Workload:
@@ -57,6 +60,7 @@ class Workload:
             garbage=round(rng.uniform(0, 1), 2),
             departed=round(rng.uniform(0, 2), 2),
             late_devices=rng.choice((0, 0, 1, 2)),
+            token_ttl_s=rng.choice((None, None, 8.0, 30.0)),
         )
 
     def weights(self) -> dict[str, float]:
@@ -75,5 +79,6 @@ class Workload:
         mix = " ".join(f"{k}={v:g}" for k, v in self.weights().items())
         return (
             f"{self.users} users x {self.devices} devices, {self.steps} steps, "
-            f"gap {self.step_gap_s:g} s, mix {mix}, late devices {self.late_devices}"
+            f"gap {self.step_gap_s:g} s, mix {mix}, late devices {self.late_devices}, "
+            f"token ttl {self.token_ttl_s if self.token_ttl_s is not None else 'none'}"
         )

@@ -114,10 +114,15 @@ class RunResult:
         return self.trace.digest()
 
 
-def _verify_token(token: str, _now_s: float) -> Grant:
+def _verify_token(token: str, now_s: float) -> Grant:
+    """Simulator tokens: ``sim.<user>`` (never expires) or ``sim.<user>.<expiry>`` (epoch s)."""
     if not token.startswith("sim."):
         raise InvalidToken("not a simulator token")
-    return Grant(user=token[4:], expires_s=math.inf)
+    user, _, expiry = token[4:].partition(".")
+    expires_s = float(expiry) if expiry else math.inf
+    if expires_s <= now_s:
+        raise InvalidToken("token expired")
+    return Grant(user=user, expires_s=expires_s)
 
 
 class World:
@@ -292,6 +297,8 @@ class World:
                     rng=derive_rng(self.config.seed, f"client/{user}/d{d}"),
                     history=self.history,
                     dial=self._dial_for,
+                    token_ttl_s=self.config.workload.token_ttl_s,
+                    epoch_ms=EPOCH_MS,
                 )
                 step = late_at.get(len(self.devices))
                 if step is not None:
