@@ -23,9 +23,6 @@ from ._commit import MAX_ROUNDS
 from ._runner import Runner, is_write_conflict
 from ._schema import Doc, chunk_doc, load_conv, membership_fields, new_message_id
 
-#: Upserts of a new direct conversation before giving up (each one after a lost race).
-_DIRECT_RACE_TRIES = 3
-
 
 class _Contended(Exception):
     """Another writer changed the conversation under us; re-read and try again."""

@@ -53,7 +53,7 @@ from ._chunks import ChunkLog
 from ._coalescer import Coalescer
 from ._commit import MERGE_MAX_DRAFTS, CommitStats, GroupCommit, Outcome, Request
 from ._devices import Devices
-from ._marks import Backlog, Marks
+from ._marks import FOLD_EVERY_S, Backlog, Marks
 from ._membership import Membership
 from ._outbox import Outbox
 from ._runner import Runner
@@ -88,7 +88,9 @@ class MongoStore(Store):
         self._chunks = ChunkLog(self._db, light)
         self._commit = GroupCommit(self._db, self._chunks, self._runner, self._rng)
         self._membership = Membership(self._db, self._chunks, self._runner)
-        self._marks = Marks(self._db, light, self._chunks)
+        # A direct conversation is what its id says (members fixed, stored or not): clamping
+        # marks of one needs no read.
+        self._marks = Marks(self._db, self._chunks, self._runner, implicit_direct)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
         # Appends (one merged commit at a time) and watermark batches get threads of their
@@ -262,16 +264,21 @@ class MongoStore(Store):
     # -- watermarks ----------------------------------------------------------------------
 
     async def merge_recv(self, marks: Sequence[RecvMark]) -> None:
-        if marks:
-            await self._runner.call(
-                self._marks.merge_recv, list(marks), limiter=self._marks_limiter
-            )
+        await self.merge_marks(marks, ())
 
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
-        if marks:
+        await self.merge_marks((), marks)
+
+    async def merge_marks(self, recv: Sequence[RecvMark], read: Sequence[ReadMark]) -> None:
+        if recv or read:
             await self._runner.call(
-                self._marks.merge_read, list(marks), limiter=self._marks_limiter
+                self._marks.merge, list(recv), list(read), limiter=self._marks_limiter
             )
+
+    FOLD_MARKS_EVERY_S = FOLD_EVERY_S
+
+    async def fold_marks(self) -> None:
+        await self._runner.call(self._marks.fold, limiter=self._marks_limiter)
 
     async def marks(self, conv: str) -> dict[str, MemberMarks]:
         return await self._runner.call(lambda: self._marks.marks(load_conv(self._db, conv)[0]))
