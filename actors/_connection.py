@@ -66,6 +66,7 @@ from protocol import (
     Synced,
     Typing,
     convs_result,
+    count_within,
     group_created_result,
     history_result,
 )
@@ -607,7 +608,15 @@ class ConnectionActor:
                     page = await self._ctx.store.conversations(
                         handle.user, handle.device, limit=limit, cursor=cursor
                     )
-                rows = tuple(_conv_row(r) for r in page.rows)
+                    rows = tuple(_conv_row(r) for r in page.rows)
+                    kept = count_within(rows)
+                    if kept < len(rows):
+                        # Over the result limit: the newest rows that fit, with the cursor
+                        # that continues right after them (the store knows their activity).
+                        page = await self._ctx.store.conversations(
+                            handle.user, handle.device, limit=kept, cursor=cursor
+                        )
+                        rows = tuple(_conv_row(r) for r in page.rows)
                 await self._reply(convs_result(rid, rows, page.cursor is not None, page.cursor))
             case GroupCreate():
                 await self._group_create(handle, frame)
@@ -649,7 +658,12 @@ class ConnectionActor:
                 )
                 return
             messages, more = await store.history(frame.conv, handle.user, frame.before, frame.limit)
-        await self._reply(history_result(frame.rid, tuple(msg_frame(m) for m in messages), more))
+        page = tuple(msg_frame(m) for m in messages)
+        # Under the result limit: the newest messages that fit; ``more`` says older ones exist.
+        kept = count_within(page[::-1])
+        if kept < len(page):
+            page, more = page[len(page) - kept :], True
+        await self._reply(history_result(frame.rid, page, more))
 
     async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
         # The manager also finds a group an ambiguous Store failure created after all, and

@@ -171,13 +171,22 @@ class ConversationManager:
         if it is found it is returned as if the call had succeeded, else the error is raised.
         """
         store, ts = self._ctx.store, self._ctx.wall_ms()
+        # G8: the founders with no connected device get their jobs with the creation, in
+        # one write however many they are (the Store keeps the founders among these).
+        notify = [u for u in sorted({user, *members}) if not self._ctx.router.devices(u)]
         try:
             with self._ctx.timed("create_group"):
-                return await store.create_group(user, title, members, ts)
+                created = await store.create_group(user, title, members, ts, notify=notify)
         except StoreError as exc:
+            if notify:
+                self._ctx.wake_notifier()  # an ambiguous failure may have written the jobs
             if not exc.retryable:
                 raise
             failure = exc
+        else:
+            if notify:
+                self._ctx.wake_notifier()
+            return created
         founders = list(dict.fromkeys([user, *members]))
 
         async def find() -> tuple[Conversation, StoredMessage] | None:

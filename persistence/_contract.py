@@ -62,7 +62,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create_group(
-        self, creator: str, title: str, members: Iterable[str], ts: int
+        self,
+        creator: str,
+        title: str,
+        members: Iterable[str],
+        ts: int,
+        *,
+        notify: Iterable[str] = (),
     ) -> tuple[Conversation, StoredMessage]:
         """Create a group with ``creator`` and ``members`` (duplicates ignored).
 
@@ -70,6 +76,9 @@ class Store(abc.ABC):
         (``kind="member"``, body ``{"op":"create","by":creator,"users":[creator, ...]}``).
         Title of 1..100 characters and valid ids, else :class:`BadInput`; more than 256
         members in all → :class:`Forbidden` ("group is full").
+        ``notify``: users with no connected device (as the caller sees it), as for
+        :meth:`append`: each of them who is a member once the event is written gets the
+        event's offline-notification job in the same durable write, however many they are.
         """
 
     @abc.abstractmethod
@@ -77,16 +86,21 @@ class Store(abc.ABC):
         """The conversation ``conv`` with its current membership; :class:`NotFound` if none."""
 
     @abc.abstractmethod
-    async def add_member(self, conv: str, actor: str, user: str, ts: int) -> StoredMessage | None:
+    async def add_member(
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage | None:
         """``actor`` adds ``user`` to group ``conv``; returns the ``add`` event.
 
         Any current member may add. Already a member → ``None``, no event. Direct conversation
         or non-member actor → :class:`Forbidden`; group of 256 → :class:`Forbidden`.
+        ``notify``: users with no connected device (as the caller sees it), as for
+        :meth:`append`: each of them who is a member once the event is written gets the
+        event's offline-notification job in the same durable write, however many they are.
         """
 
     @abc.abstractmethod
     async def remove_member(
-        self, conv: str, actor: str, user: str, ts: int
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
     ) -> StoredMessage | None:
         """``actor`` removes ``user`` from group ``conv``; returns the ``remove`` event.
 
@@ -94,14 +108,17 @@ class Store(abc.ABC):
         is a member, so a non-creator gets :class:`Forbidden` either way. Removing a
         non-member → :class:`NotFound`. ``actor == user`` is a leave. Direct conversation →
         :class:`Forbidden`. The ``None`` return is reserved for an idempotent replay and is
-        not produced today.
+        not produced today. ``notify`` as for :meth:`add_member`.
         """
 
     @abc.abstractmethod
-    async def leave(self, conv: str, user: str, ts: int) -> StoredMessage:
+    async def leave(
+        self, conv: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage:
         """``user`` leaves group ``conv``; returns the ``leave`` event (the last one they see).
 
         Not a member → :class:`Forbidden`; direct conversation → :class:`Forbidden`.
+        ``notify`` as for :meth:`add_member`.
         """
 
     @abc.abstractmethod
@@ -259,6 +276,10 @@ class Store(abc.ABC):
 
         Creates one job per offline period; later calls in the same period only update the
         job's count and latest (conv, seq), whether or not it was delivered already.
+
+        The outbox holds no more than the work left: a completed job is gone once its
+        offline period is over (while it lasts it is kept, done, so that the period's later
+        messages coalesce into it and cause no second notification).
         """
 
     @abc.abstractmethod
@@ -271,12 +292,14 @@ class Store(abc.ABC):
     ) -> list[NotificationJob]:
         """Lease up to ``limit`` pending jobs to ``owner`` until ``now_ms + lease_ms``.
 
-        Jobs never claimed or whose lease expired are eligible, oldest first.
+        Jobs never claimed or whose lease expired are eligible, oldest first. The cost of a
+        claim does not grow with ``limit`` or with the number of jobs (one batch, indexed).
         """
 
     @abc.abstractmethod
     async def complete_notification(self, job_id: str) -> None:
-        """Mark a job done (idempotent); :class:`NotFound` for an unknown id."""
+        """Mark a job delivered. Idempotent: an id that is gone (completed, its period over)
+        or unknown is no error."""
 
     @abc.abstractmethod
     async def pending_notifications(self) -> int:

@@ -17,7 +17,7 @@ import trio
 from protocol import MemberEvent
 
 from ._contract import Store
-from ._errors import NotFound, StoreError, Unavailable
+from ._errors import StoreError, Unavailable
 from ._rules import (
     GROUP_ID_HEX,
     apply_member_change,
@@ -122,6 +122,7 @@ class MemoryStore(Store):
         self._devices: dict[str, dict[str, int]] = {}
         self._jobs: dict[str, _Job] = {}
         self._open_job: dict[str, str] = {}
+        self._jobs_created = 0
 
     # -- fault plumbing ------------------------------------------------------------------
 
@@ -162,7 +163,13 @@ class MemoryStore(Store):
         return self._conv(conv_id)
 
     async def create_group(
-        self, creator: str, title: str, members: Iterable[str], ts: int
+        self,
+        creator: str,
+        title: str,
+        members: Iterable[str],
+        ts: int,
+        *,
+        notify: Iterable[str] = (),
     ) -> tuple[Conversation, StoredMessage]:
         check_title(title)
         founders = group_founders(creator, members)
@@ -172,6 +179,7 @@ class MemoryStore(Store):
         self._messages[conv.id] = []
         creation = MemberEvent(op="create", by=creator, users=tuple(founders))
         event = self._store(member_message(conv.id, 1, self._new_id(), creation, ts))
+        self._record_jobs(conv, notify, event)
         self._after_write()
         return conv, event
 
@@ -180,7 +188,13 @@ class MemoryStore(Store):
         return self._conv(conv)
 
     async def _member_change(
-        self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int
+        self,
+        conv_id: str,
+        op: MemberOp,
+        actor: str,
+        user: str,
+        ts: int,
+        notify: Iterable[str],
     ) -> StoredMessage | None:
         await self._enter()
         conv = self._conv(conv_id)
@@ -192,19 +206,30 @@ class MemoryStore(Store):
         change = MemberEvent(op=kind, by=actor, users=(target,))
         event = self._store(member_message(conv_id, seq, self._new_id(), change, ts))
         self._convs[conv_id] = apply_member_change(conv, kind, target, seq)
+        self._record_jobs(self._convs[conv_id], notify, event)
         self._after_write()
         return event
 
-    async def add_member(self, conv: str, actor: str, user: str, ts: int) -> StoredMessage | None:
-        return await self._member_change(conv, "add", actor, user, ts)
+    def _record_jobs(self, conv: Conversation, notify: Iterable[str], event: StoredMessage) -> None:
+        """G8 for a membership event: in the same step as the event (no await between)."""
+        for user in sorted(set(notify)):
+            if conv.is_member(user):
+                self._record_job(user, conv.id, event.seq, event.ts, 1)
+
+    async def add_member(
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage | None:
+        return await self._member_change(conv, "add", actor, user, ts, notify)
 
     async def remove_member(
-        self, conv: str, actor: str, user: str, ts: int
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
     ) -> StoredMessage | None:
-        return await self._member_change(conv, "remove", actor, user, ts)
+        return await self._member_change(conv, "remove", actor, user, ts, notify)
 
-    async def leave(self, conv: str, user: str, ts: int) -> StoredMessage:
-        event = await self._member_change(conv, "leave", user, user, ts)
+    async def leave(
+        self, conv: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage:
+        event = await self._member_change(conv, "leave", user, user, ts, notify)
         assert event is not None, "a leave always records an event"
         return event
 
@@ -414,7 +439,8 @@ class MemoryStore(Store):
         """Open ``user``'s job of this offline period, or coalesce into the open one."""
         job_id = self._open_job.get(user)
         if job_id is None:
-            job_id = f"n{len(self._jobs) + 1}"
+            self._jobs_created += 1
+            job_id = f"n{self._jobs_created}"
             self._jobs[job_id] = _Job(job_id, user, conv, seq, 0, ts, ts)
             self._open_job[user] = job_id
         job = self._jobs[job_id]
@@ -425,7 +451,10 @@ class MemoryStore(Store):
         await self._enter()
         job_id = self._open_job.pop(user, None)
         if job_id is not None:
-            self._jobs[job_id].open = False
+            job = self._jobs[job_id]
+            job.open = False
+            if job.done:  # the marker of a delivered job has done its work
+                del self._jobs[job_id]
 
     async def claim_notifications(
         self, owner: str, now_ms: int, lease_ms: int, limit: int
@@ -446,8 +475,10 @@ class MemoryStore(Store):
         await self._enter()
         job = self._jobs.get(job_id)
         if job is None:
-            raise NotFound(f"notification job {job_id!r} does not exist")
+            return
         job.done = True
+        if not job.open:
+            del self._jobs[job_id]
 
     async def pending_notifications(self) -> int:
         await self._enter()

@@ -20,13 +20,13 @@ import time
 import attrs
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from .._errors import StoreError, Unavailable
 from .._rules import draft_error, implicit_direct, no_such_conversation, not_member, replay
 from .._types import Conversation, Draft, StoredMessage
 from ._chunks import ChunkLog, Head
-from ._outbox import job_update
+from ._outbox import JobNote, JobRace, write_jobs
 from ._runner import Runner, is_write_conflict
 from ._schema import (
     CHUNK_MAX,
@@ -77,20 +77,6 @@ class _Slot:
     result: StoredMessage | StoreError | None = None
     #: An earlier slot of the same commit with the same key: this one replays its result.
     same_as: _Slot | None = None
-
-
-@attrs.define(eq=False)
-class _JobNote:
-    """The offline-notification job a merged commit records for one user."""
-
-    conv: str
-    seq: int
-    ts: int
-    count: int
-
-
-class _JobRace(Exception):
-    """A concurrent writer opened a user's notification job inside our transaction."""
 
 
 class _Duplicates(Exception):
@@ -262,7 +248,7 @@ class GroupCommit:
             new_docs = [direct_doc(h.conv) for c in sorted(unstored & set(plan)) if (h := heads[c])]
             try:
                 self._runner.transaction(functools.partial(self._write_group, plan, jobs, new_docs))
-            except _JobRace:
+            except JobRace:
                 # A concurrent writer opened the same user's job: the round is aborted whole
                 # (messages included); the next one coalesces into that job.
                 conflicts += 1
@@ -321,11 +307,11 @@ class GroupCommit:
         heads: dict[str, Head | None],
         todo: dict[str, list[_Slot]],
         plan: dict[str, list[StoredMessage]],
-    ) -> dict[str, _JobNote]:
+    ) -> dict[str, JobNote]:
         """G8: the offline-notification job of each user named in ``notify`` by a request
         with a message in ``plan``, written by the same transaction: the first new message
         (conv, seq) of the commit, the number of new messages, the latest ts."""
-        jobs: dict[str, _JobNote] = {}
+        jobs: dict[str, JobNote] = {}
         for conv_id, slots in todo.items():
             head = heads[conv_id]
             assert head is not None
@@ -336,7 +322,7 @@ class GroupCommit:
                         continue
                     note = jobs.get(user)
                     if note is None:
-                        jobs[user] = _JobNote(conv_id, message.seq, message.ts, 1)
+                        jobs[user] = JobNote(conv_id, message.seq, message.ts, 1)
                     else:
                         note.count += 1
                         note.ts = max(note.ts, message.ts)
@@ -345,7 +331,7 @@ class GroupCommit:
     def _write_group(
         self,
         plan: dict[str, list[StoredMessage]],
-        jobs: dict[str, _JobNote],
+        jobs: dict[str, JobNote],
         new_docs: list[Doc],
         s: ClientSession,
     ) -> None:
@@ -380,14 +366,4 @@ class GroupCommit:
             self._db.chunks.insert_many(chunks, ordered=False, session=s)
         except BulkWriteError as exc:
             raise _Duplicates.from_bulk(exc, None, [str(c["conv"]) for c in chunks]) from exc
-        for user in sorted(jobs):
-            note = jobs[user]
-            try:
-                self._db.jobs.update_one(
-                    {"user": user, "open": True},
-                    job_update(note.conv, note.seq, note.ts, note.count),
-                    upsert=True,
-                    session=s,
-                )
-            except DuplicateKeyError as exc:
-                raise _JobRace(user) from exc
+        write_jobs(self._db, jobs, s)

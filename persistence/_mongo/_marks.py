@@ -149,8 +149,8 @@ class Marks:
         highest: dict[str, int] = {}
         for conv, seq in marks:
             highest[conv] = max(seq, highest.get(conv, 0))
-        # A direct conversation's membership never changes (``known_direct`` tells it from
-        # the id): it needs no read. The others are read in a few $in queries.
+        # A direct conversation's membership never changes (its id says it): it needs
+        # no read. The others are read in a few $in queries.
         known: dict[str, Conversation] = {}
         starts: dict[str, int] = {}
         cold = []
@@ -235,11 +235,10 @@ class Marks:
         ends = self._chunks.last_seqs(ids)
         stamps = self._chunks.last_ts(ends)
         page, next_cursor = convs_page(((stamps[c], c) for c in ends), limit, cursor)
-        docs: dict[str, Doc] = {
-            d["_id"]: d
-            for k in range(0, len(page), PROBES_PER_QUERY)
-            for d in self._db.convs.find({"_id": {"$in": page[k : k + PROBES_PER_QUERY]}})
-        }
+        docs: dict[str, Doc] = {}
+        for k in range(0, len(page), PROBES_PER_QUERY):
+            batch = page[k : k + PROBES_PER_QUERY]
+            docs.update((d["_id"], d) for d in self._db.convs.find({"_id": {"$in": batch}}))
         mark_docs = self._docs(page)
         field = recv_field(user, device)
         rows = []
@@ -250,14 +249,14 @@ class Marks:
             last = ends[conv_id]
             mark_doc = mark_docs.get(conv_id)
             marks = self._member_marks(conv, mark_doc)
-            read = marks[user].read
+            own_read = marks[user].read
             unread = (
                 sum(
                     1
-                    for seq, sender, kind, _ts in self._chunks.headers(conv_id, read + 1, last)
+                    for seq, sender, kind, _ts in self._chunks.headers(conv_id, own_read + 1, last)
                     if kind == "text" and sender != user and conv.can_see(user, seq)
                 )
-                if read < last  # read up to the end (the usual case): nothing to count
+                if own_read < last  # read up to the end (the usual case): nothing to count
                 else 0
             )
             rows.append(
@@ -268,7 +267,7 @@ class Marks:
                     members=tuple(conv.members),
                     last_seq=last,
                     delivered=int((mark_doc or {}).get("recv", {}).get(field, 0)),
-                    read=read,
+                    read=own_read,
                     unread=unread,
                     others=tuple(marks[u] for u in conv.members if u != user),
                 )
@@ -277,7 +276,7 @@ class Marks:
 
     def unsynced_many(self, wanted: list[tuple[str, str]]) -> list[Backlog]:
         """Where the hello backlog of many (user, device) is, at once: a few commands for all
-        of them, and no message read (the node reads them with ``read_ranges``, page by page)."""
+        of them, and no message read (the node reads them with ``range``, page by page)."""
         users = sorted({u for u, _ in wanted})
         # Two indexed queries: SecantusDB answers an $or of them with a collection scan.
         docs = {d["_id"]: d for d in self._db.convs.find({"member_ids": {"$in": users}})}

@@ -20,6 +20,7 @@ from .._rules import apply_member_change, member_message, plan_member_change
 from .._types import Conversation, MemberOp, StoredMessage
 from ._chunks import ChunkLog, Head
 from ._commit import MAX_ROUNDS
+from ._outbox import JobNote, JobRace, write_jobs
 from ._runner import Runner, is_write_conflict
 from ._schema import Doc, chunk_doc, load_conv, membership_fields, new_message_id
 
@@ -42,8 +43,10 @@ class Membership:
         self._runner = runner
 
     def create_group(
-        self, conv: Conversation, event: StoredMessage
+        self, conv: Conversation, event: StoredMessage, notify: tuple[str, ...]
     ) -> tuple[Conversation, StoredMessage]:
+        """Write the group, its creation event and the jobs of ``notify`` in one transaction
+        (retried whole when a concurrent writer opened one of those jobs meanwhile)."""
         doc = {
             "_id": conv.id,
             "kind": "group",
@@ -56,12 +59,22 @@ class Membership:
         }
         chunk = chunk_doc(conv.id, [event])
 
+        notes = _job_notes(conv, notify, event)
+
         def body(s: ClientSession) -> None:
             self._db.convs.insert_one(doc, session=s)
             self._db.chunks.insert_one(chunk, session=s)
+            write_jobs(self._db, notes, s)
 
         try:
-            self._runner.transaction(body)
+            for _ in range(MAX_ROUNDS):
+                try:
+                    self._runner.transaction(body)
+                    break
+                except JobRace:
+                    continue
+            else:
+                raise Unavailable(f"could not record the notifications of group {conv.id!r}")
         except DuplicateKeyError:
             # Only our own earlier attempt can hold this random id (ambiguous failure).
             existing, _ = load_conv(self._db, conv.id)
@@ -81,18 +94,33 @@ class Membership:
         return found
 
     def change(
-        self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int, op_id: str
+        self,
+        conv_id: str,
+        op: MemberOp,
+        actor: str,
+        user: str,
+        ts: int,
+        op_id: str,
+        notify: tuple[str, ...] = (),
     ) -> StoredMessage | None:
-        """Apply one membership change (``op_id``: unique per change, for retries)."""
+        """Apply one membership change (``op_id``: unique per change, for retries); the
+        jobs of ``notify`` (the members among them) are written with the event."""
         try:
-            return self._change_rounds(conv_id, op, actor, user, ts, op_id)
+            return self._change_rounds(conv_id, op, actor, user, ts, op_id, notify)
         finally:
             # Not needed for correctness (a cached head is re-validated by the next chunk
             # insert), but our own change should not cost us a duplicate-key round.
             self._chunks.heads.pop(conv_id)
 
     def _change_rounds(
-        self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int, op_id: str
+        self,
+        conv_id: str,
+        op: MemberOp,
+        actor: str,
+        user: str,
+        ts: int,
+        op_id: str,
+        notify: tuple[str, ...],
     ) -> StoredMessage | None:
         for _ in range(MAX_ROUNDS):
             conv, doc = load_conv(self._db, conv_id)
@@ -105,9 +133,11 @@ class Membership:
             kind, target = plan
             try:
                 return self._runner.transaction(
-                    functools.partial(self._write_event, conv, doc, kind, actor, target, ts, op_id)
+                    functools.partial(
+                        self._write_event, conv, doc, kind, actor, target, ts, op_id, notify
+                    )
                 )
-            except (DuplicateKeyError, _Contended):
+            except (DuplicateKeyError, _Contended, JobRace):
                 continue
             except PyMongoError as exc:
                 if is_write_conflict(exc):
@@ -124,6 +154,7 @@ class Membership:
         target: str,
         ts: int,
         op_id: str,
+        notify: tuple[str, ...],
         session: ClientSession,
     ) -> StoredMessage:
         seq = self._chunks.read_last_seq(conv.id, session, doc) + 1
@@ -146,4 +177,12 @@ class Membership:
         )
         if result.matched_count != 1:
             raise _Contended()
+        write_jobs(self._db, _job_notes(changed, notify, event), session)
         return event
+
+
+def _job_notes(
+    conv: Conversation, notify: tuple[str, ...], event: StoredMessage
+) -> dict[str, JobNote]:
+    """G8: the job a membership event owes each member of ``conv`` named in ``notify``."""
+    return {u: JobNote(conv.id, event.seq, event.ts, 1) for u in notify if conv.is_member(u)}

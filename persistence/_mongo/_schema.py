@@ -42,8 +42,9 @@ Collections (all in one database):
 * ``users``: ``_id`` the user id, ``last_seen`` (max-merged).
 * ``jobs``: the offline-notification outbox, one document per job: ``user``, ``conv``,
   ``seq``, ``count``, ``first_ts``, ``last_ts``, ``open`` (the user's current offline
-  period), ``done``, ``owner``, ``lease_until``. A partial unique index on ``user`` where
-  ``open`` makes "one open job per user" a database fact; ``(done, first_ts)`` for claims.
+  period), ``done``, ``owner``, ``lease_until``, ``due`` (claimable from; none once
+  delivered), ``claim`` (the claim that leased it). A partial unique index on ``user`` where
+  ``open`` makes "one open job per user" a database fact; ``due`` for claims (``_outbox``).
 
 Write concerns: everything an acknowledgement or a receipt depends on is ``majority`` +
 ``j: true`` (:data:`DURABLE`): messages, keys, membership, jobs and watermarks (one
@@ -218,3 +219,4 @@ def create_indexes(db: Database[Doc]) -> None:
         "user", unique=True, name="one_open_job", partialFilterExpression={"open": True}
     )
     db.jobs.create_index([("done", 1), ("first_ts", 1)])
+    db.jobs.create_index("due")  # claims read windows of it (see _outbox)

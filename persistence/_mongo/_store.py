@@ -88,8 +88,7 @@ class MongoStore(Store):
         self._chunks = ChunkLog(self._db, light)
         self._commit = GroupCommit(self._db, self._chunks, self._runner, self._rng)
         self._membership = Membership(self._db, self._chunks, self._runner)
-        # A direct conversation is what its id says (members fixed, stored or not): clamping
-        # marks of one needs no read.
+        # A direct conversation's membership is a function of its id (implicit_direct).
         self._marks = Marks(self._db, self._chunks, self._runner, implicit_direct)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
@@ -167,7 +166,13 @@ class MongoStore(Store):
         return conv
 
     async def create_group(
-        self, creator: str, title: str, members: Iterable[str], ts: int
+        self,
+        creator: str,
+        title: str,
+        members: Iterable[str],
+        ts: int,
+        *,
+        notify: Iterable[str] = (),
     ) -> tuple[Conversation, StoredMessage]:
         check_title(title)
         founders = group_founders(creator, members)
@@ -179,27 +184,35 @@ class MongoStore(Store):
         )
         creation = MemberEvent(op="create", by=creator, users=tuple(founders))
         event = member_message(conv.id, 1, new_message_id(), creation, ts)
-        return await self._runner.call(self._membership.create_group, conv, event)
+        notified = tuple(sorted(set(notify)))
+        return await self._runner.call(self._membership.create_group, conv, event, notified)
 
     async def get_conversation(self, conv: str) -> Conversation:
         return (await self._runner.call(load_conv, self._db, conv))[0]
 
     async def _member_change(
-        self, conv: str, op: MemberOp, actor: str, user: str, ts: int
+        self, conv: str, op: MemberOp, actor: str, user: str, ts: int, notify: Iterable[str]
     ) -> StoredMessage | None:
         op_id = uuid.uuid4().hex
-        return await self._runner.call(self._membership.change, conv, op, actor, user, ts, op_id)
+        notified = tuple(sorted(set(notify)))
+        return await self._runner.call(
+            self._membership.change, conv, op, actor, user, ts, op_id, notified
+        )
 
-    async def add_member(self, conv: str, actor: str, user: str, ts: int) -> StoredMessage | None:
-        return await self._member_change(conv, "add", actor, user, ts)
+    async def add_member(
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage | None:
+        return await self._member_change(conv, "add", actor, user, ts, notify)
 
     async def remove_member(
-        self, conv: str, actor: str, user: str, ts: int
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
     ) -> StoredMessage | None:
-        return await self._member_change(conv, "remove", actor, user, ts)
+        return await self._member_change(conv, "remove", actor, user, ts, notify)
 
-    async def leave(self, conv: str, user: str, ts: int) -> StoredMessage:
-        event = await self._member_change(conv, "leave", user, user, ts)
+    async def leave(
+        self, conv: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage:
+        event = await self._member_change(conv, "leave", user, user, ts, notify)
         assert event is not None, "a leave always records an event"
         return event
 

@@ -3,7 +3,7 @@ requests go in through ``submit``, frames come out on fake connection handles.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import pytest
 import trio
@@ -95,9 +95,15 @@ class AmbiguousStore(MemoryStore):
         self.listing_failures = listing_failures
 
     async def create_group(
-        self, creator: str, title: str, members: Sequence[str], ts: int
+        self,
+        creator: str,
+        title: str,
+        members: Iterable[str],
+        ts: int,
+        *,
+        notify: Iterable[str] = (),
     ) -> tuple[Conversation, StoredMessage]:
-        await super().create_group(creator, title, members, ts)
+        await super().create_group(creator, title, members, ts, notify=notify)
         raise Unavailable("the reply was lost")
 
     async def conversations(

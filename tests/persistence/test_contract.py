@@ -328,8 +328,43 @@ async def test_notification_outbox_coalesces_and_leases(store: Store) -> None:
     await store.user_online("bob")
     await store.notify_offline("bob", "d:alice:bob", 4, 140)  # a new period: a new job
     assert await store.pending_notifications() == 2
-    with pytest.raises(NotFound):
-        await store.complete_notification("no-such-job")
+    await store.complete_notification("no-such-job")  # gone or never there: no error
+
+
+async def test_notification_claims_take_the_oldest_in_one_batch(store: Store) -> None:
+    for i in range(40):
+        await store.notify_offline(f"u{i:02}", "g:x", i + 1, 1_000 + i)
+    first = await store.claim_notifications("n1", 5_000, 1_000, 16)
+    assert [j.user for j in first] == [f"u{i:02}" for i in range(16)]
+    assert {j.owner for j in first} == {"n1"} and {j.lease_until for j in first} == {6_000}
+    rest = await store.claim_notifications("n2", 5_000, 1_000, 100)
+    assert [j.user for j in rest] == [f"u{i:02}" for i in range(16, 40)]
+    for job in first:
+        await store.complete_notification(job.id)
+    assert await store.pending_notifications() == 24
+    # Expired leases are claimable again, still oldest first.
+    again = await store.claim_notifications("n3", 7_000, 1_000, 5)
+    assert [j.user for j in again] == [f"u{i:02}" for i in range(16, 21)]
+
+
+async def test_a_delivered_job_coalesces_its_period_then_goes(store: Store) -> None:
+    await store.notify_offline("bob", "g:x", 1, 100)
+    [job] = await store.claim_notifications("n", 1_000, 500, 10)
+    await store.complete_notification(job.id)
+    await store.notify_offline("bob", "g:x", 2, 110)  # still offline: delivered already
+    assert await store.pending_notifications() == 0
+    assert await store.claim_notifications("n", 2_000, 500, 10) == []
+    await store.user_online("bob")
+    await store.complete_notification(job.id)  # idempotent after it is gone too
+    await store.notify_offline("bob", "g:x", 3, 120)  # a new period: a new job
+    [new] = await store.claim_notifications("n", 3_000, 500, 10)
+    assert new.id != job.id and (new.seq, new.count) == (3, 1)
+    # A job completed after its user came back online goes at once.
+    await store.user_online("bob")
+    await store.complete_notification(new.id)
+    await store.notify_offline("bob", "g:x", 4, 130)
+    [newer] = await store.claim_notifications("n", 4_000, 500, 10)
+    assert newer.id not in (job.id, new.id) and (newer.seq, newer.count) == (4, 1)
 
 
 async def test_append_with_notify_records_one_job_per_user(store: Store) -> None:
@@ -504,3 +539,25 @@ async def test_a_direct_conversation_is_stored_with_its_first_message(store: Sto
     for bad in ("d:bob:alice", "d:alice", "d:alice:alice", "d:a b:c"):
         with pytest.raises(NotFound):
             await store.get_conversation(bad)
+
+
+async def test_membership_events_record_their_jobs_with_them(store: Store) -> None:
+    """G8 for member events: ``notify`` is written with the event, members only."""
+    founders = [f"u{i:03}" for i in range(255)]
+    conv, _ = await store.create_group("alice", "big", founders, 500, notify=founders)
+    assert await store.pending_notifications() == 255
+    jobs = await store.claim_notifications("n", 1_000, 500, 300)
+    assert sorted(j.user for j in jobs) == founders
+    assert {(j.conv, j.seq, j.count) for j in jobs} == {(conv.id, 1, 1)}
+    small, _ = await store.create_group("alice", "t", ["bob"], 600, notify=["bob", "zed"])
+    [bobs] = await store.claim_notifications("n", 1_000, 500, 10)  # zed is no founder
+    assert (bobs.user, bobs.conv) == ("bob", small.id)
+    added = await store.add_member(small.id, "alice", "carol", 700, notify=["bob", "carol"])
+    assert added is not None
+    assert await store.pending_notifications() == 257  # carol's new job; bob's coalesces
+    await store.leave(small.id, "bob", 800, notify=["bob", "carol"])  # bob is out: no job
+    removed = await store.remove_member(small.id, "alice", "carol", 900, notify=["carol"])
+    assert removed is not None and await store.pending_notifications() == 257
+    rest = await store.claim_notifications("n", 2_000, 500, 300)
+    carol = next(j for j in rest if j.user == "carol")
+    assert (carol.conv, carol.seq, carol.count) == (small.id, 3, 2)  # add, then bob's leave
