@@ -21,6 +21,7 @@ from protocol import MemberEvent, Msg, RemoteProtocolError
 from ._config import NodeConfig
 from ._keepalive import KeepAlive
 from ._metrics import NodeMetrics
+from ._ratelimit import UserBudgets
 from ._router import Router
 
 log = logging.getLogger("actors")
@@ -41,6 +42,13 @@ class NodeContext:
     name: str = "node"
     #: The node-wide keep-alive timer (run by the node; connections watch themselves).
     keepalive: KeepAlive = attrs.field(factory=KeepAlive)
+    #: Per-user rate budgets, shared by each user's connections on this node.
+    budgets: UserBudgets = attrs.field(
+        default=attrs.Factory(
+            lambda self: UserBudgets(self.config.user_rate_per_s, self.config.user_rate_burst),
+            takes_self=True,
+        )
+    )
 
     def mutant(self, name: str) -> bool:
         """True when the simulator switched on the broken variant ``name``."""

@@ -108,6 +108,8 @@ class ConversationActor:
         # Devices whose recv mark here is only a lower bound: the Store read of their mark
         # failed (see _device_recv); it is read again at the next need.
         self._recv_unloaded: set[tuple[str, str]] = set()
+        # user → when their last typing notice was relayed (the v1.1 throttle); members only.
+        self._typing_at: dict[str, float] = {}
 
     @property
     def conversation(self) -> Conversation:
@@ -566,6 +568,12 @@ class ConversationActor:
                 request.origin, ErrorCode.FORBIDDEN, f"not a member of {self.conv}", request.rid
             )
             return
+        # At most one relay per (user, conversation) per typing_interval_s; extras are
+        # dropped silently (PROTOCOL.md v1.1).
+        now = trio.current_time()
+        if now < self._typing_at.get(user, -math.inf) + self._ctx.config.typing_interval_s:
+            return
+        self._typing_at[user] = now
         notice = TypingNotice(conv=self.conv, user=user)
         for member in sorted(self.conversation.members):
             if member != user:

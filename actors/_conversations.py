@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 import trio
 
-from persistence import Conversation, StoredMessage, StoreError, Unavailable
+from persistence import Conversation, ConvRow, Store, StoredMessage, StoreError, Unavailable
+from protocol import MAX_CONVS_LIMIT
 
 from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext, member_event_of
@@ -32,8 +33,6 @@ Mailbox = trio.MemorySendChannel[ConversationRequest]
 ANNOUNCE_BACKOFF_S = (0.05, 0.2, 1.0)
 #: Pauses between the searches for a group whose creation failed ambiguously.
 FIND_GROUP_PAUSES_S = (0.05, 0.2)
-#: Bound on the cache of direct conversation ids (cleared when full).
-_MAX_DIRECTS = 100_000
 
 
 class ConversationManager:
@@ -52,9 +51,6 @@ class ConversationManager:
         self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_window_s, ctx.timed)
         # New group → its creation event, until an actor of the group has fanned it out.
         self._unannounced: dict[str, StoredMessage] = {}
-        # (user, peer) → id of their direct conversation, known to exist (a direct
-        # conversation never changes and is never deleted, so this is never stale).
-        self._directs: dict[tuple[str, str], str] = {}
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -102,16 +98,9 @@ class ConversationManager:
                 self._forget(conv, mailbox)  # it retired between lookup and send: start anew
 
     async def direct_conversation(self, user: str, peer: str) -> str:
-        """The id of the direct conversation of ``user`` and ``peer`` (created if needed)."""
-        known = self._directs.get((user, peer))
-        if known is not None:
-            return known
-        with self._ctx.timed("direct_conversation"):
-            conv = (await self._ctx.store.direct_conversation(user, peer)).id
-        if len(self._directs) >= _MAX_DIRECTS:
-            self._directs.clear()
-        self._directs[(user, peer)] = conv
-        return conv
+        """The id of the direct conversation of ``user`` and ``peer``. Nothing is written: the
+        Store stores it with its first message, so a refused send leaves no trace (G7)."""
+        return (await self._ctx.store.direct_conversation(user, peer)).id
 
     async def create_group(
         self, user: str, device: str, title: str, members: Sequence[str]
@@ -202,7 +191,7 @@ class ConversationManager:
 
         async def find() -> tuple[Conversation, StoredMessage] | None:
             with self._ctx.timed("find_group"):
-                for row in await store.conversations(user, device):
+                for row in await _all_conversations(store, user, device):
                     if row.kind != "group" or row.title != title:
                         continue
                     first = await store.range(row.conv, 1, 1)
@@ -252,7 +241,7 @@ class ConversationManager:
         if announce is not None:
             # Announced before it started (an event handed over meanwhile is still owed).
             self._unannounced.pop(conv, None)
-        if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART):
+        if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART):  # kept for nothing else: unbounded
             self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
         return send
@@ -260,6 +249,18 @@ class ConversationManager:
     def _forget(self, conv: str, mailbox: Mailbox) -> None:
         if self._actors.get(conv) is mailbox:
             del self._actors[conv]
+
+
+async def _all_conversations(store: Store, user: str, device: str) -> list[ConvRow]:
+    """Every row of ``user``'s ``convs`` listing, page by page."""
+    rows: list[ConvRow] = []
+    cursor: str | None = None
+    while True:
+        page = await store.conversations(user, device, limit=MAX_CONVS_LIMIT, cursor=cursor)
+        rows.extend(page.rows)
+        if page.cursor is None:
+            return rows
+        cursor = page.cursor
 
 
 def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[str]) -> bool:

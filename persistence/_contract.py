@@ -14,9 +14,10 @@ Conventions shared by every method:
 * Every error is a :class:`StoreError` subclass carrying its wire code. :class:`Unavailable`
   means "storage down or overloaded, retry"; after it, a write may or may not have happened,
   and retrying with the same cmid is always safe.
-* A write returns only after it is durable (MongoDB: write concern majority, journaled).
-  Watermarks, presence facts and the device registry are the exception: nothing is
-  acknowledged on them, so they may be written with a lighter write concern.
+* A write returns only after it is durable (MongoDB: write concern majority, journaled),
+  watermarks included (a ``receipt`` announces them). Presence facts and the device registry
+  are the exception: nothing is acknowledged on them, so they may be written with a lighter
+  write concern.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from collections.abc import Iterable, Sequence
 
 from ._errors import StoreError
 from ._types import (
+    BacklogRange,
     Conversation,
-    ConvRow,
+    ConvPage,
     Draft,
     MemberMarks,
     NotificationJob,
@@ -48,11 +50,14 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def direct_conversation(self, a: str, b: str) -> Conversation:
-        """Get or create the 1:1 conversation of ``a`` and ``b``.
+        """The 1:1 conversation of ``a`` and ``b``; writes nothing.
 
         Its id is ``"d:" + min(a, b) + ":" + max(a, b)``, so concurrent first messages from
-        both sides (on any node) meet in one conversation. Idempotent. ``a == b`` →
-        :class:`Forbidden`; invalid ids → :class:`BadInput`.
+        both sides (on any node) meet in one conversation. It is stored only by the
+        :meth:`append` that stores its first message: until then every read treats it as an
+        empty conversation of its two members, and no listing (:meth:`conversations`,
+        :meth:`contacts`, :meth:`unsynced`) shows it, so a refused first send leaves no trace.
+        ``a == b`` → :class:`Forbidden`; invalid ids → :class:`BadInput`.
         """
 
     @abc.abstractmethod
@@ -117,8 +122,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
-        """The ``convs`` listing: one row per conversation ``user`` is a member of, by id."""
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
+        """A page of the ``convs`` listing: up to ``limit`` (1..500, else :class:`BadInput`)
+        rows, one per conversation ``user`` is a member of, latest activity (the time of its
+        last message) first; ``cursor`` (from the previous page) continues after that page.
+
+        The work of a page is bounded by its rows, apart from one cheap read of where each of
+        the user's conversations ends. A malformed cursor → :class:`BadInput`.
+        """
 
     @abc.abstractmethod
     async def contacts(self, user: str) -> set[str]:
@@ -176,6 +189,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        """The messages of several ranges (of :meth:`unsynced`), range after range, in one
+        call: what :meth:`range` of each would return. Unknown conversations give none."""
+
+    @abc.abstractmethod
     async def last_seq(self, conv: str) -> int:
         """The highest seq stored in ``conv`` (0 if empty); :class:`NotFound` if unknown."""
 
@@ -194,6 +212,25 @@ class Store(abc.ABC):
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
         """Max-merge user ``read`` watermarks, in one write; clamped like :meth:`merge_recv`."""
 
+    async def merge_marks(self, recv: Sequence[RecvMark], read: Sequence[ReadMark]) -> None:
+        """:meth:`merge_recv` and :meth:`merge_read` at once (a store may make it one write).
+
+        Durable before it returns, like every write an acknowledgement depends on: the node
+        sends the ``receipt`` frames these marks earn only afterwards (G5).
+        """
+        if recv:
+            await self.merge_recv(recv)
+        if read:
+            await self.merge_read(read)
+
+    #: How often the node should call :meth:`fold_marks` (``None``: never needed).
+    FOLD_MARKS_EVERY_S: float | None = None
+
+    async def fold_marks(self) -> None:
+        """Housekeeping of watermarks: a store that logs marks batches (MongoStore) folds
+        them into their compact form. Changes nothing any read returns. Default: nothing."""
+        return
+
     @abc.abstractmethod
     async def marks(self, conv: str) -> dict[str, MemberMarks]:
         """Watermarks of every current and former member of ``conv``, by user.
@@ -206,13 +243,11 @@ class Store(abc.ABC):
         """The ``recv`` watermark of one device in ``conv`` (0 if none)."""
 
     @abc.abstractmethod
-    async def unsynced(
-        self, user: str, device: str
-    ) -> list[tuple[Conversation, list[StoredMessage]]]:
-        """Every message ``user`` may see above ``device``'s recv mark, per conversation.
-
-        Conversations in id order, messages in seq order; conversations with nothing to push
-        are left out. This is what the node pushes after ``welcome`` and before ``synced``.
+    async def unsynced(self, user: str, device: str) -> list[BacklogRange]:
+        """Where the messages ``user`` may see above ``device``'s recv mark are: one seq range
+        per conversation, in conversation id order (conversations with nothing to push left
+        out). Reads no message: the node reads them with :meth:`range` a page at a time as
+        the connection drains, so a backlog of any length costs bounded memory.
         """
 
     # -- presence and devices ------------------------------------------------------------

@@ -25,10 +25,12 @@ from ._rules import (
     check_limit,
     check_title,
     clamp_mark,
+    convs_page,
     direct_id,
     draft_error,
     group_founders,
     history_bounds,
+    implicit_direct,
     member_message,
     new_group,
     no_such_conversation,
@@ -38,7 +40,9 @@ from ._rules import (
     unread_count,
 )
 from ._types import (
+    BacklogRange,
     Conversation,
+    ConvPage,
     ConvRow,
     Draft,
     MemberMarks,
@@ -142,7 +146,7 @@ class MemoryStore(Store):
         return f"{self._rng.getrandbits(4 * GROUP_ID_HEX):0{GROUP_ID_HEX}x}"
 
     def _conv(self, conv: str) -> Conversation:
-        found = self._convs.get(conv)
+        found = self._convs.get(conv) or implicit_direct(conv)
         if found is None:
             raise no_such_conversation(conv)
         return found
@@ -156,13 +160,7 @@ class MemoryStore(Store):
     async def direct_conversation(self, a: str, b: str) -> Conversation:
         conv_id = direct_id(a, b)
         await self._enter()
-        conv = self._convs.get(conv_id)
-        if conv is None:
-            conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
-            self._convs[conv_id] = conv
-            self._messages[conv_id] = []
-            self._after_write()
-        return conv
+        return self._conv(conv_id)
 
     async def create_group(
         self,
@@ -251,15 +249,20 @@ class MemoryStore(Store):
             others=tuple(marks[u] for u in conv.members if u != user),
         )
 
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
         check_id("user id", user)
         check_id("device id", device)
         await self._enter()
-        return [
-            self._row(self._convs[c], user, device)
+        activity = [
+            (log[-1].ts if (log := self._messages[c]) else 0, c)
             for c in sorted(self._convs)
             if self._convs[c].is_member(user)
         ]
+        page, next_cursor = convs_page(activity, limit, cursor)
+        rows = tuple(self._row(self._convs[c], user, device) for c in page)
+        return ConvPage(rows=rows, cursor=next_cursor)
 
     async def contacts(self, user: str) -> set[str]:
         await self._enter()
@@ -276,7 +279,7 @@ class MemoryStore(Store):
     ) -> list[StoredMessage | StoreError]:
         await self._enter()
         current = self._conv(conv)
-        log = self._messages[conv]
+        log = self._messages.get(conv, [])
         results: list[StoredMessage | StoreError] = []
         new: list[StoredMessage] = []
         for draft in drafts:
@@ -302,6 +305,9 @@ class MemoryStore(Store):
                 body=draft.body,
                 ts=draft.ts,
             )
+            if conv not in self._convs:  # a direct conversation's first message stores it
+                self._convs[conv] = current
+                self._messages[conv] = log
             self._keys[key] = self._store(message)
             results.append(message)
             new.append(message)
@@ -319,7 +325,7 @@ class MemoryStore(Store):
         check_limit(limit)
         await self._enter()
         lo, hi = history_bounds(self._conv(conv), user, before)
-        log = self._messages[conv]
+        log = self._messages.get(conv, [])
         top = len(log) if hi is None else min(hi, len(log))
         start = max(lo, top - limit + 1)
         return log[start - 1 : top], start > lo
@@ -327,12 +333,20 @@ class MemoryStore(Store):
     async def range(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
         await self._enter()
         self._conv(conv)
-        return self._messages[conv][max(lo, 1) - 1 : max(hi, 0)]
+        return self._messages.get(conv, [])[max(lo, 1) - 1 : max(hi, 0)]
+
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        await self._enter()
+        return [
+            m
+            for s in spans
+            for m in self._messages.get(s.conv, [])[max(s.lo, 1) - 1 : max(s.hi, 0)]
+        ]
 
     async def last_seq(self, conv: str) -> int:
         await self._enter()
         self._conv(conv)
-        return len(self._messages[conv])
+        return len(self._messages.get(conv, []))
 
     # -- watermarks ----------------------------------------------------------------------
 
@@ -379,21 +393,19 @@ class MemoryStore(Store):
         await self._enter()
         return self._recv.get((user, device, conv), 0)
 
-    async def unsynced(
-        self, user: str, device: str
-    ) -> list[tuple[Conversation, list[StoredMessage]]]:
+    async def unsynced(self, user: str, device: str) -> list[BacklogRange]:
         await self._enter()
-        out: list[tuple[Conversation, list[StoredMessage]]] = []
+        out: list[BacklogRange] = []
         for conv_id in sorted(self._convs):
             conv = self._convs[conv_id]
             span = conv.visible_range(user)
             if span is None:
                 continue
             lo = max(span[0], self._recv.get((user, device, conv_id), 0) + 1)
-            log = self._messages[conv_id]
-            hi = len(log) if span[1] is None else min(span[1], len(log))
+            last = len(self._messages[conv_id])
+            hi = last if span[1] is None else min(span[1], last)
             if lo <= hi:
-                out.append((conv, log[lo - 1 : hi]))
+                out.append(BacklogRange(conv=conv_id, lo=lo, hi=hi))
         return out
 
     # -- presence and devices ------------------------------------------------------------

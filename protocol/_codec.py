@@ -6,6 +6,8 @@ whose message names the problem. A ``send`` that carries a valid ``cmid`` but is
 bad raises :class:`SendError`, whose ``cmid`` lets the server answer with a ``nack`` for it.
 
 Unknown fields are ignored in both directions, including unknown reply fields of ``result``.
+An optional field sent as ``null`` counts as absent (its default applies, as for ``history``
+with ``"limit": null``).
 """
 
 from __future__ import annotations
@@ -162,6 +164,8 @@ def _build(cls: type[_T], obj: Any, *, what: str = "a frame") -> _T:
         raise _bad_frame(f"{what} must be a JSON object")
     kwargs: dict[str, Any] = {}
     for spec in _SPECS[cls]:
+        if obj.get(spec.wire) is None and not spec.required:
+            continue  # null for an optional field means absent: its default applies
         if spec.wire in obj:
             try:
                 kwargs[spec.name] = spec.parse(spec.wire, obj[spec.wire])
@@ -227,6 +231,7 @@ _RESULT_FIELDS: Final[dict[str, _Parser]] = {
     "messages": _nested(Msg),
     "more": _p_bool,
     "convs": _nested(ConvRow),
+    "cursor": _optional(_p_str),
     "conv": _p_str,
 }
 

@@ -26,6 +26,12 @@ MAX_GROUP_MEMBERS: Final = 256
 MIN_HISTORY_LIMIT: Final = 1
 MAX_HISTORY_LIMIT: Final = 200
 DEFAULT_HISTORY_LIMIT: Final = 50
+#: ``convs.limit`` bounds and default (rows per page).
+MIN_CONVS_LIMIT: Final = 1
+MAX_CONVS_LIMIT: Final = 500
+DEFAULT_CONVS_LIMIT: Final = 100
+#: A ``convs`` cursor is an opaque string of at most this many characters.
+MAX_CURSOR_LEN: Final = 256
 #: ``presence_sub``/``presence_unsub`` accept at most this many users in one frame.
 MAX_PRESENCE_USERS: Final = 256
 #: Conversation ids are opaque to clients but still bounded, so a hostile frame cannot make

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 
-from pymongo import ReturnDocument
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
@@ -23,10 +22,7 @@ from ._chunks import ChunkLog, Head
 from ._commit import MAX_ROUNDS
 from ._outbox import JobNote, JobRace, write_jobs
 from ._runner import Runner, is_write_conflict
-from ._schema import Doc, chunk_doc, decode_conv, load_conv, membership_fields, new_message_id
-
-#: Upserts of a new direct conversation before giving up (each one after a lost race).
-_DIRECT_RACE_TRIES = 3
+from ._schema import Doc, chunk_doc, load_conv, membership_fields, new_message_id
 
 
 class _Contended(Exception):
@@ -45,32 +41,6 @@ class Membership:
         self._db = db
         self._chunks = chunks
         self._runner = runner
-
-    def direct(self, conv_id: str, a: str, b: str) -> Conversation:
-        # Read first: the durable upsert (a write on every call) only when it is missing.
-        found = self._db.convs.find_one({"_id": conv_id})
-        if found is not None:
-            return decode_conv(found)
-        conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
-        fields = {"kind": "direct", "v": 0, **membership_fields(conv)}
-        doc = None
-        for _ in range(_DIRECT_RACE_TRIES):
-            try:
-                doc = self._db.convs.find_one_and_update(
-                    {"_id": conv_id},
-                    {"$setOnInsert": fields},
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
-                )
-            except DuplicateKeyError:
-                # Two first messages raced to create it and the other one won, which is the
-                # point; its insert may not be visible yet, so the upsert is simply tried again
-                # (it now finds the document).
-                continue
-            break
-        if doc is None:
-            raise Unavailable("direct conversation creation kept racing; retry")
-        return decode_conv(doc)
 
     def create_group(
         self, conv: Conversation, event: StoredMessage, notify: tuple[str, ...]

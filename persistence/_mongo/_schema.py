@@ -23,10 +23,20 @@ Collections (all in one database):
   version ``v`` (optimistic concurrency of membership changes), ``last_op``/``last_op_seq``
   (the last membership change, so a retried change finds itself) and ``end_hint`` (a chunk
   end at most the real end, where a cold "last seq" read starts).
-* ``recv``: ``_id = recv_id(user, device, conv)``, ``u``/``d``/``c``, ``s`` the device's
-  recv watermark (max-merged). Indexes ``c`` and ``(u, d)``.
-* ``read``: ``_id = read_id(user, conv)``, ``u``/``c``, ``s`` the user's read watermark.
-  Index ``c``.
+* ``marklog``: the durable log of watermark batches, one document per batch:
+  ``_id`` random, ``ts`` (wall ms of the write), ``m`` a list of ``[conv, path, seq]`` where
+  ``path`` is ``recv.<recv_field(user, device)>`` or ``read.<read_field(user)>``. Written
+  journaled (a receipt follows it), folded into ``marks`` and deleted every few seconds by
+  the store that wrote it (or, after :data:`._marks.STALE_LOG_MS`, by any store). Small by
+  construction; readers read all of it. No secondary index.
+* ``marks``: one document per conversation, ``_id`` the conversation id, holding every
+  folded watermark of it: ``recv`` maps ``recv_field(user, device)`` to that device's recv
+  mark and ``read`` maps ``read_field(user)`` to that user's read mark (``$max``-merged, so
+  they never move backwards). A watermark is the max of its ``marks`` entry and every
+  ``marklog`` entry for it. No secondary index: every read knows its conversations.
+  Schema change (2026-12-02): ``marklog`` + ``marks`` replace the per-mark collections
+  ``recv`` (``user|device|conv``) and ``read`` (``user|conv``) of earlier versions, which are
+  no longer read (their marks are lost on upgrade: at worst a redundant push).
 * ``devices``: ``_id = device_id(user, device)``, ``u``/``d``, ``ts`` of the latest connect
   registered. Index ``u``.
 * ``users``: ``_id`` the user id, ``last_seen`` (max-merged).
@@ -36,8 +46,9 @@ Collections (all in one database):
   delivered), ``claim`` (the claim that leased it). A partial unique index on ``user`` where
   ``open`` makes "one open job per user" a database fact; ``due`` for claims (``_outbox``).
 
-Write concerns: everything an acknowledgement depends on is ``majority`` + ``j: true``
-(:data:`DURABLE`); watermarks, presence facts, the device registry and hints use ``w: 1``
+Write concerns: everything an acknowledgement or a receipt depends on is ``majority`` +
+``j: true`` (:data:`DURABLE`): messages, keys, membership, jobs and watermarks (one
+``marklog`` insert per batch of marks); presence facts, the device registry and hints use ``w: 1``
 (:data:`LIGHT`).
 """
 
@@ -51,7 +62,7 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
 
-from .._rules import no_such_conversation
+from .._rules import implicit_direct, no_such_conversation
 from .._types import Conversation, StoredMessage
 
 Doc = dict[str, Any]
@@ -77,14 +88,24 @@ def chunk_id(conv: str, first: int) -> str:
     return f"{conv}|{first:016d}"
 
 
-def recv_id(user: str, device: str, conv: str) -> str:
-    """The ``recv`` ``_id`` of a device's watermark in a conversation."""
-    return f"{user}|{device}|{conv}"
+def recv_field(user: str, device: str) -> str:
+    """The key of a device's recv mark in a ``marks`` document's ``recv`` map.
+
+    User and device ids are ``[A-Za-z0-9_.-]``; a ``.`` would split a MongoDB update path, so
+    it is written as ``:`` (which no id contains); ``|`` separates the two ids.
+    """
+    return f"{user}|{device}".replace(".", ":")
 
 
-def read_id(user: str, conv: str) -> str:
-    """The ``read`` ``_id`` of a user's read watermark in a conversation."""
-    return f"{user}|{conv}"
+def recv_owner(field: str) -> tuple[str, str]:
+    """The (user, device) of a :func:`recv_field` key."""
+    user, _, device = field.replace(":", ".").partition("|")
+    return user, device
+
+
+def read_field(user: str) -> str:
+    """The key of a user's read mark in a ``marks`` document's ``read`` map."""
+    return user.replace(".", ":")
 
 
 def device_id(user: str, device: str) -> str:
@@ -167,11 +188,23 @@ def membership_fields(conv: Conversation) -> Doc:
 def load_conv(
     db: Database[Doc], conv: str, session: ClientSession | None = None
 ) -> tuple[Conversation, Doc]:
-    """Read ``conv`` (decoded, and its document); :class:`NotFound` if it does not exist."""
+    """Read ``conv`` (decoded, and its document); :class:`NotFound` if it does not exist.
+
+    A direct conversation not stored yet (no message) is its implicit self, with an empty
+    document (see :func:`persistence._rules.implicit_direct`).
+    """
     doc = db.convs.find_one({"_id": conv}, session=session)
     if doc is None:
-        raise no_such_conversation(conv)
+        implicit = implicit_direct(conv)
+        if implicit is None:
+            raise no_such_conversation(conv)
+        return implicit, {}
     return decode_conv(doc), doc
+
+
+def direct_doc(conv: Conversation) -> Doc:
+    """The ``convs`` document of a direct conversation, written with its first message."""
+    return {"_id": conv.id, "kind": "direct", "v": 0, **membership_fields(conv)}
 
 
 def create_indexes(db: Database[Doc]) -> None:
@@ -181,9 +214,6 @@ def create_indexes(db: Database[Doc]) -> None:
     db.chunks.create_index([("conv", 1), ("first", 1)], name="conv_first")
     db.convs.create_index("member_ids")
     db.convs.create_index("past_ids")
-    db.recv.create_index("c")
-    db.recv.create_index([("u", 1), ("d", 1)])
-    db.read.create_index("c")
     db.devices.create_index("u")
     db.jobs.create_index(
         "user", unique=True, name="one_open_job", partialFilterExpression={"open": True}

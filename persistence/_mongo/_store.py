@@ -17,26 +17,30 @@ from typing import Any, TypeVar
 
 import trio
 from pymongo import MongoClient
+from pymongo.errors import ConfigurationError
 from pymongo.read_concern import ReadConcern
 
 from protocol import MemberEvent
 
 from .._contract import Store
-from .._errors import StoreError
+from .._errors import BadInput, StoreError
 from .._rules import (
     GROUP_ID_HEX,
+    check_convs_limit,
     check_id,
     check_limit,
     check_title,
     direct_id,
     group_founders,
     history_bounds,
+    implicit_direct,
     member_message,
     new_group,
 )
 from .._types import (
+    BacklogRange,
     Conversation,
-    ConvRow,
+    ConvPage,
     Draft,
     MemberMarks,
     MemberOp,
@@ -45,12 +49,11 @@ from .._types import (
     RecvMark,
     StoredMessage,
 )
-from ._cache import BoundedCache
 from ._chunks import ChunkLog
 from ._coalescer import Coalescer
 from ._commit import MERGE_MAX_DRAFTS, CommitStats, GroupCommit, Outcome, Request
 from ._devices import Devices
-from ._marks import Backlog, Marks
+from ._marks import FOLD_EVERY_S, Backlog, Marks
 from ._membership import Membership
 from ._outbox import Outbox
 from ._runner import Runner
@@ -58,8 +61,6 @@ from ._schema import DURABLE, LIGHT, Doc, create_indexes, load_conv, new_message
 
 A = TypeVar("A")
 R = TypeVar("R")
-#: Direct conversations one store answers from memory (they never change).
-DIRECTS_MAX = 20_000
 
 
 class MongoStore(Store):
@@ -87,10 +88,10 @@ class MongoStore(Store):
         self._chunks = ChunkLog(self._db, light)
         self._commit = GroupCommit(self._db, self._chunks, self._runner, self._rng)
         self._membership = Membership(self._db, self._chunks, self._runner)
-        self._marks = Marks(self._db, light, self._chunks)
+        # A direct conversation's membership is a function of its id (implicit_direct).
+        self._marks = Marks(self._db, self._chunks, self._runner, implicit_direct)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
-        self._directs: BoundedCache[str, Conversation] = BoundedCache(DIRECTS_MAX)
         # Appends (one merged commit at a time) and watermark batches get threads of their
         # own, so neither waits behind a burst of the other or of hello reads.
         self._marks_limiter = trio.CapacityLimiter(2)
@@ -133,10 +134,17 @@ class MongoStore(Store):
 
     @classmethod
     async def connect(cls, uri: str, database: str = "messenger", **kwargs: Any) -> MongoStore:
-        """Connect to ``uri``, create the indexes (idempotently) and return the store."""
-        client: MongoClient[Doc] = MongoClient(
-            uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=30000
-        )
+        """Connect to ``uri``, create the indexes (idempotently) and return the store.
+
+        A malformed ``uri`` raises :class:`BadInput`; an unreachable server
+        :class:`Unavailable` (after the retries).
+        """
+        try:
+            client: MongoClient[Doc] = MongoClient(
+                uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=30000
+            )
+        except ConfigurationError as exc:  # InvalidURI included
+            raise BadInput(f"invalid MongoDB URI: {exc}") from None
         store = cls(client, database, **kwargs)
         try:
             await store._runner.call(create_indexes, store._db)
@@ -151,14 +159,10 @@ class MongoStore(Store):
     # -- conversations -------------------------------------------------------------------
 
     async def direct_conversation(self, a: str, b: str) -> Conversation:
-        conv_id = direct_id(a, b)
-        # A direct conversation never changes (no adds, removes or leaves) and is never
-        # deleted, so once seen it is answered from memory.
-        known = self._directs.get(conv_id)
-        if known is not None:
-            return known
-        conv = await self._runner.call(self._membership.direct, conv_id, a, b)
-        self._directs.put(conv_id, conv)
+        # A direct conversation never changes (no adds, removes or leaves): it is what its
+        # id says, stored or not (the first message stores it).
+        conv = implicit_direct(direct_id(a, b))
+        assert conv is not None
         return conv
 
     async def create_group(
@@ -212,10 +216,13 @@ class MongoStore(Store):
         assert event is not None, "a leave always records an event"
         return event
 
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
         check_id("user id", user)
         check_id("device id", device)
-        return await self._runner.call(self._marks.conversations, user, device)
+        check_convs_limit(limit)
+        return await self._runner.call(self._marks.conversations, user, device, limit, cursor)
 
     async def contacts(self, user: str) -> set[str]:
         return await self._runner.call(self._membership.contacts, user)
@@ -254,6 +261,12 @@ class MongoStore(Store):
         load_conv(self._db, conv)
         return self._chunks.fetch(conv, lo, hi)
 
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        # One thread hop for all of them; each range is one index read of its chunks.
+        return await self._runner.call(
+            lambda: [m for s in spans for m in self._chunks.fetch(s.conv, s.lo, s.hi)]
+        )
+
     async def last_seq(self, conv: str) -> int:
         return await self._runner.call(self._last_seq_sync, conv)
 
@@ -264,16 +277,21 @@ class MongoStore(Store):
     # -- watermarks ----------------------------------------------------------------------
 
     async def merge_recv(self, marks: Sequence[RecvMark]) -> None:
-        if marks:
-            await self._runner.call(
-                self._marks.merge_recv, list(marks), limiter=self._marks_limiter
-            )
+        await self.merge_marks(marks, ())
 
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
-        if marks:
+        await self.merge_marks((), marks)
+
+    async def merge_marks(self, recv: Sequence[RecvMark], read: Sequence[ReadMark]) -> None:
+        if recv or read:
             await self._runner.call(
-                self._marks.merge_read, list(marks), limiter=self._marks_limiter
+                self._marks.merge, list(recv), list(read), limiter=self._marks_limiter
             )
+
+    FOLD_MARKS_EVERY_S = FOLD_EVERY_S
+
+    async def fold_marks(self) -> None:
+        await self._runner.call(self._marks.fold, limiter=self._marks_limiter)
 
     async def marks(self, conv: str) -> dict[str, MemberMarks]:
         return await self._runner.call(lambda: self._marks.marks(load_conv(self._db, conv)[0]))

@@ -13,7 +13,7 @@ from unit import FakeConnection, fake_connection, make_context
 from actors import SEQ_REUSE_AFTER_RESTART
 from actors._conversations import ConversationManager
 from actors._messages import MarkRequest, SendRequest
-from persistence import Conversation, ConvRow, MemoryStore, StoredMessage, Unavailable
+from persistence import Conversation, ConvPage, MemoryStore, StoredMessage, Unavailable
 from protocol import Ack, MemberEvent, Msg, Receipt
 
 
@@ -106,11 +106,13 @@ class AmbiguousStore(MemoryStore):
         await super().create_group(creator, title, members, ts, notify=notify)
         raise Unavailable("the reply was lost")
 
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
         if self.listing_failures:
             self.listing_failures -= 1
             raise Unavailable("listing failed")
-        return await super().conversations(user, device)
+        return await super().conversations(user, device, limit=limit, cursor=cursor)
 
 
 async def test_an_ambiguous_group_create_is_found_through_retried_searches(

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from persistence import (
+    BacklogRange,
     BadInput,
     Conflict,
     Draft,
@@ -198,6 +199,11 @@ async def test_visibility_of_history_follows_membership(store: Store) -> None:
     assert [m.seq for m in page] == [3, 4, 5] and more
     page, more = await store.history(conv.id, "bob", 3, 50)
     assert [m.seq for m in page] == [1, 2] and not more
+    # ``before`` is exclusive: 1 and 0 leave nothing below them (docs/protocol.md §8.5).
+    for before in (1, 0):
+        assert await store.history(conv.id, "bob", before, 50) == ([], False)
+    with pytest.raises(BadInput):
+        await store.history(conv.id, "bob", -1, 50)
     with pytest.raises(Forbidden):
         await store.history(conv.id, "mallory", None, 10)
     for bad in (0, 201):
@@ -235,6 +241,39 @@ async def test_watermarks_max_merge_and_clamp(store: Store) -> None:
     assert (await store.marks(conv.id))["bob"].read == 6  # clamped to the leave event
 
 
+async def test_merge_marks_writes_recv_and_read_at_once(store: Store) -> None:
+    """Ids with dots (a MongoDB path separator) and several devices of one user."""
+    conv, _ = await store.create_group("a.lice", "Team", ["b.ob", "carol"], 1)
+    await store.append(conv.id, [draft("a.lice", f"m{i}") for i in range(3)])  # seq 2..4
+    await store.merge_marks(
+        [
+            RecvMark(user="b.ob", device="ph.one", conv=conv.id, seq=3),
+            RecvMark(user="b.ob", device="lap", conv=conv.id, seq=2),
+            RecvMark(user="carol", device="x", conv=conv.id, seq=4),
+        ],
+        [ReadMark(user="b.ob", conv=conv.id, seq=2)],
+    )
+    await store.fold_marks()  # housekeeping: no read changes
+    await store.merge_marks([RecvMark(user="b.ob", device="ph.one", conv=conv.id, seq=1)], [])
+    assert await store.device_recv("b.ob", "ph.one", conv.id) == 3
+    assert await store.device_recv("b.ob", "lap", conv.id) == 2
+    assert await store.device_recv("b.ob", "other", conv.id) == 0
+    marks = await store.marks(conv.id)
+    assert [(u, m.delivered, m.read) for u, m in sorted(marks.items())] == [
+        ("a.lice", 0, 0),
+        ("b.ob", 3, 2),
+        ("carol", 4, 0),
+    ]
+    [backlog] = await store.unsynced("b.ob", "lap")
+    assert (backlog.conv, backlog.lo, backlog.hi) == (conv.id, 3, 4)
+    [row] = (await store.conversations("b.ob", "ph.one")).rows
+    assert (row.delivered, row.read, row.unread) == (3, 2, 2)
+    assert [(o.user, o.delivered) for o in row.others] == [("a.lice", 0), ("carol", 4)]
+    await store.merge_marks([], [])  # nothing to write
+    await store.fold_marks()
+    assert (await store.marks(conv.id))["b.ob"].delivered == 3
+
+
 async def test_unsynced_and_conversation_rows(store: Store) -> None:
     direct = await store.direct_conversation("alice", "bob")
     group, _ = await store.create_group("carol", "Team", ["bob"], 1)
@@ -243,10 +282,11 @@ async def test_unsynced_and_conversation_rows(store: Store) -> None:
     await store.merge_recv([RecvMark(user="bob", device="phone", conv=direct.id, seq=1)])
     await store.merge_read([ReadMark(user="bob", conv=direct.id, seq=1)])
     pending = await store.unsynced("bob", "phone")
-    assert [(c.id, [m.seq for m in ms]) for c, ms in pending] == sorted(
-        [(direct.id, [2, 3]), (group.id, [1, 2])]
-    )
-    rows = {r.conv: r for r in await store.conversations("bob", "phone")}
+    assert [(r.conv, r.lo, r.hi) for r in pending] == sorted([(direct.id, 2, 3), (group.id, 1, 2)])
+    every = [m for r in pending for m in await store.range(r.conv, r.lo, r.hi)]
+    assert await store.read_ranges(pending) == every and len(every) == 4
+    assert await store.read_ranges([BacklogRange(conv="g:nope", lo=1, hi=3)]) == []
+    rows = {r.conv: r for r in (await store.conversations("bob", "phone")).rows}
     assert sorted(rows) == sorted([direct.id, group.id])
     row = rows[direct.id]
     assert (row.kind, row.last_seq, row.delivered, row.read, row.unread) == ("direct", 3, 1, 1, 1)
@@ -424,12 +464,14 @@ async def test_reads_across_small_and_big_batches(store: Store) -> None:
     page, more = await store.history(conv.id, "bob", None, 10)
     assert page == stored[-10:] and more
     await store.merge_recv([RecvMark(user="bob", device="p", conv=conv.id, seq=150)])
-    [(synced_conv, messages)] = await store.unsynced("bob", "p")
-    assert synced_conv.id == conv.id and messages == stored[150:]
+    [backlog] = await store.unsynced("bob", "p")
+    assert (backlog.conv, backlog.lo, backlog.hi) == (conv.id, 151, len(stored))
+    messages = await store.range(conv.id, backlog.lo, backlog.hi)
+    assert messages == stored[150:]
     # Returned numbers are plain ints (not a driver's own int type).
     for value in (stored[0].seq, stored[0].ts, messages[0].seq, messages[0].ts):
         assert type(value) is int
-    [row] = await store.conversations("bob", "p")
+    [row] = (await store.conversations("bob", "p")).rows
     assert (type(row.last_seq), type(row.delivered), type(row.unread)) == (int, int, int)
 
 
@@ -438,6 +480,65 @@ async def test_direct_conversation_lookup_does_not_change_it(store: Store) -> No
     await store.append(first.id, [draft("alice", "c1")])
     assert await store.direct_conversation("bob", "alice") == first
     assert await store.last_seq(first.id) == 1
+
+
+async def test_conversations_are_paged_by_latest_activity(store: Store) -> None:
+    groups = []
+    for i in range(5):
+        conv, _ = await store.create_group("alice", f"g{i}", ["bob"], 100 + i)
+        groups.append(conv.id)
+    # Activity is the time of the last message: g1 spoke last, then g3; the others did not.
+    await store.append(groups[3], [draft("bob", "b3", ts=500)])
+    await store.append(groups[1], [draft("bob", "b1", ts=600)])
+    expected = [groups[1], groups[3], groups[4], groups[2], groups[0]]
+    first = await store.conversations("alice", "d1", limit=2)
+    assert [r.conv for r in first.rows] == expected[:2] and first.cursor is not None
+    second = await store.conversations("alice", "d1", limit=2, cursor=first.cursor)
+    assert [r.conv for r in second.rows] == expected[2:4] and second.cursor is not None
+    last = await store.conversations("alice", "d1", limit=2, cursor=second.cursor)
+    assert [r.conv for r in last.rows] == expected[4:] and last.cursor is None
+    everything = await store.conversations("alice", "d1")
+    assert [r.conv for r in everything.rows] == expected and everything.cursor is None
+    assert [r.unread for r in everything.rows] == [1, 1, 0, 0, 0]
+    for bad_limit in (0, 501):
+        with pytest.raises(BadInput):
+            await store.conversations("alice", "d1", limit=bad_limit)
+    for bad_cursor in ("nonsense", ":g:1", "x:g:1"):
+        with pytest.raises(BadInput):
+            await store.conversations("alice", "d1", cursor=bad_cursor)
+
+
+async def test_a_direct_conversation_is_stored_with_its_first_message(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    # Before its first message it reads as empty and is listed nowhere.
+    assert await store.get_conversation(conv.id) == conv
+    assert await store.last_seq(conv.id) == 0
+    assert await store.history(conv.id, "alice", None, 50) == ([], False)
+    assert await store.range(conv.id, 1, 10) == []
+    assert (await store.conversations("alice", "d1")).rows == ()
+    assert await store.contacts("bob") == set()
+    assert await store.unsynced("bob", "d1") == []
+    with pytest.raises(Forbidden):
+        await store.add_member(conv.id, "alice", "carol", 1)
+    # A refused first message (a reused cmid) stores nothing either.
+    other = await store.direct_conversation("alice", "carol")
+    await store.append(other.id, [draft("alice", "c1", "to carol")])
+    [refused] = await store.append(conv.id, [draft("alice", "c1", "to bob")])
+    assert isinstance(refused, Conflict)
+    assert [r.conv for r in (await store.conversations("bob", "d1")).rows] == []
+    assert await store.contacts("bob") == set()
+    # Its first message stores it, for both sides.
+    [first] = await store.append(conv.id, [draft("bob", "b1", ts=2000)])
+    assert isinstance(first, StoredMessage) and first.seq == 1
+    assert [r.conv for r in (await store.conversations("alice", "d1")).rows] == [
+        conv.id,
+        other.id,
+    ]
+    assert await store.contacts("bob") == {"alice"}
+    # Ids that name no direct conversation are still unknown.
+    for bad in ("d:bob:alice", "d:alice", "d:alice:alice", "d:a b:c"):
+        with pytest.raises(NotFound):
+            await store.get_conversation(bad)
 
 
 async def test_membership_events_record_their_jobs_with_them(store: Store) -> None:

@@ -345,7 +345,7 @@ def test_convs_row_fixes_the_base_of_a_fresh_device() -> None:
         read=4,
         unread=5,
     )
-    feed(session, convs_result(rid, (row,)))
+    feed(session, convs_result(rid, (row,), more=False, cursor=None))
     status = session.conversation("c")
     assert (status.watermark, status.reported, status.read) == (5, 5, 4)
     feed(session, msg("c", 5), msg("c", 6))
@@ -516,7 +516,7 @@ def test_a_request_without_a_reply_times_out_and_its_late_reply_is_dropped() -> 
         RequestFailed(rid=rid, request=Convs(rid=rid), error=None, timed_out=True)
     ]
     assert session.next_deadline() is None
-    feed(session, convs_result(rid, ()), now=7.0)
+    feed(session, convs_result(rid, (), False, None), now=7.0)
     assert session.next_events() == []
 
 
