@@ -609,10 +609,10 @@ class ConnectionActor:
                         handle.user, handle.device, limit=limit, cursor=cursor
                     )
                     rows = tuple(_conv_row(r) for r in page.rows)
-                    # Under the result limit: a shorter page when these rows do not fit (the
-                    # Store's cursor then continues after the last row sent). Each round asks
-                    # for fewer rows, so this ends.
-                    while (kept := count_within(rows)) < len(rows):
+                    kept = count_within(rows)
+                    if kept < len(rows):
+                        # Over the result limit: the newest rows that fit, with the cursor
+                        # that continues right after them (the store knows their activity).
                         page = await self._ctx.store.conversations(
                             handle.user, handle.device, limit=kept, cursor=cursor
                         )
@@ -666,13 +666,6 @@ class ConnectionActor:
         await self._reply(history_result(frame.rid, page, more))
 
     async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
-        if not self._ctx.creations.take(handle.user, trio.current_time()):
-            message = (
-                f"more than {self._ctx.config.creations_per_minute} new conversations "
-                "a minute; wait a little"
-            )
-            await self._refuse(frame, ErrorCode.RATE_LIMITED, message, True)
-            return
         # The manager also finds a group an ambiguous Store failure created after all, and
         # announces the creation itself (even if this connection drops meanwhile).
         conversation, _event = await self._conversations.create_group(

@@ -516,7 +516,7 @@ def test_a_request_without_a_reply_times_out_and_its_late_reply_is_dropped() -> 
         RequestFailed(rid=rid, request=Convs(rid=rid), error=None, timed_out=True)
     ]
     assert session.next_deadline() is None
-    feed(session, convs_result(rid, (), False, None), now=7.0)
+    feed(session, convs_result(rid, (), more=False, cursor=None), now=7.0)
     assert session.next_events() == []
 
 
