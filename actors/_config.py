@@ -70,6 +70,9 @@ class NodeConfig:
     #: Per-user token bucket shared by all the user's connections on this node.
     user_rate_per_s: float = 400.0
     user_rate_burst: int = 2000
+    #: Conversations a user may start per minute on this node (group creations, and first
+    #: messages of direct conversations): each costs offline-notification jobs (G8).
+    creations_per_minute: int = 30
     #: At most one ``typing`` relay per (user, conversation) per this many seconds.
     typing_interval_s: float = 1.0
     #: Requests queued for one conversation actor or the presence registry.

@@ -666,6 +666,13 @@ class ConnectionActor:
         await self._reply(history_result(frame.rid, page, more))
 
     async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
+        if not self._ctx.creations.take(handle.user, trio.current_time()):
+            message = (
+                f"more than {self._ctx.config.creations_per_minute} new conversations "
+                "a minute; wait a little"
+            )
+            await self._refuse(frame, ErrorCode.RATE_LIMITED, message, True)
+            return
         # The manager also finds a group an ambiguous Store failure created after all, and
         # announces the creation itself (even if this connection drops meanwhile).
         conversation, _event = await self._conversations.create_group(

@@ -50,6 +50,16 @@ class NodeContext:
         )
     )
 
+    #: Per-user budgets of new conversations (``creations_per_minute``; ``rate_limited``).
+    creations: UserBudgets = attrs.field(
+        default=attrs.Factory(
+            lambda self: UserBudgets(
+                self.config.creations_per_minute / 60, self.config.creations_per_minute
+            ),
+            takes_self=True,
+        )
+    )
+
     def mutant(self, name: str) -> bool:
         """True when the simulator switched on the broken variant ``name``."""
         return name in self.config.mutants

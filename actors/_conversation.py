@@ -235,6 +235,10 @@ class ConversationActor:
         if not sends:
             return
         ctx = self._ctx
+        if self.last_seq == 0 and self.conversation.kind == "direct":
+            sends = self._budget_first_messages(sends)
+            if not sends:
+                return
         ctx.metrics.batch_size.observe(len(sends))
         ts = ctx.wall_ms()
         drafts = [
@@ -317,6 +321,27 @@ class ConversationActor:
     def _next_memory_seq(self) -> int:
         self._memory_seq += 1
         return self._memory_seq
+
+    def _budget_first_messages(self, sends: list[SendRequest]) -> list[SendRequest]:
+        """A direct conversation is stored with its first message: starting one takes from
+        the sender's creation budget (once per sender and batch); over it → ``rate_limited``."""
+        now, allowed, refused = trio.current_time(), [], set()
+        checked: set[str] = set()
+        for request in sends:
+            user = request.origin.user
+            if user not in checked:
+                checked.add(user)
+                if not self._ctx.creations.take(user, now):
+                    refused.add(user)
+            if user in refused:
+                limit = self._ctx.config.creations_per_minute
+                message = f"more than {limit} new conversations a minute; wait a little"
+                self._nack(
+                    request.origin, request.cmid, ErrorCode.RATE_LIMITED, message, True, request.rid
+                )
+            else:
+                allowed.append(request)
+        return allowed
 
     def _nack(
         self,
