@@ -261,6 +261,7 @@ class ConnectionActor:
             session=ctx.token(),
             heartbeat_s=config.heartbeat_s,
             now=trio.current_time(),
+            node=ctx.name,
         )
         handle = ConnectionHandle(
             self._conn_id, user, device, self.request_close, config.outbox_size, self._kick

@@ -23,7 +23,7 @@ import time
 import trio
 
 from ._embedded import EmbeddedServer
-from ._mongo import MongoStore
+from ._mongo_cluster import MongoStore
 from ._types import Draft, StoredMessage
 
 BATCH_SIZES = (1, 10, 50, 200)
