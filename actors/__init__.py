@@ -7,8 +7,6 @@ from ._auth import resolve_secret as resolve_secret
 from ._config import ACK_BEFORE_WRITE as ACK_BEFORE_WRITE
 from ._config import DELIVER_TO_REMOVED as DELIVER_TO_REMOVED
 from ._config import MUTANTS as MUTANTS
-from ._config import NO_CMID_DEDUPE as NO_CMID_DEDUPE
-from ._config import NO_PRESENCE_GRACE as NO_PRESENCE_GRACE
 from ._config import SEQ_REUSE_AFTER_RESTART as SEQ_REUSE_AFTER_RESTART
 from ._config import WATERMARK_BACKWARDS as WATERMARK_BACKWARDS
 from ._config import NodeConfig as NodeConfig

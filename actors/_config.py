@@ -15,18 +15,14 @@ from protocol import DEFAULT_HEARTBEAT_S, DEFAULT_PRESENCE_GRACE_S, HELLO_TIMEOU
 #: Deliberately broken variants of the node, each inert unless named in ``NodeConfig.mutants``.
 #: The simulator switches them on one at a time to prove that its checker has teeth.
 ACK_BEFORE_WRITE: Final = "ack_before_write"
-NO_CMID_DEDUPE: Final = "no_cmid_dedupe"
 WATERMARK_BACKWARDS: Final = "watermark_backwards"
 SEQ_REUSE_AFTER_RESTART: Final = "seq_reuse_after_restart"
-NO_PRESENCE_GRACE: Final = "no_presence_grace"
 DELIVER_TO_REMOVED: Final = "deliver_to_removed"
 MUTANTS: Final = frozenset(
     {
         ACK_BEFORE_WRITE,
-        NO_CMID_DEDUPE,
         WATERMARK_BACKWARDS,
         SEQ_REUSE_AFTER_RESTART,
-        NO_PRESENCE_GRACE,
         DELIVER_TO_REMOVED,
     }
 )

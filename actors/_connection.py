@@ -66,7 +66,6 @@ from protocol import (
 )
 
 from ._auth import InvalidToken
-from ._config import NO_CMID_DEDUPE
 from ._context import NodeContext, msg_frame
 from ._conversations import ConversationManager
 from ._messages import (
@@ -522,10 +521,7 @@ class ConnectionActor:
         else:
             assert frame.conv is not None
             conv = frame.conv
-        store_cmid = self._ctx.token() if self._ctx.mutant(NO_CMID_DEDUPE) else frame.cmid
-        request = SendRequest(
-            origin=handle, cmid=frame.cmid, store_cmid=store_cmid, body=frame.body, rid=frame.rid
-        )
+        request = SendRequest(origin=handle, cmid=frame.cmid, body=frame.body, rid=frame.rid)
         await self._conversations.submit(conv, request)
 
     async def _history(self, handle: ConnectionHandle, frame: History) -> None:

@@ -89,6 +89,9 @@ class ConversationActor:
         self._conversation: Conversation | None = None
         self.last_seq = 0
         self._published = 0
+        # The last seq when this actor loaded: whether those messages were ever fanned out
+        # (by an earlier actor, before an ambiguous write or a crash) is unknown here.
+        self._loaded_seq = 0
         self._memory_seq = 0
         self._marks = Watermarks(conv, backwards=ctx.mutant(WATERMARK_BACKWARDS))
         self._flush_at = math.inf
@@ -132,7 +135,7 @@ class ConversationActor:
             self._conversation = await store.get_conversation(self.conv)
             self.last_seq = await store.last_seq(self.conv)
             self._marks.load_users(await store.marks(self.conv))
-        self._published = self.last_seq
+        self._published = self._loaded_seq = self.last_seq
         stale = self._stale_seq if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART) else None
         self._memory_seq = self.last_seq if stale is None else stale
 
@@ -226,9 +229,7 @@ class ConversationActor:
         ctx.metrics.batch_size.observe(len(sends))
         ts = ctx.wall_ms()
         drafts = [
-            Draft(
-                sender=r.origin.user, device=r.origin.device, cmid=r.store_cmid, body=r.body, ts=ts
-            )
+            Draft(sender=r.origin.user, device=r.origin.device, cmid=r.cmid, body=r.body, ts=ts)
             for r in sends
         ]
         acked_early = ctx.mutant(ACK_BEFORE_WRITE) and self._ack_early(sends, ts)
@@ -243,6 +244,11 @@ class ConversationActor:
                 ctx.wake_notifier()  # an ambiguous failure may have written the jobs
             for r in sends:
                 self._nack(r.origin, r.cmid, exc.code, exc.message, exc.retryable, r.rid)
+            if exc.retryable:
+                # Ambiguous: the batch may be stored all the same. Fan out what the Store
+                # holds now, in seq order, while this actor still knows it never pushed it
+                # (a resend finds it as a replay and is only acked; see _push_replay).
+                await self._resync(senders=sends)
             return
         if notify:
             ctx.wake_notifier()
@@ -264,6 +270,7 @@ class ConversationActor:
             stored.append(result)
             origins[result.seq] = request.origin
         ctx.metrics.messages_in.inc(len(stored))
+        self._push_replay(stored, origins)
         await self._publish(stored, origins)
         # After the fan-out: the sender's mark may need a Store read the pushes must not wait on.
         for message in stored:
@@ -374,6 +381,25 @@ class ConversationActor:
         self._published = top
         await self._notify_offline(offline)
 
+    def _push_replay(
+        self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
+    ) -> None:
+        """Fan out again a replayed send that an earlier actor may never have pushed.
+
+        A resend of a cmid whose first write was ambiguous finds its message stored (a
+        replay). When that message is this conversation's newest and this actor found it
+        already stored at its start, nobody may have pushed it: push it now. Being the
+        newest, it cannot come after a later seq on any connection (G4 order); a device that
+        had it already drops the duplicate by (conv, seq). Older replays need nothing: a
+        device that lacks one sees the gap below a later push and fills it with ``history``.
+        """
+        top = self._published
+        if top == 0 or top != self._loaded_seq or top not in origins:
+            return
+        replayed = next((m for m in stored if m.seq == top), None)
+        if replayed is not None:
+            self._fan_out(replayed, origins[top], {})
+
     async def _announce(self, message: StoredMessage) -> None:
         """Fan out a message the actor found already stored when it loaded (a creation).
 
@@ -456,9 +482,11 @@ class ConversationActor:
             # The membership changed: re-read it (and publish the event) before anything else.
             await self._resync()
 
-    async def _resync(self) -> list[StoredMessage] | None:
+    async def _resync(self, senders: Sequence[SendRequest] = ()) -> list[StoredMessage] | None:
         """Reload the membership and fan out every stored message above what was pushed.
 
+        ``senders``: sends whose write failed ambiguously; a message found stored for one of
+        them is not pushed to the connection that sent it (its resend gets the ack, G4).
         Returns the messages it fanned out, or ``None`` when every try failed (the actor is
         then stale and tries again after ``RESYNC_RETRY_S``).
         """
@@ -482,7 +510,13 @@ class ConversationActor:
                 continue
             self._conversation = conversation
             self._resync_at = math.inf
-            await self._publish(missing, {})
+            by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
+            origins = {
+                m.seq: by_key[(m.sender, m.device, m.cmid)]
+                for m in missing
+                if m.cmid is not None and (m.sender, m.device, m.cmid) in by_key
+            }
+            await self._publish(missing, origins)
             return missing
         raise AssertionError("unreachable")
 

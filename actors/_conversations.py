@@ -19,6 +19,7 @@ import trio
 
 from persistence import Conversation, StoredMessage, StoreError, Unavailable
 
+from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext
 from ._conversation import ConversationActor
 from ._messages import Announce, ConversationRequest
@@ -40,8 +41,8 @@ class ConversationManager:
         self._ctx = ctx
         self._actors: dict[str, Mailbox] = {}
         self._starting: dict[str, trio.Event] = {}
-        # The last seq each conversation had when its first actor on this node started:
-        # only the ``seq_reuse_after_restart`` mutant reads it (a deliberately stale cache).
+        # The last seq each conversation had when its first actor on this node started: a
+        # deliberately stale cache kept only while the ``seq_reuse_after_restart`` mutant is on.
         self._first_seen_seq: dict[str, int] = {}
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
@@ -57,7 +58,15 @@ class ConversationManager:
         return len(self._actors)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Host the actors until :meth:`stop` (then wait for them) or cancellation."""
+        """Host the actors until :meth:`stop` (then wait for them) or cancellation.
+
+        Each run starts from fresh state (OTP: a restarted child does not inherit its dead
+        predecessor's): the actors, their mailboxes and pending announcements died with the
+        previous run. Only caches of facts that never change (direct conversation ids) stay.
+        """
+        self._actors = {}
+        self._starting = {}
+        self._unannounced = {}
         async with trio.open_nursery() as outer:
             await outer.start(self.mark_writer.run)
             async with trio.open_nursery() as nursery:
@@ -229,7 +238,8 @@ class ConversationManager:
         if announce is not None:
             # Announced before it started (an event handed over meanwhile is still owed).
             self._unannounced.pop(conv, None)
-        self._first_seen_seq.setdefault(conv, actor.last_seq)
+        if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART):
+            self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
         return send
 

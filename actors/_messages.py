@@ -23,11 +23,10 @@ MemberOp = Literal["add", "remove", "leave"]
 
 @attrs.frozen(kw_only=True)
 class SendRequest:
-    """Store ``body`` from ``origin``'s device; ``store_cmid`` is what the Store dedupes on."""
+    """Store ``body`` from ``origin``'s device under ``cmid`` (the Store dedupes on it)."""
 
     origin: ConnectionHandle
     cmid: str
-    store_cmid: str
     body: str
     rid: str | None
 

@@ -30,7 +30,6 @@ import trio
 from persistence import StoreError
 from protocol import Error, ErrorCode, Presence
 
-from ._config import NO_PRESENCE_GRACE
 from ._context import NodeContext
 from ._messages import (
     DeviceConnected,
@@ -76,8 +75,10 @@ class PresenceRegistry:
             wake = min(self._grace_until.values(), default=math.inf)
             if self._deferred:
                 wake = min(wake, self._undecided_until)
-            with trio.move_on_at(wake):
+            request: PresenceRequest | None = None
+            with trio.move_on_at(wake):  # only the wait: a timer never cuts a request short
                 request = await self._inbox.receive()
+            if request is not None:
                 await self._handle(request)
             now = trio.current_time()
             self._expire_grace(now)
@@ -107,7 +108,7 @@ class PresenceRegistry:
         return user in self._online or user in self._grace_until
 
     def _grace_s(self) -> float:
-        return 0.0 if self._ctx.mutant(NO_PRESENCE_GRACE) else self._ctx.config.presence_grace_s
+        return self._ctx.config.presence_grace_s
 
     def _connected(self, user: str, conn_id: int) -> None:
         was_online = self._is_online(user)

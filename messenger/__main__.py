@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from collections.abc import Callable, Sequence
 
@@ -17,7 +18,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "token": ("actors", "token_main", "mint access tokens for user ids, one per line"),
     "chat": ("client", "chat_main", "the terminal chat client"),
     "sim": ("sim", "main", "the deterministic simulator (run, explore, mutants)"),
-    "bench": ("messenger._bench", "main", "benchmarks: load, conns, store"),
+    "bench": ("bench", "main", "benchmarks: load, conns, store (the [bench] extra)"),
+}
+
+#: subcommand → (the extra it needs, the modules that extra installs)
+EXTRAS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "bench": ("bench", ("psutil", "matplotlib")),
 }
 
 _USAGE = 2
@@ -35,6 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _missing_extra(name: str) -> str | None:
+    """A one-line error if ``name`` needs an optional extra that is not installed."""
+    if name not in EXTRAS:
+        return None
+    extra, modules = EXTRAS[name]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"messenger {name}: needs the [{extra}] extra (missing: {', '.join(missing)}); "
+        f"install it with: pip install -e '.[{extra}]'"
+    )
+
+
 def _resolve(name: str) -> Callable[[list[str]], int]:
     module_name, function_name = COMMANDS[name][:2]
     function: Callable[[list[str]], int] = getattr(
@@ -49,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints help or a usage error and exits
         return _USAGE
+    missing = _missing_extra(argv[0])
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return 1
     return _resolve(argv[0])(argv[1:])
 
 

@@ -23,7 +23,7 @@ from ._feed import FeedSession as FeedSession
 from ._feed import FeedTyping as FeedTyping
 from ._memory import MemoryStore as MemoryStore
 from ._memory import StoreFaults as StoreFaults
-from ._mongo_cluster import MongoStore as MongoStore
+from ._mongo import MongoStore as MongoStore
 from ._types import Conversation as Conversation
 from ._types import ConvKind as ConvKind
 from ._types import ConvRow as ConvRow

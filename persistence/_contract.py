@@ -108,10 +108,6 @@ class Store(abc.ABC):
     async def contacts(self, user: str) -> set[str]:
         """Users who share at least one conversation with ``user`` (both current members)."""
 
-    @abc.abstractmethod
-    async def shares_conversation(self, a: str, b: str) -> bool:
-        """True if ``a`` and ``b`` are both current members of some conversation."""
-
     # -- messages ------------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -373,9 +373,6 @@ class MemoryStore(Store):
                 found.update(u for u in conv.members if u != user)
         return found
 
-    async def shares_conversation(self, a: str, b: str) -> bool:
-        return a != b and b in await self.contacts(a)
-
     # -- messages ------------------------------------------------------------------------
 
     async def append(

@@ -6,23 +6,21 @@ of the node that created it. Nothing here does I/O or reads a clock: callers pas
 text in, get frames and text out, and pass the time as an argument.
 """
 
-from ._client import Acked as Acked
 from ._client import ClientSession as ClientSession
-from ._client import ClientState as ClientState
-from ._client import ConvStatus as ConvStatus
-from ._client import Event as Event
-from ._client import GapDetected as GapDetected
-from ._client import NewMessage as NewMessage
-from ._client import PresenceChanged as PresenceChanged
-from ._client import ReceiptUpdated as ReceiptUpdated
-from ._client import RequestCompleted as RequestCompleted
-from ._client import RequestFailed as RequestFailed
-from ._client import RequestFrame as RequestFrame
-from ._client import SendFailed as SendFailed
-from ._client import ServerError as ServerError
-from ._client import StateChanged as StateChanged
-from ._client import TypingStarted as TypingStarted
-from ._client import history_messages as history_messages
+from ._client_events import Acked as Acked
+from ._client_events import ConvStatus as ConvStatus
+from ._client_events import Event as Event
+from ._client_events import GapDetected as GapDetected
+from ._client_events import NewMessage as NewMessage
+from ._client_events import PresenceChanged as PresenceChanged
+from ._client_events import ReceiptUpdated as ReceiptUpdated
+from ._client_events import RequestCompleted as RequestCompleted
+from ._client_events import RequestFailed as RequestFailed
+from ._client_events import SendFailed as SendFailed
+from ._client_events import ServerError as ServerError
+from ._client_events import StateChanged as StateChanged
+from ._client_events import TypingStarted as TypingStarted
+from ._client_state import ClientState as ClientState
 from ._codec import SendError as SendError
 from ._codec import decode_client_frame as decode_client_frame
 from ._codec import decode_server_frame as decode_server_frame
@@ -58,6 +56,7 @@ from ._frames import PresenceUnsub as PresenceUnsub
 from ._frames import Read as Read
 from ._frames import Receipt as Receipt
 from ._frames import Recv as Recv
+from ._frames import RequestFrame as RequestFrame
 from ._frames import Result as Result
 from ._frames import Send as Send
 from ._frames import ServerFrame as ServerFrame
@@ -68,6 +67,7 @@ from ._frames import Welcome as Welcome
 from ._frames import convs_result as convs_result
 from ._frames import empty_result as empty_result
 from ._frames import group_created_result as group_created_result
+from ._frames import history_messages as history_messages
 from ._frames import history_result as history_result
 from ._limits import DEFAULT_HEARTBEAT_S as DEFAULT_HEARTBEAT_S
 from ._limits import DEFAULT_HISTORY_LIMIT as DEFAULT_HISTORY_LIMIT
@@ -89,5 +89,7 @@ from ._limits import MIN_HISTORY_LIMIT as MIN_HISTORY_LIMIT
 from ._limits import body_size as body_size
 from ._limits import is_valid_conv_id as is_valid_conv_id
 from ._limits import is_valid_id as is_valid_id
+from ._member import MemberEvent as MemberEvent
+from ._member import MemberOp as MemberOp
 from ._server import ServerSession as ServerSession
 from ._server import ServerState as ServerState

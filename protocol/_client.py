@@ -7,14 +7,15 @@ arrives (:meth:`~ClientSession.receive_text`), tells it about the connection
 :meth:`~ClientSession.data_to_send` (wire texts, in order) and
 :meth:`~ClientSession.next_events` (frozen event values).
 
-Rules -- everything that decides what the session does lives in this file:
+Rules -- everything that decides what the session does lives in this file, the lifecycle
+tables and per-conversation records it consults in ``_client_state``:
 
 1. **Lifecycle.** ``IDLE --connect--> CONNECTING --welcome--> OPEN --synced--> SYNCED``;
    ``connection_lost`` takes any connected state to ``DISCONNECTED``, from which ``connect``
-   starts again. The table ``_TRANSITIONS`` is the whole of it; a trigger missing from it is
+   starts again. The table ``TRANSITIONS`` is the whole of it; a trigger missing from it is
    a :class:`LocalProtocolError` when the driver caused it (``connect`` twice) and a
    :class:`RemoteProtocolError` when the server did (a second ``welcome``). Which server
-   frames are legal in which state is the table ``_ACCEPTS``.
+   frames are legal in which state is the table ``ACCEPTS``.
 2. **Outbox.** Every :meth:`~ClientSession.send` gets a ``cmid`` from the injected RNG and
    stays in the outbox until its ``ack`` or a ``nack`` with ``retry: false``. After every
    ``welcome`` each entry is resent, oldest first, with the same ``cmid``, body and target
@@ -42,7 +43,8 @@ Rules -- everything that decides what the session does lives in this file:
    reported like a push: the server moves its watermark on an ack only if it already had
    ``seq - 1``, and the client cannot know whether its earlier ``recv`` got there first. A
    duplicate push means the server believes we lack that seq (a lost ``recv``): the current
-   ``w`` is reported again.
+   ``w`` is reported again. :attr:`~ClientSession.duplicates` counts the pushes dropped as
+   duplicates (what the wire cost beyond exactly-once; the benchmark reports it).
 5. **Gaps.** When a pushed or acked seq leaves a hole above ``w`` (live pushes arrive in
    order on the connection that carries our acks, so a hole means a lost push), the
    session asks for the lowest missing run ``[w+1, h-1]`` (``h`` = lowest held seq above
@@ -70,24 +72,42 @@ Rules -- everything that decides what the session does lives in this file:
 
 from __future__ import annotations
 
-import enum
 import random
-from typing import Final
 
 import attrs
-import orjson
 
+from ._client_events import (
+    Acked,
+    ConvStatus,
+    Event,
+    GapDetected,
+    NewMessage,
+    PresenceChanged,
+    ReceiptUpdated,
+    RequestCompleted,
+    RequestFailed,
+    SendFailed,
+    ServerError,
+    StateChanged,
+    TypingStarted,
+)
+from ._client_state import (
+    ACCEPTS,
+    TRANSITIONS,
+    ClientState,
+    ConvState,
+    OutboxEntry,
+    PendingRequest,
+    Trigger,
+)
 from ._codec import decode_server_frame, encode
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._frames import (
+    REQUEST_FRAMES,
     Ack,
     ClientFrame,
     Convs,
     Error,
-    GroupAdd,
-    GroupCreate,
-    GroupLeave,
-    GroupRemove,
     Hello,
     History,
     Msg,
@@ -100,6 +120,7 @@ from ._frames import (
     Read,
     Receipt,
     Recv,
+    RequestFrame,
     Result,
     Send,
     ServerFrame,
@@ -107,236 +128,10 @@ from ._frames import (
     Typing,
     TypingNotice,
     Welcome,
+    history_messages,
 )
 from ._limits import MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS
-
-
-class ClientState(enum.Enum):
-    """Where a client session is in its connection lifecycle."""
-
-    IDLE = "idle"
-    CONNECTING = "connecting"
-    OPEN = "open"
-    SYNCED = "synced"
-    DISCONNECTED = "disconnected"
-
-
-class _Trigger(enum.Enum):
-    CONNECT = "connect"
-    WELCOME = "welcome"
-    SYNCED = "synced"
-    LOST = "connection_lost"
-
-
-_TRANSITIONS: Final[dict[tuple[ClientState, _Trigger], ClientState]] = {
-    (ClientState.IDLE, _Trigger.CONNECT): ClientState.CONNECTING,
-    (ClientState.DISCONNECTED, _Trigger.CONNECT): ClientState.CONNECTING,
-    (ClientState.CONNECTING, _Trigger.WELCOME): ClientState.OPEN,
-    (ClientState.OPEN, _Trigger.SYNCED): ClientState.SYNCED,
-    (ClientState.CONNECTING, _Trigger.LOST): ClientState.DISCONNECTED,
-    (ClientState.OPEN, _Trigger.LOST): ClientState.DISCONNECTED,
-    (ClientState.SYNCED, _Trigger.LOST): ClientState.DISCONNECTED,
-}
-
-_LIVE_FRAMES: Final[frozenset[type[ServerFrame]]] = frozenset(
-    {Msg, Ack, Nack, Receipt, Presence, TypingNotice, Result, Error, Pong}
-)
-
-#: Server frames the session accepts in each state; anything else is the server's fault.
-_ACCEPTS: Final[dict[ClientState, frozenset[type[ServerFrame]]]] = {
-    ClientState.CONNECTING: frozenset({Welcome, Error}),
-    ClientState.OPEN: _LIVE_FRAMES | {Synced, Welcome},
-    ClientState.SYNCED: _LIVE_FRAMES | {Synced, Welcome},
-}
-
-#: Request frames that are matched to a reply by ``rid``.
-RequestFrame = (
-    History
-    | Convs
-    | GroupCreate
-    | GroupAdd
-    | GroupRemove
-    | GroupLeave
-    | PresenceSub
-    | PresenceUnsub
-)
-_REQUEST_TYPES: Final = (
-    History,
-    Convs,
-    GroupCreate,
-    GroupAdd,
-    GroupRemove,
-    GroupLeave,
-    PresenceSub,
-    PresenceUnsub,
-)
-
-
-# --------------------------------------------------------------------------------- events
-
-
-@attrs.frozen(kw_only=True)
-class StateChanged:
-    """The session entered ``state``. ``welcome`` is set on OPEN; ``close_code`` and
-    ``reason`` on DISCONNECTED (``close_code`` None: the connection failed or dropped
-    without a close frame)."""
-
-    state: ClientState
-    welcome: Welcome | None = None
-    close_code: int | None = None
-    reason: str = ""
-
-
-@attrs.frozen(kw_only=True)
-class NewMessage:
-    """A message to display: emitted exactly once per (conv, seq) for the session's life."""
-
-    message: Msg
-
-
-@attrs.frozen(kw_only=True)
-class Acked:
-    """The send ``cmid`` is durably stored as ``ack.conv``/``ack.seq`` (exactly once)."""
-
-    cmid: str
-    ack: Ack
-    send: Send
-
-
-@attrs.frozen(kw_only=True)
-class SendFailed:
-    """The send ``cmid`` was refused for good (``nack.retry`` false) and left the outbox."""
-
-    cmid: str
-    nack: Nack
-    send: Send
-
-
-@attrs.frozen(kw_only=True)
-class ReceiptUpdated:
-    """Another member's (or our other device's) watermarks rose."""
-
-    receipt: Receipt
-
-
-@attrs.frozen(kw_only=True)
-class PresenceChanged:
-    """A subscribed user went online or offline."""
-
-    presence: Presence
-
-
-@attrs.frozen(kw_only=True)
-class TypingStarted:
-    """Another member is typing."""
-
-    notice: TypingNotice
-
-
-@attrs.frozen(kw_only=True)
-class RequestCompleted:
-    """The request ``rid`` got its ``result``."""
-
-    rid: str
-    request: RequestFrame
-    result: Result
-
-
-@attrs.frozen(kw_only=True)
-class RequestFailed:
-    """The request ``rid`` failed: the server's ``error``, or (``error`` None) the
-    connection dropped while it was on the wire."""
-
-    rid: str
-    request: RequestFrame
-    error: Error | None
-
-
-@attrs.frozen(kw_only=True)
-class ServerError:
-    """An ``error`` not tied to a pending request (``unauthenticated``, ``bad_frame``, a
-    failed gap fill, ...)."""
-
-    error: Error
-
-
-@attrs.frozen(kw_only=True)
-class GapDetected:
-    """Seqs ``first``..``last`` of ``conv`` are missing; a ``history`` request asks for them."""
-
-    conv: str
-    first: int
-    last: int
-
-
-Event = (
-    StateChanged
-    | NewMessage
-    | Acked
-    | SendFailed
-    | ReceiptUpdated
-    | PresenceChanged
-    | TypingStarted
-    | RequestCompleted
-    | RequestFailed
-    | ServerError
-    | GapDetected
-)
-
-
-@attrs.frozen(kw_only=True)
-class ConvStatus:
-    """A read-only view of what the session holds of one conversation."""
-
-    conv: str
-    watermark: int | None
-    held_above: frozenset[int]
-    reported: int
-    read: int
-    gap_request: str | None
-
-
-# --------------------------------------------------------------------------- mutable state
-
-
-@attrs.define
-class _OutboxEntry:
-    frame: Send
-    on_wire: bool = False
-    attempts: int = 0
-    retry_at: float | None = None
-
-
-@attrs.define
-class _PendingRequest:
-    frame: RequestFrame
-    on_wire: bool = False
-    #: presence_sub/unsub get no ``result`` on success; only an ``error`` resolves them.
-    expects_result: bool = True
-    #: a gap-fill ``history`` issued by the session itself, not by the caller.
-    internal: bool = False
-
-
-@attrs.define
-class _ConvState:
-    watermark: int | None = None
-    above: set[int] = attrs.Factory(set)
-    reported: int = 0
-    recv_due: float | None = None
-    read: int = 0
-    gap_rid: str | None = None
-
-    def holds(self, seq: int) -> bool:
-        return (self.watermark is not None and seq <= self.watermark) or seq in self.above
-
-    def advance(self) -> None:
-        if self.watermark is None:
-            return
-        while self.watermark + 1 in self.above:
-            self.watermark += 1
-            self.above.discard(self.watermark)
-        self.above = {s for s in self.above if s > self.watermark}
-
+from ._member import MemberEvent
 
 # -------------------------------------------------------------------------------- session
 
@@ -368,13 +163,14 @@ class ClientSession:
         self.retry_max_s = retry_max_s
         self._state = ClientState.IDLE
         self._welcome: Welcome | None = None
-        self._outbox: dict[str, _OutboxEntry] = {}
-        self._requests: dict[str, _PendingRequest] = {}
+        self._outbox: dict[str, OutboxEntry] = {}
+        self._requests: dict[str, PendingRequest] = {}
         self._next_rid = 0
-        self._convs: dict[str, _ConvState] = {}
+        self._convs: dict[str, ConvState] = {}
         self._presence: dict[str, None] = {}  # ordered set of subscribed users
         self._out: list[str] = []
         self._events: list[Event] = []
+        self._duplicates = 0
 
     # ------------------------------------------------------------------ introspection
 
@@ -412,7 +208,7 @@ class ClientSession:
 
     def conversation(self, conv: str) -> ConvStatus:
         """What the session holds of ``conv``."""
-        state = self._convs.get(conv, _ConvState())
+        state = self._convs.get(conv, ConvState())
         return ConvStatus(
             conv=conv,
             watermark=state.watermark,
@@ -425,6 +221,11 @@ class ClientSession:
     def conversations(self) -> tuple[str, ...]:
         """Every conversation the session has state for, in the order it learned them."""
         return tuple(self._convs)
+
+    @property
+    def duplicates(self) -> int:
+        """Pushed ``msg`` frames dropped because their (conv, seq) was already held (rule 3)."""
+        return self._duplicates
 
     def holds(self, conv: str, seq: int) -> bool:
         """True once (conv, seq) was displayed, acked, or skipped as invisible."""
@@ -455,7 +256,7 @@ class ClientSession:
 
     def connect(self) -> None:
         """A new connection is up: queue ``hello``."""
-        self._transition(_Trigger.CONNECT, local=True)
+        self._transition(Trigger.CONNECT, local=True)
         self._out.clear()
         self._emit(StateChanged(state=self._state))
         self._write(self._hello)
@@ -463,7 +264,7 @@ class ClientSession:
     def connection_lost(self, close_code: int | None = None, reason: str = "") -> None:
         """The connection is gone. Unsent output is discarded; the outbox stays; requests on
         the wire fail (rule 6)."""
-        self._transition(_Trigger.LOST, local=True)
+        self._transition(Trigger.LOST, local=True)
         self._out.clear()
         for entry in self._outbox.values():
             entry.on_wire = False
@@ -486,7 +287,7 @@ class ClientSession:
         Raises :class:`LocalProtocolError` for a frame the contract forbids (both or neither
         target, a body over the limit)."""
         cmid = self._new_cmid()
-        entry = _OutboxEntry(Send(cmid=cmid, body=body, conv=conv, to=to))
+        entry = OutboxEntry(Send(cmid=cmid, body=body, conv=conv, to=to))
         self._outbox[cmid] = entry
         if self.is_open:
             self._put_on_wire(entry)
@@ -495,12 +296,12 @@ class ClientSession:
     def request(self, frame: RequestFrame) -> str:
         """Queue a request; returns the ``rid`` its reply will carry. ``frame``'s own rid is
         replaced."""
-        if not isinstance(frame, _REQUEST_TYPES):
+        if not isinstance(frame, REQUEST_FRAMES):
             raise LocalProtocolError(
                 ErrorCode.BAD_FRAME, f"{type(frame).__name__} is not a request frame"
             )
         rid = self._new_rid()
-        pending = _PendingRequest(
+        pending = PendingRequest(
             frame=attrs.evolve(frame, rid=rid),
             expects_result=not isinstance(frame, PresenceSub | PresenceUnsub),
         )
@@ -559,7 +360,7 @@ class ClientSession:
 
     def receive_frame(self, frame: ServerFrame, now: float) -> None:
         """Feed one decoded server frame (see :meth:`receive_text`)."""
-        accepted = _ACCEPTS.get(self._state)
+        accepted = ACCEPTS.get(self._state)
         if accepted is None:
             raise LocalProtocolError(
                 ErrorCode.BAD_FRAME,
@@ -601,7 +402,7 @@ class ClientSession:
             raise RemoteProtocolError(
                 ErrorCode.BAD_FRAME, f"welcome names device {frame.device!r}, not {self.device!r}"
             )
-        self._transition(_Trigger.WELCOME, local=False)
+        self._transition(Trigger.WELCOME, local=False)
         self._welcome = frame
         self._emit(StateChanged(state=self._state, welcome=frame))
         for entry in self._outbox.values():
@@ -620,7 +421,7 @@ class ClientSession:
             self._send_request(pending)
 
     def _on_synced(self) -> None:
-        self._transition(_Trigger.SYNCED, local=False)
+        self._transition(Trigger.SYNCED, local=False)
         self._emit(StateChanged(state=self._state))
         for conv, state in self._convs.items():
             if state.watermark is None:
@@ -638,11 +439,13 @@ class ClientSession:
         if state.watermark is None:
             state.watermark = self._base_at(msg)
         if state.holds(msg.seq):
-            if pushed and state.reported >= msg.seq:
-                state.reported = msg.seq - 1
-                self._due(state, now)
+            if pushed:
+                self._duplicates += 1
+                if state.reported >= msg.seq:
+                    state.reported = msg.seq - 1
+                    state.schedule_recv(now, self.recv_delay_s)
             return
-        self._hold(state, msg.seq, now)
+        state.hold({msg.seq}, now, self.recv_delay_s)
         self._emit(NewMessage(message=msg))
         if pushed:
             self._check_gap(msg.conv, state)
@@ -652,7 +455,7 @@ class ClientSession:
         if state.watermark is None and (ack.seq == 1 or self._state is ClientState.SYNCED):
             state.watermark = 0
         if not state.holds(ack.seq):
-            self._hold(state, ack.seq, now)
+            state.hold({ack.seq}, now, self.recv_delay_s)
         entry = self._outbox.pop(ack.cmid, None)
         if entry is not None:
             self._emit(Acked(cmid=ack.cmid, ack=ack, send=entry.frame))
@@ -701,39 +504,24 @@ class ClientSession:
 
     def _base_at(self, msg: Msg) -> int:
         """The watermark of a conversation first seen at ``msg`` (rule 3)."""
-        if self._state is ClientState.OPEN or _adds(msg, self.user):
+        if self._state is ClientState.OPEN or _adds_user(msg, self.user):
             return msg.seq - 1
         return 0
 
-    def _hold(self, state: _ConvState, seq: int, now: float) -> None:
-        before = state.watermark
-        state.above.add(seq)
-        state.advance()
-        if state.watermark != before:
-            self._due(state, now)
+    def _report(self, conv: str, state: ConvState) -> None:
+        seq = state.take_report()
+        if seq is not None:
+            self._write(Recv(conv=conv, seq=seq))
 
-    def _due(self, state: _ConvState, now: float) -> None:
-        rose = state.watermark is not None and state.watermark > state.reported
-        if rose and state.recv_due is None:
-            state.recv_due = now + self.recv_delay_s
-
-    def _report(self, conv: str, state: _ConvState) -> None:
-        state.recv_due = None
-        if state.watermark is not None and state.watermark > state.reported:
-            state.reported = state.watermark
-            self._write(Recv(conv=conv, seq=state.watermark))
-
-    def _check_gap(self, conv: str, state: _ConvState) -> None:
-        if state.gap_rid is not None or state.watermark is None or not state.above:
+    def _check_gap(self, conv: str, state: ConvState) -> None:
+        run = state.missing_run()
+        if run is None or self._state is not ClientState.SYNCED:
             return
-        if self._state is not ClientState.SYNCED:
-            return
-        first = state.watermark + 1
-        last = min(state.above) - 1
+        first, last = run
         limit = min(last - first + 1, self.history_page)
         self._emit(GapDetected(conv=conv, first=first, last=last))
         rid = self._new_rid()
-        pending = _PendingRequest(
+        pending = PendingRequest(
             frame=History(conv=conv, before=last + 1, limit=limit, rid=rid), internal=True
         )
         self._requests[rid] = pending
@@ -749,34 +537,19 @@ class ClientSession:
                 self._on_msg(msg, now, pushed=False)
         assert request.before is not None
         seqs = {m.seq for m in messages if m.conv == request.conv and m.seq < request.before}
-        lowest = min(seqs, default=request.before)
-        # The page is the newest visible messages below ``before``: what it lacks in
-        # [lowest, before) is invisible to us, and so is all below it when nothing older is.
-        invisible = set(range(lowest, request.before)) - seqs
-        if not result.get("more", False) and state.watermark is not None:
-            invisible |= set(range(state.watermark + 1, lowest))
-        if invisible:
-            before = state.watermark
-            state.above |= {s for s in invisible if not state.holds(s)}
-            state.advance()
-            if state.watermark != before:
-                self._due(state, now)
+        more = bool(result.get("more", False))
+        state.hold(state.invisible(request.before, seqs, more), now, self.recv_delay_s)
         self._check_gap(request.conv, state)
 
     def _learn_bases(self, result: Result) -> None:
         rows = result.get("convs", ())
         for row in rows if isinstance(rows, tuple) else ():
-            state = self._conv(row.conv)
-            if state.watermark is None:
-                state.watermark = row.delivered
-                state.reported = row.delivered
-                state.advance()
-            state.read = max(state.read, row.read)
+            self._conv(row.conv).learn_base(row.delivered, row.read)
 
     # ---------------------------------------------------------------------- plumbing
 
-    def _transition(self, trigger: _Trigger, *, local: bool) -> None:
-        new = _TRANSITIONS.get((self._state, trigger))
+    def _transition(self, trigger: Trigger, *, local: bool) -> None:
+        new = TRANSITIONS.get((self._state, trigger))
         if new is None:
             error = LocalProtocolError if local else RemoteProtocolError
             raise error(
@@ -785,18 +558,18 @@ class ClientSession:
             )
         self._state = new
 
-    def _conv(self, conv: str) -> _ConvState:
+    def _conv(self, conv: str) -> ConvState:
         state = self._convs.get(conv)
         if state is None:
-            state = self._convs[conv] = _ConvState()
+            state = self._convs[conv] = ConvState()
         return state
 
-    def _put_on_wire(self, entry: _OutboxEntry) -> None:
+    def _put_on_wire(self, entry: OutboxEntry) -> None:
         entry.on_wire = True
         entry.retry_at = None
         self._write(entry.frame)
 
-    def _send_request(self, pending: _PendingRequest) -> None:
+    def _send_request(self, pending: PendingRequest) -> None:
         if not pending.on_wire:
             pending.on_wire = True
             self._write(pending.frame)
@@ -818,23 +591,11 @@ class ClientSession:
         return f"r{self._next_rid}"
 
 
-def _adds(msg: Msg, user: str | None) -> bool:
+def _adds_user(msg: Msg, user: str | None) -> bool:
     """True for the member event that created the group with ``user`` in it or added them."""
     if msg.kind != "member" or user is None:
         return False
     try:
-        event = orjson.loads(msg.body)
-    except orjson.JSONDecodeError:
+        return MemberEvent.parse(msg.body).adds(user)
+    except RemoteProtocolError:
         return False
-    if not isinstance(event, dict) or event.get("op") not in ("create", "add"):
-        return False
-    users = event.get("users")
-    return isinstance(users, list) and user in users
-
-
-def history_messages(result: Result) -> tuple[Msg, ...]:
-    """The messages of a ``history`` result, oldest first."""
-    value = result.get("messages", ())
-    if not isinstance(value, tuple):
-        raise RemoteProtocolError(ErrorCode.BAD_FRAME, "history result without 'messages' list")
-    return tuple(m for m in value if isinstance(m, Msg))

@@ -18,18 +18,10 @@ from collections import Counter
 
 from ._determinism import derive_rng
 from ._faults import FAULT_KINDS, FaultPlan
+from ._mutants import MUTANTS
+from ._runner import run_many
 from ._workload import Workload
 from ._world import RunConfig, RunResult, simulate
-
-#: The mutants the node supports (``actors.MUTANTS``), with what each one breaks.
-MUTANTS: dict[str, str] = {
-    "ack_before_write": "acks a send before the durable write (G1), with seqs guessed from memory",
-    "no_cmid_dedupe": "stores every resend of a cmid as a new message (G2)",
-    "watermark_backwards": "assigns recv/read watermarks instead of max-merging them (G5)",
-    "seq_reuse_after_restart": "acks with a seq counter that restarts stale after a restart (G3)",
-    "no_presence_grace": "reports a user offline the moment the last device drops (G6)",
-    "deliver_to_removed": "keeps pushing a group's messages to removed members (G7)",
-}
 
 DEFAULT_USERS = 4
 DEFAULT_DEVICES = 2
@@ -127,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     explore = sub.add_parser("explore", help="run many seeds; stop at the first failure")
     explore.add_argument("--seeds", type=int, required=True, help="how many seeds")
     explore.add_argument("--start", type=int, default=0, help="first seed")
+    explore.add_argument(
+        "--jobs", type=int, default=1, help="worker processes (results stay in seed order)"
+    )
     _add_shape(explore)
     sub.add_parser("mutants", help="list the mutants")
     return parser
@@ -164,13 +159,13 @@ def _run(args: argparse.Namespace) -> int:
 
 def _explore(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    cpu_started = time.process_time()
     faults: Counter[str] = Counter()
     sessions = 0
     virtual = 0.0
+    cpu = 0.0
     every = max(1, args.seeds // 20)
-    for index, seed in enumerate(range(args.start, args.start + args.seeds), start=1):
-        config = build_config(
+    configs = (
+        build_config(
             seed,
             users=args.users,
             devices=args.devices,
@@ -179,15 +174,29 @@ def _explore(args: argparse.Namespace) -> int:
             keep_going=args.keep_going,
             without=args.without,
         )
-        result = simulate(config)
-        faults.update(result.report.faults)
-        sessions += result.sessions
-        virtual += result.virtual_s
-        if not result.ok:
-            print(f"\nseed {seed} FAILED ({index}/{args.seeds} seeds run)")
+        for seed in range(args.start, args.start + args.seeds)
+    )
+    outcomes = run_many(configs, args.jobs)
+    for index, outcome in enumerate(outcomes, start=1):
+        faults.update(outcome.fault_counts())
+        sessions += outcome.sessions
+        virtual += outcome.virtual_s
+        cpu += outcome.cpu_s
+        if not outcome.ok:
+            outcomes.close()
+            config = build_config(
+                outcome.seed,
+                users=args.users,
+                devices=args.devices,
+                steps=args.steps,
+                mutant=args.mutant,
+                keep_going=args.keep_going,
+                without=args.without,
+            )
+            print(f"\nseed {outcome.seed} FAILED ({index}/{args.seeds} seeds run)")
             print(config.describe())
-            print(result.report.render())
-            print(f"trace hash: {result.trace_hash}")
+            print(outcome.report)
+            print(f"trace hash: {outcome.trace_hash}")
             print(f"replay: {replay_command(config, args)}")
             return 1
         if index % every == 0 or index == args.seeds:
@@ -198,10 +207,10 @@ def _explore(args: argparse.Namespace) -> int:
                 f"{time.monotonic() - started:.0f} s",
                 flush=True,
             )
-    cpu = time.process_time() - cpu_started
     print(f"all {args.seeds} seeds passed (seeds {args.start}..{args.start + args.seeds - 1})")
     print(
-        f"{sessions} client sessions in {cpu:.1f} CPU s = "
+        f"{sessions} client sessions in {cpu:.1f} CPU s ({args.jobs} jobs, "
+        f"{time.monotonic() - started:.0f} s wall) = "
         f"{sessions / max(cpu, 1e-9) * 60:.0f} sessions per CPU-minute; "
         f"{virtual:.0f} virtual s = {virtual / max(cpu, 1e-9):.0f} virtual s per CPU s"
     )
@@ -212,8 +221,8 @@ def _explore(args: argparse.Namespace) -> int:
 
 def _mutants() -> int:
     width = max(len(name) for name in MUTANTS)
-    for name, text in MUTANTS.items():
-        print(f"{name:<{width}}  {text}")
+    for name, mutant in MUTANTS.items():
+        print(f"{name:<{width}}  {mutant.switch:<6}  {mutant.breaks}")
     return 0
 
 

@@ -29,14 +29,17 @@ import trio
 from actors import Node as ActorNode
 from actors import NodeConfig
 from actors._auth import InvalidToken
-from persistence._memory import MemoryStore, StoreFaults
+from persistence import Store
+from persistence._memory import MemoryStore
 
 from . import _history as h
 from ._checker import Checker, Report
 from ._determinism import derive_rng, run_deterministic
 from ._device import SimDevice
 from ._faults import FAULT_KINDS, FaultPlan
+from ._mutants import node_mutants
 from ._network import Arm, Link
+from ._store import FaultyStore, ForgetfulStore, StoreFaults
 from ._trace import Trace
 from ._truth import Truth, snapshot
 from ._workload import Workload
@@ -126,7 +129,10 @@ class World:
         self.history = h.History(self.trace)
         self.checker = Checker(history=self.history, grace_s=GRACE_S, epoch_ms=EPOCH_MS)
         self.faults = StoreFaults()
-        self.store = MemoryStore(rng=derive_rng(seed, "store"), faults=self.faults)
+        self.store = MemoryStore(rng=derive_rng(seed, "store"))
+        #: What the node talks to: the MemoryStore behind the fault dial (and the store-side
+        #: mutant); the checker reads ``self.store`` directly.
+        self.node_store: Store = FaultyStore(self._mutated(self.store), self.faults).as_store()
         self._workload_rng = derive_rng(seed, "workload")
         self._fault_rng = derive_rng(seed, "faults")
         self.node: ActorNode | None = None
@@ -143,12 +149,18 @@ class World:
 
     # ------------------------------------------------------------------ node
 
+    def _mutated(self, store: Store) -> Store:
+        if "no_cmid_dedupe" in self.config.mutants:
+            return ForgetfulStore(store, derive_rng(self.config.seed, "cmids")).as_store()
+        return store
+
     def _node_config(self) -> NodeConfig:
+        grace = 0.0 if "no_presence_grace" in self.config.mutants else GRACE_S
         return NodeConfig(
             heartbeat_s=HEARTBEAT_S,
-            presence_grace_s=GRACE_S,
+            presence_grace_s=grace,
             conversation_idle_s=5.0,
-            mutants=self.config.mutants,
+            mutants=node_mutants(self.config.mutants),
         )
 
     def _wall_ms(self) -> int:
@@ -158,7 +170,7 @@ class World:
         assert self._nursery is not None
         self.incarnation += 1
         node = ActorNode(
-            store=self.store,
+            store=self.node_store,
             verify_token=_verify_token,
             rng=derive_rng(self.config.seed, f"node/{self.incarnation}"),
             wall_ms=self._wall_ms,
@@ -342,9 +354,7 @@ class World:
 
     async def _heal(self) -> None:
         self.trace.add("world", "heal: faults off, node up, every device back")
-        self.faults.failing = 0
-        self.faults.ambiguous = 0
-        self.faults.latency = 0.0
+        self.faults.heal()
         if self.node is None:
             await self._start_node()
         for link in self.links:

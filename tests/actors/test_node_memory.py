@@ -57,10 +57,14 @@ async def connect(node: Node, user: str, device: str = "d") -> MemoryPeer:
     return peer
 
 
+async def drain(peer: MemoryPeer) -> None:
+    while True:
+        await peer.receive()
+
+
 async def close_code(peer: MemoryPeer) -> int | None:
     with pytest.raises(TransportClosed) as info:
-        while True:
-            await peer.receive()
+        await drain(peer)
     return info.value.code
 
 
@@ -153,13 +157,11 @@ async def test_a_crashed_node_recovers_from_the_store(
     assert ben is not None
 
 
-async def test_no_presence_grace_mutant_reports_offline_at_once(
+async def test_zero_presence_grace_reports_offline_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        node = await nursery.start(
-            make_node(MemoryStore(), mutants=frozenset({"no_presence_grace"})).run
-        )
+        node = await nursery.start(make_node(MemoryStore(), presence_grace_s=0.0).run)
         ann = await connect(node, "ann")
         ben = await connect(node, "ben")
         await ann.send(

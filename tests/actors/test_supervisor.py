@@ -434,11 +434,11 @@ class _Canceller:
 
 
 def test_invalid_arguments() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="intensity must be >= 0"):
         Supervisor("s", intensity=-1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="period must be > 0"):
         Supervisor("s", period=0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="shutdown_s must be >= 0"):
         ChildSpec(name="x", start=functools.partial(_forever), shutdown_s=-1)
 
 

@@ -72,8 +72,10 @@ class WsClient:
                 try:
                     await self.ws.get_message()
                 except ConnectionClosed as exc:
-                    assert exc.reason is not None
-                    return exc.reason.code
+                    reason = exc.reason
+                    break
+        assert reason is not None
+        return reason.code
 
     async def request(self, frame: Frame, kind: str = "result", within: float = TIMEOUT) -> Frame:
         """Send ``frame`` with a fresh rid and wait for the reply of type ``kind`` echoing it."""

@@ -254,8 +254,6 @@ async def test_unsynced_and_conversation_rows(store: Store) -> None:
     grow = rows[group.id]
     assert (grow.title, grow.members, grow.unread) == ("Team", ("bob", "carol"), 1)
     assert await store.contacts("bob") == {"alice", "carol"}
-    assert await store.shares_conversation("alice", "bob")
-    assert not await store.shares_conversation("alice", "carol")
 
 
 async def test_presence_facts_and_devices(store: Store) -> None:

@@ -240,6 +240,20 @@ def test_duplicates_are_displayed_once() -> None:
     assert new_messages(session) == [1, 2]
 
 
+def test_duplicate_pushes_are_counted_but_history_and_own_acks_are_not() -> None:
+    session = opened(recv_delay_s=0)
+    feed(session, msg("c", 1), msg("c", 1))
+    assert session.duplicates == 1
+    cmid = session.send("mine", conv="c")
+    feed(session, Ack(cmid=cmid, conv="c", seq=2, id="c:2", ts=2))
+    feed(session, msg("c", 2, sender=ME, cmid=cmid))  # our own message pushed back: redundant
+    assert session.duplicates == 2
+    rid = session.request(History(conv="c"))
+    feed(session, history_result(rid, (msg("c", 1), msg("c", 2)), more=False))
+    assert session.duplicates == 2  # scrollback is asked for, not pushed
+    assert new_messages(session) == [1]
+
+
 def test_recv_is_batched_and_cumulative() -> None:
     session = opened(recv_delay_s=0.05)
     feed(session, msg("c", 1), msg("c", 2), msg("d", 1), now=1.0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sim import build_config, derive_seed, simulate
+from sim._runner import run_many
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,3 +63,11 @@ def _hash_in_subprocess(seed: int, hash_seed: str) -> str:
 @pytest.mark.parametrize("seed", [3, 4])
 def test_trace_hash_is_the_same_across_processes_and_hash_seeds(seed: int) -> None:
     assert _hash_in_subprocess(seed, "1") == _hash_in_subprocess(seed, "12345")
+
+
+def test_seeds_run_in_worker_processes_give_the_same_outcomes_in_order() -> None:
+    configs = [build_config(seed, users=3, devices=1, steps=15, mutant=None) for seed in (5, 6, 7)]
+    here = [(o.seed, o.trace_hash) for o in run_many(configs, jobs=1)]
+    there = [(o.seed, o.trace_hash) for o in run_many(configs, jobs=2)]
+    assert here == there
+    assert [seed for seed, _ in there] == [5, 6, 7]

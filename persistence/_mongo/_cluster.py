@@ -1,13 +1,16 @@
 """MongoStore's part of several nodes: leases, device sessions, ephemeral events, the feed.
 
+Part of the schema (see :mod:`._schema` for the rest); blocking operations run in worker
+threads by :class:`~persistence._mongo._store.MongoStore` through its runner.
+
 Collections (all written lightly, ``w: 1``: nothing is acknowledged on them):
 
 * ``leases``: ``{_id: node, exp: ms, swept: bool}``. A node renews its own; any node's sweep
   flips ``swept`` of an expired one with a conditional update, so exactly one sweeper wins.
 * ``sessions``: one document per (user, device), ``_id = user|device``, ``s`` the current
   session id (``None`` once ended), ``n`` its node, ``since``/``ended`` ms (``swept`` when
-  a sweep ended it). Every write is a
-  whole-document replace, so the change stream carries the full document of each change.
+  a sweep ended it). Every write is a whole-document replace, so the change stream carries
+  the full document of each change.
 * ``ephemeral``: receipts (``k: "m"``), typing (``k: "t"``) and node-down notices
   (``k: "down"``), inserted for the change stream and expired by a TTL index on ``at``.
 
@@ -28,10 +31,11 @@ from typing import Any
 import trio
 from pymongo import MongoClient, ReplaceOne, UpdateOne
 from pymongo.change_stream import ChangeStream
+from pymongo.database import Database
 from pymongo.errors import OperationFailure, PyMongoError
 
-from ._errors import Unavailable
-from ._feed import (
+from .._errors import Unavailable
+from .._feed import (
     ChangeFeed,
     DeviceSession,
     Ephemeral,
@@ -43,9 +47,7 @@ from ._feed import (
     FeedSession,
     FeedTyping,
 )
-from ._mongo import MongoStore as _MongoStore
-from ._mongo import _decode_message
-from ._rules import check_id
+from ._schema import decode_message, device_id
 
 Doc = dict[str, Any]
 
@@ -59,13 +61,13 @@ HISTORY_LOST = frozenset({280, 286})
 
 
 def decode_chunk_messages(doc: Doc) -> FeedMessages:
-    """The messages of one inserted ``chunks`` document (see persistence._mongo)."""
+    """The messages of one inserted ``chunks`` document (see :mod:`._schema`)."""
     conv = str(doc["conv"])
-    return FeedMessages(conv=conv, messages=tuple(_decode_message(conv, m) for m in doc["msgs"]))
+    return FeedMessages(conv=conv, messages=tuple(decode_message(conv, m) for m in doc["msgs"]))
 
 
 def _session_doc(s: DeviceSession) -> Doc:
-    return {"_id": f"{s.user}|{s.device}", "u": s.user, "d": s.device, "s": s.session}
+    return {"_id": device_id(s.user, s.device), "u": s.user, "d": s.device, "s": s.session}
 
 
 def _decode_change(change: Doc) -> FeedEvent | None:
@@ -204,6 +206,20 @@ class MongoFeed(ChangeFeed):
                 return events
         raise trio.ClosedResourceError("the feed was closed")
 
+    @classmethod
+    async def open(cls, uri: str, database: str, node: str, after: object | None) -> MongoFeed:
+        """A feed of ``node`` positioned at ``after`` (or now), its stream open."""
+        feed = cls(uri, database, node, after)
+        try:
+            await trio.to_thread.run_sync(feed.open_sync, limiter=feed._limiter)
+        except PyMongoError as exc:
+            await feed.aclose()
+            raise Unavailable(f"cannot open the change stream: {exc}") from exc
+        except BaseException:
+            await feed.aclose()
+            raise
+        return feed
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -216,31 +232,19 @@ class MongoFeed(ChangeFeed):
         self._client.close()
 
 
-class MongoStore(_MongoStore):
-    """MongoStore with the cluster half of the Store contract (see the module docstring)."""
+class Cluster:
+    """The blocking operations on ``leases``, ``sessions`` and ``ephemeral``."""
 
-    _uri: str
-    _database_name: str
+    def __init__(self, light: Database[Doc]) -> None:
+        self._light = light
 
-    @classmethod
-    async def connect(cls, uri: str, database: str = "messenger", **kwargs: Any) -> MongoStore:
-        store = await super().connect(uri, database, **kwargs)
-        assert isinstance(store, MongoStore)
-        store._uri, store._database_name = uri, database
-        await store._call(store._create_cluster_indexes)
-        return store
-
-    def _create_cluster_indexes(self) -> None:
+    def create_indexes(self) -> None:
         db = self._light
         db.leases.create_index([("swept", 1), ("exp", 1)])
         db.sessions.create_index("n")
         db.ephemeral.create_index("at", expireAfterSeconds=EPHEMERAL_TTL_S)
 
-    async def renew_lease(self, node: str, now_ms: int, ttl_ms: int) -> bool:
-        result: bool = await self._call(self._renew_sync, node, now_ms + ttl_ms)
-        return result
-
-    def _renew_sync(self, node: str, expires: int) -> bool:
+    def renew(self, node: str, expires: int) -> bool:
         leases = self._light.leases
         found = leases.find_one_and_update(
             {"_id": node, "swept": False}, {"$max": {"exp": expires}}
@@ -252,14 +256,10 @@ class MongoStore(_MongoStore):
         )
         return previous is None
 
-    async def drop_lease(self, node: str) -> None:
-        await self._call(self._light.leases.delete_one, {"_id": node})
+    def drop(self, node: str) -> None:
+        self._light.leases.delete_one({"_id": node})
 
-    async def sweep_expired(self, now_ms: int) -> list[str]:
-        result: list[str] = await self._call(self._sweep_sync, now_ms)
-        return result
-
-    def _sweep_sync(self, now_ms: int) -> list[str]:
+    def sweep(self, now_ms: int) -> list[str]:
         db = self._light
         dead: list[str] = []
         for lease in db.leases.find({"swept": False, "exp": {"$lt": now_ms}}).sort("_id", 1):
@@ -299,40 +299,29 @@ class MongoStore(_MongoStore):
             dead.append(node)
         return dead
 
-    async def open_session(self, session: DeviceSession) -> None:
-        check_id("user id", session.user)
-        check_id("device id", session.device)
-        doc = {**_session_doc(session), "n": session.node, "since": session.since}
-        await self._call(self._light.sessions.replace_one, {"_id": doc["_id"]}, doc, True)
+    def open_session(self, s: DeviceSession) -> None:
+        doc = {**_session_doc(s), "n": s.node, "since": s.since}
+        self._light.sessions.replace_one({"_id": doc["_id"]}, doc, upsert=True)
 
-    async def close_session(self, user: str, device: str, session: str, ts: int) -> bool:
-        result: bool = await self._call(self._close_session_sync, user, device, session, ts)
-        return result
-
-    def _close_session_sync(self, user: str, device: str, session: str, ts: int) -> bool:
+    def close_session(self, user: str, device: str, session: str, ts: int) -> bool:
         sessions = self._light.sessions
-        key = f"{user}|{device}"
+        key = device_id(user, device)
         current = sessions.find_one({"_id": key, "s": session}, {"n": 1})
         if current is None:
             return False
         ended = {"u": user, "d": device, "s": None, "n": current["n"], "ended": ts}
         return bool(sessions.replace_one({"_id": key, "s": session}, ended).modified_count)
 
-    async def sessions(self) -> list[DeviceSession]:
-        docs: list[Doc] = await self._call(
-            lambda: list(self._light.sessions.find({"s": {"$ne": None}}))
-        )
+    def sessions(self) -> list[DeviceSession]:
         found = [
             DeviceSession(
                 user=d["u"], device=d["d"], session=d["s"], node=d["n"], since=int(d["since"])
             )
-            for d in docs
+            for d in self._light.sessions.find({"s": {"$ne": None}})
         ]
         return sorted(found, key=lambda s: (s.user, s.device))
 
-    async def publish(self, events: Sequence[Ephemeral]) -> None:
-        if not events:
-            return
+    def publish(self, events: Sequence[Ephemeral]) -> None:
         at = _utcnow()
         docs: list[Doc] = []
         for event in events:
@@ -354,19 +343,8 @@ class MongoStore(_MongoStore):
                     docs.append(
                         {"k": "t", "c": event.conv, "u": event.user, "n": event.node, "at": at}
                     )
-        await self._call(self._light.ephemeral.insert_many, docs, False)
-
-    async def watch(self, node: str, after: object | None = None) -> ChangeFeed:
-        feed = MongoFeed(self._uri, self._database_name, node, after)
-        try:
-            await trio.to_thread.run_sync(feed.open_sync)
-        except PyMongoError as exc:
-            await feed.aclose()
-            raise Unavailable(f"cannot open the change stream: {exc}") from exc
-        except BaseException:
-            await feed.aclose()
-            raise
-        return feed
+        if docs:
+            self._light.ephemeral.insert_many(docs, ordered=False)
 
 
 def _utcnow() -> datetime.datetime:

@@ -3,14 +3,14 @@
 A :class:`LatencyHistogram` keeps counts in buckets whose bounds grow by 1 % each, so a
 percentile is exact to within 1 % whatever the spread of values, a histogram of a million
 samples is a few hundred integers, and the histograms of several worker processes merge by
-adding counts. Values are nanoseconds in, milliseconds out.
+adding counts (a histogram pickles as it is). Values are nanoseconds in, milliseconds out.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator
-from typing import Any, Final
+from typing import Final
 
 import attrs
 
@@ -19,8 +19,6 @@ _GROWTH: Final = 1.01
 _LOG_GROWTH: Final = math.log(_GROWTH)
 #: Values below this many nanoseconds share bucket 0.
 _FLOOR_NS: Final = 1_000
-#: The percentiles every report carries, as fractions.
-PERCENTILES: Final = (0.50, 0.90, 0.99, 0.999)
 
 
 def _bucket(value_ns: int) -> int:
@@ -33,9 +31,17 @@ def _upper_ns(bucket: int) -> float:
     return _FLOOR_NS * _GROWTH**bucket
 
 
-def percentile_label(fraction: float) -> str:
-    """``0.999`` → ``"p99.9"``."""
-    return "p" + f"{fraction * 100:.1f}".rstrip("0").rstrip(".")
+@attrs.frozen(kw_only=True)
+class Latency:
+    """A latency distribution summarised, in milliseconds (None where there were no samples)."""
+
+    count: int
+    mean_ms: float | None
+    p50_ms: float | None
+    p90_ms: float | None
+    p99_ms: float | None
+    p999_ms: float | None
+    max_ms: float | None
 
 
 @attrs.define
@@ -83,34 +89,16 @@ class LatencyHistogram:
             seen += self.counts[bucket]
             yield min(_upper_ns(bucket), self.max_ns) / 1e6, seen / self.count
 
-    def summary(self) -> dict[str, float | int | None]:
-        """count, mean, the :data:`PERCENTILES` and max, latencies in ms."""
-        out: dict[str, float | int | None] = {
-            "count": self.count,
-            "mean_ms": self.total_ns / self.count / 1e6 if self.count else None,
-        }
-        for fraction in PERCENTILES:
-            out[percentile_label(fraction) + "_ms"] = self.percentile_ms(fraction)
-        out["max_ms"] = self.max_ns / 1e6 if self.count else None
-        return out
-
-    def to_wire(self) -> dict[str, Any]:
-        """A plain-data form that pickles and JSON-encodes cheaply."""
-        return {
-            "counts": sorted(self.counts.items()),
-            "count": self.count,
-            "total_ns": self.total_ns,
-            "max_ns": self.max_ns,
-        }
-
-    @classmethod
-    def from_wire(cls, data: dict[str, Any]) -> LatencyHistogram:
-        """The inverse of :meth:`to_wire`."""
-        return cls(
-            counts={int(b): int(n) for b, n in data["counts"]},
-            count=int(data["count"]),
-            total_ns=int(data["total_ns"]),
-            max_ns=int(data["max_ns"]),
+    def summary(self) -> Latency:
+        """Count, mean, the :data:`PERCENTILES` and max, in ms."""
+        return Latency(
+            count=self.count,
+            mean_ms=self.total_ns / self.count / 1e6 if self.count else None,
+            p50_ms=self.percentile_ms(0.50),
+            p90_ms=self.percentile_ms(0.90),
+            p99_ms=self.percentile_ms(0.99),
+            p999_ms=self.percentile_ms(0.999),
+            max_ms=self.max_ns / 1e6 if self.count else None,
         )
 
     @classmethod

@@ -1,0 +1,193 @@
+"""MongoStore's schema: collections, document ids, codecs and indexes, in one place.
+
+Why it looks like this: measured on SecantusDB, every secondary index entry costs about as
+much as a whole document, so the hot path avoids them (see docs/benchmarks.md).
+
+Collections (all in one database):
+
+* ``chunks``: one document per group-committed batch of one conversation,
+  ``_id = chunk_id(conv, first seq)`` (``conv|first-seq`` in 16 digits), with ``conv``,
+  ``first``, ``last`` and the batch's messages in ``msgs`` (see :func:`encode_message`; at
+  most :data:`CHUNK_MAX`). The ``_id`` is the (conv, seq) uniqueness: two writers that both
+  believe the conversation ends at seq N both insert ``conv|N+1`` and exactly one wins.
+  Chunks never overlap because every writer starts after a known chunk end, and they are
+  contiguous, so the chunk after end ``e`` has ``_id`` ``chunk_id(conv, e + 1)``.
+  Index ``(conv, first)`` (``conv_first``) serves every range read and every "last seq".
+* ``keys``: one document per text message, ``_id = key_id(sender, device, cmid)`` →
+  ``conv``, ``seq`` and ``chunk`` (the first seq of the chunk holding it): the idempotency
+  key, unique forever (G2). Keys and chunks are written in one durable transaction, so no
+  key exists without its message and no message without its key.
+* ``convs``: one document per conversation, ``_id`` the conversation id: ``kind``, ``title``,
+  ``creator``, ``members`` (user → seq that added them), ``departed`` (user → [added,
+  removed]), the arrays ``member_ids``/``past_ids`` (indexed, for the per-user listings), a
+  version ``v`` (optimistic concurrency of membership changes), ``last_op``/``last_op_seq``
+  (the last membership change, so a retried change finds itself) and ``end_hint`` (a chunk
+  end at most the real end, where a cold "last seq" read starts).
+* ``recv``: ``_id = recv_id(user, device, conv)``, ``u``/``d``/``c``, ``s`` the device's
+  recv watermark (max-merged). Indexes ``c`` and ``(u, d)``.
+* ``read``: ``_id = read_id(user, conv)``, ``u``/``c``, ``s`` the user's read watermark.
+  Index ``c``.
+* ``devices``: ``_id = device_id(user, device)``, ``u``/``d``, ``ts`` of the latest connect
+  registered. Index ``u``.
+* ``users``: ``_id`` the user id, ``last_seen`` (max-merged).
+* ``jobs``: the offline-notification outbox, one document per job: ``user``, ``conv``,
+  ``seq``, ``count``, ``first_ts``, ``last_ts``, ``open`` (the user's current offline
+  period), ``done``, ``owner``, ``lease_until``. A partial unique index on ``user`` where
+  ``open`` makes "one open job per user" a database fact; ``(done, first_ts)`` for claims.
+
+The collections that several nodes share — ``leases``, ``sessions`` and ``ephemeral`` — are
+documented in :mod:`._cluster`.
+
+Write concerns: everything an acknowledgement depends on is ``majority`` + ``j: true``
+(:data:`DURABLE`); watermarks, presence facts, the device registry and hints use ``w: 1``
+(:data:`LIGHT`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from pymongo.client_session import ClientSession
+from pymongo.database import Database
+from pymongo.write_concern import WriteConcern
+
+from .._rules import no_such_conversation
+from .._types import Conversation, StoredMessage
+
+Doc = dict[str, Any]
+
+#: Most messages in one chunk document; bigger batches are split (in the same transaction).
+#: Bounding it lets a range query find the chunk holding ``lo`` by ``_id`` alone.
+CHUNK_MAX = 256
+#: Ids per ``$in`` point-read query (SecantusDB's ``$in`` gets slower per id when long).
+PROBES_PER_QUERY = 100
+#: MongoDB's duplicate key error code.
+DUPLICATE_KEY = 11000
+DURABLE = WriteConcern(w="majority", j=True)
+LIGHT = WriteConcern(w=1)
+
+
+def key_id(sender: str, device: str, cmid: str | None) -> str:
+    """The ``keys`` ``_id`` of a message: (sender, device, cmid), its identity forever."""
+    return f"{sender}|{device}|{cmid}"
+
+
+def chunk_id(conv: str, first: int) -> str:
+    """The ``chunks`` ``_id`` of the chunk of ``conv`` starting at seq ``first``."""
+    return f"{conv}|{first:016d}"
+
+
+def recv_id(user: str, device: str, conv: str) -> str:
+    """The ``recv`` ``_id`` of a device's watermark in a conversation."""
+    return f"{user}|{device}|{conv}"
+
+
+def read_id(user: str, conv: str) -> str:
+    """The ``read`` ``_id`` of a user's read watermark in a conversation."""
+    return f"{user}|{conv}"
+
+
+def device_id(user: str, device: str) -> str:
+    """The ``devices`` ``_id`` of a user's device."""
+    return f"{user}|{device}"
+
+
+def new_message_id() -> str:
+    """A fresh server message id (96 random bits, hex)."""
+    return os.urandom(12).hex()
+
+
+def encode_message(m: StoredMessage) -> Doc:
+    """A message as an element of a chunk's ``msgs`` (short field names: it is per message)."""
+    return {
+        "s": m.seq,
+        "i": m.id,
+        "u": m.sender,
+        "d": m.device,
+        "c": m.cmid,
+        "b": m.body,
+        "t": m.ts,
+        "k": m.kind,
+    }
+
+
+def decode_message(conv: str, m: Doc) -> StoredMessage:
+    """The inverse of :func:`encode_message`."""
+    return StoredMessage(
+        conv=conv,
+        seq=int(m["s"]),
+        id=m["i"],
+        sender=m["u"],
+        device=m["d"],
+        cmid=m["c"],
+        body=m["b"],
+        ts=int(m["t"]),
+        kind=m["k"],
+    )
+
+
+def chunk_doc(conv: str, messages: Sequence[StoredMessage]) -> Doc:
+    """The chunk holding ``messages`` (consecutive seqs of ``conv``, at most CHUNK_MAX)."""
+    return {
+        "_id": chunk_id(conv, messages[0].seq),
+        "conv": conv,
+        "first": messages[0].seq,
+        "last": messages[-1].seq,
+        "msgs": [encode_message(m) for m in messages],
+    }
+
+
+def has_member_event(chunk: Doc) -> bool:
+    """Whether a chunk (projected with at least ``msgs.k``) holds a membership event."""
+    return any(m.get("k") == "member" for m in chunk["msgs"])
+
+
+def decode_conv(doc: Doc) -> Conversation:
+    """A ``convs`` document as a :class:`Conversation`."""
+    return Conversation(
+        id=doc["_id"],
+        kind=doc["kind"],
+        title=doc.get("title"),
+        creator=doc.get("creator"),
+        members={u: int(seq) for u, seq in doc["members"].items()},
+        departed={u: (int(span[0]), int(span[1])) for u, span in doc.get("departed", {}).items()},
+    )
+
+
+def membership_fields(conv: Conversation) -> Doc:
+    """The membership fields of a ``convs`` document."""
+    return {
+        "members": dict(conv.members),
+        "departed": {u: list(span) for u, span in conv.departed.items()},
+        "member_ids": list(conv.members),
+        "past_ids": list(conv.departed),
+    }
+
+
+def load_conv(
+    db: Database[Doc], conv: str, session: ClientSession | None = None
+) -> tuple[Conversation, Doc]:
+    """Read ``conv`` (decoded, and its document); :class:`NotFound` if it does not exist."""
+    doc = db.convs.find_one({"_id": conv}, session=session)
+    if doc is None:
+        raise no_such_conversation(conv)
+    return decode_conv(doc), doc
+
+
+def create_indexes(db: Database[Doc]) -> None:
+    """Create every index of the schema (idempotent)."""
+    # One entry per chunk (not per message): every read of messages and every "last seq"
+    # goes through it, because SecantusDB answers ``_id`` ranges with a collection scan.
+    db.chunks.create_index([("conv", 1), ("first", 1)], name="conv_first")
+    db.convs.create_index("member_ids")
+    db.convs.create_index("past_ids")
+    db.recv.create_index("c")
+    db.recv.create_index([("u", 1), ("d", 1)])
+    db.read.create_index("c")
+    db.devices.create_index("u")
+    db.jobs.create_index(
+        "user", unique=True, name="one_open_job", partialFilterExpression={"open": True}
+    )
+    db.jobs.create_index([("done", 1), ("first_ts", 1)])
