@@ -60,5 +60,10 @@ class NodeConfig:
     close_timeout_s: float = 2.0
     #: Bound on a graceful node shutdown before the rest is cancelled.
     shutdown_timeout_s: float = 10.0
+    #: This node's lease in the Store lasts this long (PROTOCOL.md: at most 30 s): a node
+    #: that stops renewing it is declared dead that long after its last renewal.
+    lease_s: float = attrs.field(default=15.0, validator=attrs.validators.le(30.0))
+    #: The lease is renewed (and expired leases of other nodes swept) this often.
+    lease_refresh_s: float = 3.0
     #: Simulator-only broken variants (see :data:`MUTANTS`); empty in production.
     mutants: frozenset[str] = attrs.field(default=frozenset(), validator=_known_mutants)

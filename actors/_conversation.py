@@ -9,6 +9,13 @@ this node except the sending connection, in seq order (G4). Membership changes,
 ``recv``/``read`` marks and ``typing`` go through the same mailbox, so everything about one
 conversation happens in one order on this node.
 
+Several nodes (see :mod:`actors._cluster`): what other nodes stored, and the receipts and
+typing they announce, arrive in the same mailbox from the change feed (``Remote*``). They are
+pushed to this node's devices only, in seq order with this node's own writes (gaps filled from
+the Store). A membership event newer than the actor's snapshot makes it re-read the
+membership before it pushes anything after that event (G7), and receipts and typing it
+relays are announced to the other nodes when some member is connected there.
+
 Lifecycle (owned by :class:`~actors._conversations.ConversationManager`): started on demand,
 it loads its state from the Store before reporting ``started``; after ``conversation_idle_s``
 without work it retires (leaves the manager's table, closes its mailbox) and stops. When its
@@ -37,8 +44,18 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from persistence import Conversation, Draft, StoredMessage, StoreError
-from protocol import Ack, Error, ErrorCode, Nack, TypingNotice, empty_result
+from persistence import Conversation, Draft, FeedMarks, FeedTyping, StoredMessage, StoreError
+from protocol import (
+    Ack,
+    Error,
+    ErrorCode,
+    MemberEvent,
+    Nack,
+    Receipt,
+    RemoteProtocolError,
+    TypingNotice,
+    empty_result,
+)
 
 from ._config import (
     ACK_BEFORE_WRITE,
@@ -52,6 +69,11 @@ from ._messages import (
     ConversationRequest,
     MarkRequest,
     MemberRequest,
+    Parted,
+    RemoteMarks,
+    RemoteMessages,
+    RemoteTyping,
+    Resync,
     SendRequest,
     TypingRequest,
 )
@@ -79,6 +101,7 @@ class ConversationActor:
         mark_writer: MarkWriter,
         stale_seq: int | None = None,
         announce: StoredMessage | None = None,
+        published_from: int | None = None,
     ) -> None:
         self._ctx = ctx
         self.conv = conv
@@ -86,6 +109,12 @@ class ConversationActor:
         self._retire_from_manager = retire
         self._stale_seq = stale_seq
         self._creation = announce
+        # Started by the change feed for messages from ``published_from + 1`` on: those are
+        # still to be pushed here (see _load).
+        self._published_from = published_from
+        # The membership snapshot covers every member event up to this seq (G7: a message
+        # above a member event newer than it is pushed only after a reload, see _publish).
+        self._membership_seq = 0
         self._conversation: Conversation | None = None
         self.last_seq = 0
         self._published = 0
@@ -132,10 +161,14 @@ class ConversationActor:
     async def _load(self) -> None:
         store = self._ctx.store
         with self._ctx.timed("load_conversation"):
-            self._conversation = await store.get_conversation(self.conv)
+            # The last seq first: the membership read after it covers every event up to it.
             self.last_seq = await store.last_seq(self.conv)
+            self._conversation = await store.get_conversation(self.conv)
             self._marks.load_users(await store.marks(self.conv))
+        self._membership_seq = self.last_seq
         self._published = self._loaded_seq = self.last_seq
+        if self._published_from is not None:
+            self._published = min(self._published, self._published_from)
         stale = self._stale_seq if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART) else None
         self._memory_seq = self.last_seq if stale is None else stale
 
@@ -188,7 +221,15 @@ class ConversationActor:
                 self._nack(origin, cmid, code, message, True, rid)
             case MemberRequest(origin=origin, rid=rid) | TypingRequest(origin=origin, rid=rid):
                 self._error(origin, code, message, rid)
-            case MarkRequest() | Announce():
+            case (
+                MarkRequest()
+                | Announce()
+                | RemoteMessages()
+                | RemoteMarks()
+                | RemoteTyping()
+                | Resync()
+            ):
+                # Nothing to answer; what the feed brought is read again by the resync.
                 pass
 
     # ------------------------------------------------------------------ dispatch
@@ -218,6 +259,14 @@ class ConversationActor:
                     self._typing(request)
                 case Announce(message=message):
                     await self._announce(message)
+                case RemoteMessages(messages=messages):
+                    await self._publish(messages, {})
+                case RemoteMarks(event=event):
+                    self._remote_marks(event)
+                case RemoteTyping(user=user):
+                    self._relay_typing(user)
+                case Resync():
+                    await self._resync()
         await self._commit(sends)
 
     # ------------------------------------------------------------------ sends (group commit)
@@ -235,7 +284,7 @@ class ConversationActor:
         acked_early = ctx.mutant(ACK_BEFORE_WRITE) and self._ack_early(sends, ts)
         # G8: members with no connected device are owed a notification job; the Store writes
         # it with the messages (one durable write), so a crash between the two cannot lose it.
-        notify = [u for u in sorted(self.conversation.members) if not ctx.router.devices(u)]
+        notify = [u for u in sorted(self.conversation.members) if not ctx.connected_anywhere(u)]
         try:
             with ctx.timed("append"):
                 results = await ctx.store.append(self.conv, drafts, notify=notify)
@@ -374,12 +423,47 @@ class ConversationActor:
                 return
             for m in found:
                 by_seq.setdefault(m.seq, m)
+        events = [m for m in by_seq.values() if m.kind == "member"]
+        if any(m.seq > self._membership_seq for m in events) and not await self._reload(top):
+            return
         self.last_seq = max(self.last_seq, top)
         offline: dict[str, int] = {}
         for seq in sorted(by_seq):
             self._fan_out(by_seq[seq], origins.get(seq), offline)
         self._published = top
         await self._notify_offline(offline)
+        await self._parted(events)
+
+    async def _reload(self, top: int) -> bool:
+        """Re-read the membership, which changed at or below ``top`` (another node changed it:
+        G7 wants it applied before anything after the change is pushed). False on failure
+        (the actor then resyncs before pushing anything more)."""
+        try:
+            with self._ctx.timed("load_conversation"):
+                self._conversation = await self._ctx.store.get_conversation(self.conv)
+        except StoreError as exc:
+            log.warning("conversation %s could not reload its membership: %s", self.conv, exc)
+            self._resync_at = trio.current_time()
+            return False
+        self._membership_seq = max(self._membership_seq, top)
+        return True
+
+    async def _parted(self, events: Sequence[StoredMessage]) -> None:
+        """G6: a removal or leave may end presence subscriptions between the parted users and
+        the others; the presence registry checks them."""
+        presence = self._ctx.presence
+        if presence is None:
+            return
+        parted: set[str] = set()
+        for message in events:
+            try:
+                event = MemberEvent.parse(message.body)
+            except RemoteProtocolError:
+                continue
+            if event.op in ("remove", "leave"):
+                parted.update(event.users)
+        if parted:
+            await presence.send(Parted(users=tuple(sorted(parted))))
 
     def _push_replay(
         self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
@@ -428,7 +512,12 @@ class ConversationActor:
             handles = router.devices(user)
             # Text messages carry their jobs in the append itself (see _commit); membership
             # events are notified here, after the fact.
-            if not handles and message.kind != "text" and self.conversation.is_member(user):
+            if (
+                message.kind != "text"
+                and not handles
+                and self.conversation.is_member(user)
+                and not self._ctx.remote.has(user)
+            ):
                 offline[user] = message.seq
             for handle in handles:
                 if handle is not origin and handle.push(frame):
@@ -494,8 +583,9 @@ class ConversationActor:
         for pause in (*RESYNC_BACKOFF_S, None):
             try:
                 with self._ctx.timed("load_conversation"):
-                    conversation = await store.get_conversation(self.conv)
+                    # The last seq first: the membership read after it covers it (G7).
                     last_seq = await store.last_seq(self.conv)
+                    conversation = await store.get_conversation(self.conv)
                     missing = (
                         await store.range(self.conv, self._published + 1, last_seq)
                         if last_seq > self._published
@@ -509,6 +599,7 @@ class ConversationActor:
                 await trio.sleep(pause)
                 continue
             self._conversation = conversation
+            self._membership_seq = max(self._membership_seq, last_seq)
             self._resync_at = math.inf
             by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
             origins = {
@@ -556,6 +647,7 @@ class ConversationActor:
         # or a synchronous table), not through this actor, which may have retired by then.
         members = sorted(self.conversation.members)
         router = self._ctx.router
+        ctx = self._ctx
 
         def send_receipts() -> None:
             for out in outs:
@@ -564,6 +656,18 @@ class ConversationActor:
                         if member == out.receipt.user and handle.device in out.sources:
                             continue
                         handle.push(out.receipt)
+                if ctx.elsewhere(members):
+                    receipt = out.receipt
+                    ctx.publish(
+                        FeedMarks(
+                            conv=receipt.conv,
+                            user=receipt.user,
+                            delivered=receipt.delivered,
+                            read=receipt.read,
+                            sources=tuple(sorted(out.sources)),
+                            node=ctx.name,
+                        )
+                    )
 
         self._mark_writer.submit(recv, read, send_receipts)
 
@@ -574,11 +678,33 @@ class ConversationActor:
                 request.origin, ErrorCode.FORBIDDEN, f"not a member of {self.conv}", request.rid
             )
             return
+        self._relay_typing(user)
+        others = [m for m in self.conversation.members if m != user]
+        if self._ctx.elsewhere(others):
+            self._ctx.publish(FeedTyping(conv=self.conv, user=user, node=self._ctx.name))
+
+    def _relay_typing(self, user: str) -> None:
+        """Tell the other members' devices on this node that ``user`` is typing."""
+        if not self.conversation.is_member(user):
+            return  # G7: nothing of a group reaches past the event that removed its user
         notice = TypingNotice(conv=self.conv, user=user)
         for member in sorted(self.conversation.members):
             if member != user:
                 for handle in self._ctx.router.devices(member):
                     handle.push(notice)
+
+    def _remote_marks(self, event: FeedMarks) -> None:
+        """A receipt earned on another node: merged here (so a receipt sent from this node
+        never shows a lower mark), then pushed to the members' devices on this node."""
+        self._marks.merge_remote(event.user, event.delivered, event.read)
+        receipt = Receipt(
+            conv=self.conv, user=event.user, delivered=event.delivered, read=event.read
+        )
+        for member in sorted(self.conversation.members):
+            for handle in self._ctx.router.devices(member):
+                if member == event.user and handle.device in event.sources:
+                    continue
+                handle.push(receipt)
 
 
 def _is_change(message: StoredMessage, op: str, by: str, user: str, ts: int) -> bool:

@@ -22,7 +22,14 @@ from persistence import Conversation, StoredMessage, StoreError, Unavailable
 from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext
 from ._conversation import ConversationActor
-from ._messages import Announce, ConversationRequest
+from ._messages import (
+    Announce,
+    ConversationRequest,
+    RemoteMarks,
+    RemoteMessages,
+    RemoteTyping,
+    Resync,
+)
 from ._watermarks import MarkWriter
 
 log = logging.getLogger("actors.conversations")
@@ -32,6 +39,9 @@ Mailbox = trio.MemorySendChannel[ConversationRequest]
 ANNOUNCE_BACKOFF_S = (0.05, 0.2, 1.0)
 #: Bound on the cache of direct conversation ids (cleared when full).
 _MAX_DIRECTS = 100_000
+#: Bound on the cache of group viewers the change feed consults (cleared when full).
+_MAX_VIEWERS = 20_000
+RemoteRequest = RemoteMessages | RemoteMarks | RemoteTyping | Resync
 
 
 class ConversationManager:
@@ -53,6 +63,9 @@ class ConversationManager:
         # (user, peer) → id of their direct conversation, known to exist (a direct
         # conversation never changes and is never deleted, so this is never stale).
         self._directs: dict[tuple[str, str], str] = {}
+        # Group id → everyone who may see some of it (members and former members), for the
+        # change feed's "is this conversation seen on this node?"; dropped at member events.
+        self._viewers: dict[str, frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -205,7 +218,7 @@ class ConversationManager:
                 await trio.sleep(pause)
         raise AssertionError("unreachable")
 
-    async def _mailbox(self, conv: str) -> Mailbox:
+    async def _mailbox(self, conv: str, published_from: int | None = None) -> Mailbox:
         while True:
             if self._stopping.is_set() or self._nursery is None:
                 raise Unavailable("the node is shutting down")
@@ -218,12 +231,14 @@ class ConversationManager:
                 continue
             self._starting[conv] = event = trio.Event()
             try:
-                return await self._start(conv, self._nursery)
+                return await self._start(conv, self._nursery, published_from)
             finally:
                 del self._starting[conv]
                 event.set()
 
-    async def _start(self, conv: str, nursery: trio.Nursery) -> Mailbox:
+    async def _start(
+        self, conv: str, nursery: trio.Nursery, published_from: int | None = None
+    ) -> Mailbox:
         send, receive = trio.open_memory_channel[ConversationRequest](self._ctx.config.mailbox_size)
         actor = ConversationActor(
             self._ctx,
@@ -233,6 +248,7 @@ class ConversationManager:
             mark_writer=self.mark_writer,
             stale_seq=self._first_seen_seq.get(conv),
             announce=(announce := self._unannounced.get(conv)),
+            published_from=published_from,
         )
         await nursery.start(actor.run)
         if announce is not None:
@@ -242,6 +258,75 @@ class ConversationManager:
             self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
         return send
+
+    # ------------------------------------------------------------------ the change feed
+
+    async def remote(self, conv: str, request: RemoteRequest) -> None:
+        """Hand what the change feed brought for ``conv`` to its actor.
+
+        With no actor running, one is started only if a device connected here may see the
+        conversation (for messages: pushing from the first of them). Waits while the actor's
+        mailbox is full (backpressure on the feed). A conversation that cannot be read now is
+        skipped: its devices here get what they missed at their next hello.
+        """
+        first = request.messages[0].seq if isinstance(request, RemoteMessages) else None
+        if isinstance(request, RemoteMessages) and any(
+            m.kind == "member" for m in request.messages
+        ):
+            self._viewers.pop(conv, None)  # the membership changed
+        while not self._stopping.is_set():
+            mailbox = self._actors.get(conv)
+            try:
+                if mailbox is None:
+                    if not await self._seen_here(conv):
+                        return
+                    mailbox = await self._mailbox(
+                        conv, published_from=None if first is None else first - 1
+                    )
+                await mailbox.send(request)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if mailbox is not None:
+                    self._forget(conv, mailbox)
+            except StoreError as exc:
+                log.warning("feed event for %s skipped: %s", conv, exc)
+                return
+
+    async def _seen_here(self, conv: str) -> bool:
+        """True if a user with a device connected to this node may see ``conv``."""
+        router = self._ctx.router
+        if conv.startswith("d:"):
+            return any(router.is_connected(u) for u in conv.split(":")[1:])
+        viewers = self._viewers.get(conv)
+        if viewers is None:
+            with self._ctx.timed("get_conversation"):
+                conversation = await self._ctx.store.get_conversation(conv)
+            viewers = frozenset([*conversation.members, *conversation.departed])
+            if len(self._viewers) >= _MAX_VIEWERS:
+                self._viewers.clear()
+            self._viewers[conv] = viewers
+        return any(router.is_connected(u) for u in viewers)
+
+    async def resync_all(self) -> None:
+        """The feed lost history: every running actor resyncs from the Store, and the
+        conversations of every device connected here with something above its recv mark get
+        an actor that pushes it (from that mark)."""
+        self._viewers.clear()
+        for conv in sorted(self._actors):
+            await self.remote(conv, Resync())
+        for handle in self._ctx.router.all():
+            try:
+                rows = await self._ctx.store.conversations(handle.user, handle.device)
+            except StoreError as exc:
+                log.warning("cannot resync the conversations of %s: %s", handle.user, exc)
+                continue
+            for row in rows:
+                if row.last_seq > row.delivered and row.conv not in self._actors:
+                    try:
+                        mailbox = await self._mailbox(row.conv, published_from=int(row.delivered))
+                        await mailbox.send(Resync())
+                    except (StoreError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        log.warning("cannot resync %s: %s", row.conv, exc)
 
     def _forget(self, conv: str, mailbox: Mailbox) -> None:
         if self._actors.get(conv) is mailbox:

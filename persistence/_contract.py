@@ -232,12 +232,15 @@ class Store(abc.ABC):
         """Forget ``node``'s lease (graceful shutdown, after its sessions ended)."""
 
     @abc.abstractmethod
-    async def sweep_expired(self, now_ms: int) -> list[str]:
-        """Declare dead every node whose lease expired before ``now_ms``; their ids, sorted.
+    async def sweep_expired(self, now_ms: int, dead: Sequence[str] = ()) -> list[str]:
+        """Declare dead every node whose lease expired before ``now_ms``, and the nodes in
+        ``dead`` (known dead: a restarted node's predecessors) whatever their lease; their
+        ids, sorted.
 
-        For each: every session it held ends at its lease expiry (``last_seen`` of their
-        users is raised to that time), one :class:`FeedNodeDown` is published, and the lease
-        is marked swept. Safe to run on several nodes at once: each dead node is swept once.
+        For each: every session it held ends at its lease expiry, or ``now_ms`` if that is
+        earlier (``last_seen`` of their users is raised to that time), one
+        :class:`FeedNodeDown` is published, and the lease is marked swept. Safe to run on
+        several nodes at once: each dead node is swept once.
         """
 
     @abc.abstractmethod

@@ -536,20 +536,24 @@ class MemoryStore(Store):
         await self._enter()
         self._leases.pop(node, None)
 
-    async def sweep_expired(self, now_ms: int) -> list[str]:
+    async def sweep_expired(self, now_ms: int, dead: Sequence[str] = ()) -> list[str]:
         await self._enter()
-        dead = sorted(
-            n for n, lease in self._leases.items() if not lease.swept and lease.expires < now_ms
+        known = set(dead)
+        swept = sorted(
+            n
+            for n, lease in self._leases.items()
+            if not lease.swept and (lease.expires < now_ms or n in known)
         )
-        for node in dead:
+        for node in swept:
             lease = self._leases[node]
             lease.swept = True
+            lease.expires = min(lease.expires, now_ms)
             for key in sorted(k for k, s in self._sessions.items() if s.node == node):
                 user = key[0]
                 del self._sessions[key]
                 self._last_seen[user] = max(self._last_seen.get(user, lease.expires), lease.expires)
             self._emit(FeedNodeDown(node=node, ts=lease.expires))
-        return dead
+        return swept
 
     async def open_session(self, session: DeviceSession) -> None:
         check_id("user id", session.user)

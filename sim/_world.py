@@ -176,6 +176,8 @@ class World:
             wall_ms=self._wall_ms,
             config=self._node_config(),
             name=f"node{self.incarnation}",
+            # The crashed incarnation's device sessions end now, not at its lease expiry.
+            predecessors=(f"node{self.incarnation - 1}",) if self.incarnation > 1 else (),
         )
         scope = trio.CancelScope()
         self._node_scope = scope

@@ -259,13 +259,16 @@ class Cluster:
     def drop(self, node: str) -> None:
         self._light.leases.delete_one({"_id": node})
 
-    def sweep(self, now_ms: int) -> list[str]:
+    def sweep(self, now_ms: int, known_dead: list[str]) -> list[str]:
         db = self._light
         dead: list[str] = []
-        for lease in db.leases.find({"swept": False, "exp": {"$lt": now_ms}}).sort("_id", 1):
-            node, expires = lease["_id"], int(lease["exp"])
+        expired = {"$or": [{"exp": {"$lt": now_ms}}, {"_id": {"$in": known_dead}}]}
+        for lease in db.leases.find({"swept": False, **expired}).sort("_id", 1):
+            node, held_until = lease["_id"], int(lease["exp"])
+            expires = min(held_until, now_ms)
             won = db.leases.update_one(
-                {"_id": node, "swept": False, "exp": expires}, {"$set": {"swept": True}}
+                {"_id": node, "swept": False, "exp": held_until},
+                {"$set": {"swept": True, "exp": expires}},
             )
             if won.modified_count != 1:
                 continue  # renewed meanwhile, or another node swept it

@@ -311,8 +311,8 @@ class MongoStore(Store):
     async def drop_lease(self, node: str) -> None:
         await self._runner.call(self._cluster.drop, node)
 
-    async def sweep_expired(self, now_ms: int) -> list[str]:
-        return await self._runner.call(self._cluster.sweep, now_ms)
+    async def sweep_expired(self, now_ms: int, dead: Sequence[str] = ()) -> list[str]:
+        return await self._runner.call(self._cluster.sweep, now_ms, list(dead))
 
     async def open_session(self, session: DeviceSession) -> None:
         check_id("user id", session.user)

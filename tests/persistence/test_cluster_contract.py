@@ -135,6 +135,14 @@ async def test_sweep_ends_the_sessions_of_an_expired_node_once(store: Store) -> 
     assert await store.renew_lease("A", 9_000, 5_000)  # a fresh lease after a drop
 
 
+async def test_a_restarted_node_sweeps_its_predecessor_at_once(store: Store) -> None:
+    assert await store.renew_lease("node1", 1_000, 30_000)
+    await store.open_session(session("alice", "phone", "s1", "node1"))
+    assert await store.sweep_expired(2_000, ["node1"]) == ["node1"]
+    assert await store.sessions() == []
+    assert await store.last_seen(["alice"]) == {"alice": 2_000}
+
+
 async def test_a_feed_resumes_from_its_token(store: Store) -> None:
     conv = await store.direct_conversation("alice", "bob")
     feed = await store.watch("B")
