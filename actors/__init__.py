@@ -18,7 +18,6 @@ from ._notifier import LogSink as LogSink
 from ._notifier import Notifier as Notifier
 from ._notifier import Sink as Sink
 from ._notifier import WebhookSink as WebhookSink
-from ._router import SLOW_CONSUMER as SLOW_CONSUMER
 from ._router import ConnectionHandle as ConnectionHandle
 from ._router import Router as Router
 from ._serve import serve_main as serve_main
@@ -28,10 +27,7 @@ from ._supervisor import Restart as Restart
 from ._supervisor import Supervisor as Supervisor
 from ._supervisor import SupervisorEscalation as SupervisorEscalation
 from ._token_cli import token_main as token_main
-from ._transport import MemoryPeer as MemoryPeer
-from ._transport import MemoryTransport as MemoryTransport
 from ._transport import PingObservingConnection as PingObservingConnection
 from ._transport import Transport as Transport
 from ._transport import TransportClosed as TransportClosed
 from ._transport import WebSocketTransport as WebSocketTransport
-from ._transport import memory_transport_pair as memory_transport_pair

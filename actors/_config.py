@@ -65,5 +65,10 @@ class NodeConfig:
     lease_s: float = attrs.field(default=15.0, validator=attrs.validators.le(30.0))
     #: The lease is renewed (and expired leases of other nodes swept) this often.
     lease_refresh_s: float = 3.0
+    #: Serve ``GET /metrics`` (Prometheus) on the node's port; off so that it is not public.
+    metrics: bool = False
+    #: Origins (``scheme://host[:port]``, normalized) besides the node's own from which a
+    #: browser may open a WebSocket (PROTOCOL.md, Transport).
+    allowed_origins: frozenset[str] = frozenset()
     #: Simulator-only broken variants (see :data:`MUTANTS`); empty in production.
     mutants: frozenset[str] = attrs.field(default=frozenset(), validator=_known_mutants)

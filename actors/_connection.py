@@ -91,11 +91,6 @@ TokenVerifier = Callable[[str, float], str]
 #: Starts a task in the node's nursery (``nursery.start_soon``).
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
-#: Close code after a Store failure during sync: the client should come back later.
-TRY_AGAIN_LATER = 1013
-#: Close code when the connection actor itself failed (RFC 6455 "internal error").
-INTERNAL_ERROR = 1011
-
 
 class ConnectionActor:
     """See the module docstring. Run with :meth:`run`; it returns when the session ends."""
@@ -169,7 +164,7 @@ class ConnectionActor:
                     await self._serve()
                 except Exception:
                     log.exception("connection %d failed", self._conn_id)
-                    self.request_close(INTERNAL_ERROR, "internal error")
+                    self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
         except BaseException:
             self._abandon()
             raise
@@ -356,7 +351,7 @@ class ConnectionActor:
         except Exception:
             log.exception("connection %d: writer failed", self._conn_id)
             handle.closed = True
-            self.request_close(INTERNAL_ERROR, "internal error")
+            self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
             self._writer_scope = None
             self._writing = False
@@ -410,7 +405,7 @@ class ConnectionActor:
             self._count(error)
             await self._enqueue(error)
             await self._drain_outbox()  # welcome + error out before the close cancels the writer
-            self.request_close(TRY_AGAIN_LATER, "storage unavailable")
+            self.request_close(CloseCode.TRY_AGAIN_LATER, "storage unavailable")
             return False
         synced_up_to: dict[str, int] = {}
         for _conversation, messages in backlog:

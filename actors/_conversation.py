@@ -37,7 +37,6 @@ out to a membership that may be wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -77,6 +76,7 @@ from ._messages import (
     SendRequest,
     TypingRequest,
 )
+from ._retry import retry_store
 from ._router import ConnectionHandle
 from ._watermarks import MarkWriter, Watermarks
 
@@ -580,36 +580,33 @@ class ConversationActor:
         then stale and tries again after ``RESYNC_RETRY_S``).
         """
         store = self._ctx.store
-        for pause in (*RESYNC_BACKOFF_S, None):
-            try:
-                with self._ctx.timed("load_conversation"):
-                    # The last seq first: the membership read after it covers it (G7).
-                    last_seq = await store.last_seq(self.conv)
-                    conversation = await store.get_conversation(self.conv)
-                    missing = (
-                        await store.range(self.conv, self._published + 1, last_seq)
-                        if last_seq > self._published
-                        else []
-                    )
-            except StoreError as exc:
-                if pause is None:
-                    log.warning("conversation %s is stale: %s", self.conv, exc)
-                    self._resync_at = trio.current_time() + RESYNC_RETRY_S
-                    return None
-                await trio.sleep(pause)
-                continue
-            self._conversation = conversation
-            self._membership_seq = max(self._membership_seq, last_seq)
-            self._resync_at = math.inf
-            by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
-            origins = {
-                m.seq: by_key[(m.sender, m.device, m.cmid)]
-                for m in missing
-                if m.cmid is not None and (m.sender, m.device, m.cmid) in by_key
-            }
-            await self._publish(missing, origins)
-            return missing
-        raise AssertionError("unreachable")
+
+        async def load() -> tuple[int, Conversation, list[StoredMessage]]:
+            with self._ctx.timed("load_conversation"):
+                # The last seq first: the membership read after it covers it (G7).
+                last_seq = await store.last_seq(self.conv)
+                conversation = await store.get_conversation(self.conv)
+                if last_seq <= self._published:
+                    return last_seq, conversation, []
+                missing = await store.range(self.conv, self._published + 1, last_seq)
+                return last_seq, conversation, missing
+
+        try:
+            last_seq, self._conversation, missing = await retry_store(load, RESYNC_BACKOFF_S)
+        except StoreError as exc:
+            log.warning("conversation %s is stale: %s", self.conv, exc)
+            self._resync_at = trio.current_time() + RESYNC_RETRY_S
+            return None
+        self._membership_seq = max(self._membership_seq, last_seq)
+        self._resync_at = math.inf
+        by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
+        origins = {
+            m.seq: by_key[(m.sender, m.device, m.cmid)]
+            for m in missing
+            if m.cmid is not None and (m.sender, m.device, m.cmid) in by_key
+        }
+        await self._publish(missing, origins)
+        return missing
 
     # ------------------------------------------------------------------ marks and typing
 
@@ -712,7 +709,7 @@ def _is_change(message: StoredMessage, op: str, by: str, user: str, ts: int) -> 
     if message.kind != "member" or message.sender != by or message.ts != ts:
         return False
     try:
-        body = json.loads(message.body)
-    except ValueError:
+        event = MemberEvent.parse(message.body)
+    except RemoteProtocolError:
         return False
-    return isinstance(body, dict) and body.get("op") == op and user in body.get("users", ())
+    return event.op == op and user in event.users

@@ -11,13 +11,13 @@ watermarks (graceful shutdown).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Sequence
 
 import trio
 
 from persistence import Conversation, StoredMessage, StoreError, Unavailable
+from protocol import MemberEvent, RemoteProtocolError
 
 from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext
@@ -30,6 +30,7 @@ from ._messages import (
     RemoteTyping,
     Resync,
 )
+from ._retry import retry_store
 from ._watermarks import MarkWriter
 
 log = logging.getLogger("actors.conversations")
@@ -37,6 +38,8 @@ log = logging.getLogger("actors.conversations")
 Mailbox = trio.MemorySendChannel[ConversationRequest]
 #: Pauses between tries to start a new group's actor that could not start (the last repeats).
 ANNOUNCE_BACKOFF_S = (0.05, 0.2, 1.0)
+#: Pauses between the searches for a group whose creation failed ambiguously.
+FIND_GROUP_PAUSES_S = (0.05, 0.2)
 #: Bound on the cache of direct conversation ids (cleared when full).
 _MAX_DIRECTS = 100_000
 #: Bound on the cache of group viewers the change feed consults (cleared when full).
@@ -201,22 +204,25 @@ class ConversationManager:
                 raise
             failure = exc
         founders = list(dict.fromkeys([user, *members]))
-        for pause in (0.05, 0.2, None):
-            try:
-                with self._ctx.timed("find_group"):
-                    for row in await store.conversations(user, device):
-                        if row.kind != "group" or row.title != title:
-                            continue
-                        first = await store.range(row.conv, 1, 1)
-                        if first and _is_creation(first[0], user, ts, founders):
-                            log.info("ambiguous group_create of %s found %s", user, row.conv)
-                            return await store.get_conversation(row.conv), first[0]
-                raise failure  # searched without error: it was not created
-            except StoreError as exc:
-                if exc is failure or pause is None:
-                    raise failure from None
-                await trio.sleep(pause)
-        raise AssertionError("unreachable")
+
+        async def find() -> tuple[Conversation, StoredMessage] | None:
+            with self._ctx.timed("find_group"):
+                for row in await store.conversations(user, device):
+                    if row.kind != "group" or row.title != title:
+                        continue
+                    first = await store.range(row.conv, 1, 1)
+                    if first and _is_creation(first[0], user, ts, founders):
+                        return await store.get_conversation(row.conv), first[0]
+            return None
+
+        try:
+            found = await retry_store(find, FIND_GROUP_PAUSES_S)
+        except StoreError:
+            found = None
+        if found is None:  # not created, or not to be found: the original error stands
+            raise failure from None
+        log.info("ambiguous group_create of %s found %s", user, found[0].id)
+        return found
 
     async def _mailbox(self, conv: str, published_from: int | None = None) -> Mailbox:
         while True:
@@ -337,7 +343,7 @@ def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[s
     if message.kind != "member" or message.sender != creator or message.ts != ts:
         return False
     try:
-        body = json.loads(message.body)
-    except ValueError:
+        event = MemberEvent.parse(message.body)
+    except RemoteProtocolError:
         return False
-    return isinstance(body, dict) and body.get("op") == "create" and body.get("users") == founders
+    return event.op == "create" and list(event.users) == founders

@@ -1,9 +1,12 @@
 """The gateway: one TCP (or in-memory) byte stream → plain HTTP answer or a WebSocket session.
 
 We accept the stream ourselves and read the request head by hand, so the same port answers
-``GET /healthz`` (200, JSON), ``GET /metrics`` (Prometheus text) and 404 for anything else,
-including a WebSocket upgrade on a path other than ``/v1/ws``. An upgrade on ``/v1/ws`` gets
-the stream handed to trio-websocket, with the head we read fed to its wsproto connection.
+the node's ``GET`` routes (``/healthz``, the web client's files, ``/metrics`` when enabled)
+and 404 for anything else, including a WebSocket upgrade on a path other than ``/v1/ws``.
+Every answer carries the security headers of :mod:`actors._web`. An upgrade on ``/v1/ws``
+from a foreign ``Origin`` gets 403 (the Origin rule is in :mod:`actors._web`); any other
+gets the stream handed to trio-websocket, with the head we read fed to its wsproto
+connection.
 
 The WebSocket connection is a :class:`~actors._transport.PingObservingConnection`, built the
 way ``trio_websocket.wrap_server_stream`` builds its own (same constructor, same reader
@@ -27,6 +30,7 @@ from wsproto.utilities import RemoteProtocolError
 from protocol import HARD_FRAME_BYTES
 
 from ._transport import PingObservingConnection, WebSocketTransport
+from ._web import SECURITY_HEADERS, origin_allowed
 
 log = logging.getLogger("actors.gateway")
 
@@ -60,6 +64,14 @@ def _is_upgrade(request: h11.Request) -> bool:
     )
 
 
+def _header(request: h11.Request, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case), decoded; None when absent."""
+    for key, value in request.headers:
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
 async def respond(stream: trio.abc.Stream, status: int, content_type: str, body: bytes) -> None:
     """Write one HTTP/1.1 response and close the stream."""
     conn = h11.Connection(h11.SERVER)
@@ -69,6 +81,7 @@ async def respond(stream: trio.abc.Stream, status: int, content_type: str, body:
         ("content-type", content_type),
         ("content-length", str(len(body))),
         ("connection", "close"),
+        *SECURITY_HEADERS,
     ]
     data = conn.send(h11.Response(status_code=status, headers=headers))
     data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
@@ -132,8 +145,12 @@ async def handle_stream(
     routes: dict[str, HttpRoute],
     handshake_timeout_s: float,
     spawn: Spawn,
+    allowed_origins: frozenset[str] = frozenset(),
 ) -> None:
     """Serve one byte stream to its end: an HTTP reply, or a whole WebSocket session.
+
+    ``allowed_origins`` are the normalized origins (``actors._web.normalize_origin``)
+    besides the node's own from which a browser may open a WebSocket.
 
     The stream is closed when this returns or fails (which also ends the WebSocket reader
     task, started with ``spawn``), but not when it is cancelled: that is the node crashing,
@@ -142,7 +159,7 @@ async def handle_stream(
     try:
         transport = None
         with trio.move_on_after(handshake_timeout_s):
-            transport = await _open(stream, routes, spawn)
+            transport = await _open(stream, routes, spawn, allowed_origins)
         if transport is not None:
             await serve(transport)
     except trio.Cancelled:
@@ -154,7 +171,10 @@ async def handle_stream(
 
 
 async def _open(
-    stream: trio.abc.Stream, routes: dict[str, HttpRoute], spawn: Spawn
+    stream: trio.abc.Stream,
+    routes: dict[str, HttpRoute],
+    spawn: Spawn,
+    allowed_origins: frozenset[str],
 ) -> WebSocketTransport | None:
     """Read the request head; accept a WebSocket (its transport) or answer over HTTP (None).
 
@@ -168,11 +188,21 @@ async def _open(
     request, consumed = head
     path = request.target.decode("latin-1").split("?", 1)[0]
     if _is_upgrade(request) and path == WS_PATH:
-        return await accept_websocket(spawn, stream, consumed)
+        origin = _header(request, b"origin")
+        if origin_allowed(origin, _header(request, b"host"), allowed_origins):
+            return await accept_websocket(spawn, stream, consumed)
+        log.info("refused a WebSocket upgrade from origin %r", (origin or "")[:200])
+        await respond(stream, *_forbidden_origin(origin or ""))
+        return None
     route = routes.get(path) if request.method == b"GET" else None
     status, content_type, body = await route() if route else _not_found(path)
     await respond(stream, status, content_type, body)
     return None
+
+
+def _forbidden_origin(origin: str) -> tuple[int, str, bytes]:
+    message = f"WebSocket connections from origin {origin[:200]!r} are not allowed"
+    return 403, "application/json", orjson.dumps({"error": "forbidden", "message": message})
 
 
 def _not_found(path: str) -> tuple[int, str, bytes]:

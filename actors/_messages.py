@@ -11,11 +11,11 @@ from typing import Literal
 import attrs
 
 from persistence import FeedMarks, StoredMessage
+from protocol import MemberOp
 
 from ._router import ConnectionHandle
 
 MarkKind = Literal["recv", "read"]
-MemberOp = Literal["add", "remove", "leave"]
 
 
 # --------------------------------------------------------------------- to a conversation actor

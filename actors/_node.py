@@ -42,6 +42,7 @@ from ._presence import PresenceRegistry
 from ._router import Router
 from ._supervisor import ChildSpec, Restart, Supervisor
 from ._transport import Transport
+from ._web import web_routes
 
 log = logging.getLogger("actors.node")
 
@@ -104,7 +105,9 @@ class Node:
         self._connections_gone = trio.Event()
         self._manager_done = trio.Event()
         self.stopped = trio.Event()
-        self._routes: dict[str, HttpRoute] = {"/healthz": self._healthz, "/metrics": self._metrics}
+        self._routes: dict[str, HttpRoute] = {"/healthz": self._healthz, **web_routes()}
+        if self.config.metrics:
+            self._routes["/metrics"] = self._metrics
 
     # ------------------------------------------------------------------ running
 
@@ -241,6 +244,7 @@ class Node:
                 routes=self._routes,
                 handshake_timeout_s=self.config.hello_timeout_s,
                 spawn=self._spawn,
+                allowed_origins=self.config.allowed_origins,
             )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("stream ended early: %r", exc)

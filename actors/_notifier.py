@@ -26,16 +26,17 @@ the injected ``wall_clock_ms`` (the simulator derives both from its virtual cloc
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import attrs
+import orjson
 import trio
 
 from persistence import NotificationJob, Store, StoreError
+from protocol import jittered_backoff
 
 from ._http import HttpUrl, parse_http_url, request
 
@@ -116,7 +117,7 @@ class WebhookSink:
         self._headers = tuple(headers)
 
     async def deliver(self, job: NotificationJob) -> None:
-        body = json.dumps(notification_payload(job), separators=(",", ":")).encode("utf-8")
+        body = orjson.dumps(notification_payload(job))
         response = await request(
             "POST",
             self._target,
@@ -369,9 +370,10 @@ class Notifier:
 
     def retry_delay(self, attempts: int) -> float:
         """Seconds to wait after ``attempts`` consecutive failures (consumes the RNG)."""
-        if attempts >= self.max_attempts:
-            ceiling = self.max_delay_s
-        else:
-            ceiling = min(self.max_delay_s, self.base_delay_s * 2 ** (attempts - 1))
-        # Equal jitter: spreads retries of many jobs while keeping the backoff growing.
-        return ceiling * (0.5 + 0.5 * self._rng.random())
+        if attempts >= self.max_attempts:  # stuck: every max_delay_s, jittered
+            return jittered_backoff(
+                1, base_s=self.max_delay_s, max_s=self.max_delay_s, rng=self._rng
+            )
+        return jittered_backoff(
+            attempts, base_s=self.base_delay_s, max_s=self.max_delay_s, rng=self._rng
+        )

@@ -19,12 +19,9 @@ from collections.abc import Callable
 
 import attrs
 
-from protocol import Msg, ServerFrame
+from protocol import CloseCode, Msg, ServerFrame
 
 log = logging.getLogger("actors.router")
-
-#: Close code for a connection dropped because it did not keep up with its pushes.
-SLOW_CONSUMER = 1013
 
 CloseRequest = Callable[[int, str], None]
 
@@ -70,14 +67,14 @@ class ConnectionHandle:
         """Queue ``frame`` for this connection without blocking; False if it was dropped."""
         if self.syncing:
             if len(self._parked) >= self.limit:
-                self.close(SLOW_CONSUMER, "slow consumer: too many pushes during sync")
+                self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: too many pushes during sync")
                 return False
             self._parked.append(frame)
             return True
         if self.closed:
             return False
         if self.unsent >= self.limit:
-            self.close(SLOW_CONSUMER, "slow consumer: outbox full")
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: outbox full")
             return False
         self.outbox.append(frame)
         self._kick()
@@ -132,6 +129,7 @@ class Router:
         return [devices[d] for d in sorted(devices)]
 
     def is_connected(self, user: str) -> bool:
+        """True if ``user`` has a device connected to this node."""
         return user in self._table
 
     def all(self) -> list[ConnectionHandle]:

@@ -1,8 +1,13 @@
 """``messenger serve``: run one chat node on TCP with the embedded store (or MongoDB).
 
+With ``--workers N`` (N > 1) this process is instead the parent of N node processes on one
+port over one store (see :mod:`actors._workers`); a worker is this command with ``--worker``
+(it listens with ``SO_REUSEPORT`` and dies with its parent). Nodes on other hosts join the
+same deployment with ``--mongo-uri`` (see docs/cluster.md).
+
 Startup: resolve the token secret, start SecantusDB on ``--data-dir`` unless ``--mongo-uri``
-is given (first killing a SecantusDB child a SIGKILLed earlier node left running on the
-same directory, found through its pid file), connect the Store, start the node and its
+is given (``EmbeddedServer`` first reaps one a SIGKILLed earlier node left running on the
+same directory), connect the Store, start the node and its
 notifier, listen, print ``messenger listening on ws://HOST:PORT/v1/ws``. SIGINT/SIGTERM:
 graceful shutdown (stop accepting, finish in-flight writes, flush watermarks, close clients
 with 1001), then close the Store and stop the embedded server.
@@ -11,7 +16,6 @@ with 1001), then close the Store and stop the embedded server.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import logging
 import os
 import random
@@ -25,17 +29,18 @@ from pathlib import Path
 import trio
 
 from persistence import EmbeddedServer, EmbeddedServerError, MongoStore, Store
-from protocol import DEFAULT_HEARTBEAT_S
+from protocol import DEFAULT_HEARTBEAT_S, DEFAULT_PRESENCE_GRACE_S
 
 from ._auth import SecretError, TokenIssuer, resolve_secret
 from ._config import NodeConfig
 from ._logging import configure_logging
 from ._node import Node
 from ._notifier import LogSink, Notifier, Sink, WebhookSink
+from ._web import normalize_origin
+from ._workers import die_with_parent, reuse_port_socket, run_workers
 
 log = logging.getLogger("actors.serve")
 
-PID_FILE = "secantusd.pid"
 _EXIT_USAGE = 2
 _EXIT_STARTUP = 1
 
@@ -45,6 +50,13 @@ def _heartbeat(text: str) -> int:
     if not 10 <= value <= 60:
         raise argparse.ArgumentTypeError("heartbeat must be from 10 to 60 seconds")
     return value
+
+
+def _origin(text: str) -> str:
+    try:
+        return normalize_origin(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,12 +71,74 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument("--heartbeat", type=_heartbeat, default=DEFAULT_HEARTBEAT_S)
+    parser.add_argument(
+        "--allow-origin",
+        type=_origin,
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="also accept browser WebSockets from this origin (repeatable)",
+    )
+    parser.add_argument("--metrics", action="store_true", help="serve GET /metrics (Prometheus)")
+    parser.add_argument(
+        "--workers", type=_positive_int, default=1, help="node processes on this port (1)"
+    )
+    parser.add_argument(
+        "--lease",
+        type=_lease,
+        default=float(os.environ.get("MESSENGER_LEASE_S", "15")),
+        metavar="SECONDS",
+        help="node lease: a node silent this long is declared dead (<= 30; 15)",
+    )
+    parser.add_argument(
+        "--lease-refresh",
+        type=_positive_float,
+        default=float(os.environ.get("MESSENGER_LEASE_REFRESH_S", "3")),
+        metavar="SECONDS",
+        help="renew the lease and sweep dead nodes this often (3)",
+    )
+    parser.add_argument(
+        "--presence-grace",
+        type=_positive_float,
+        default=DEFAULT_PRESENCE_GRACE_S,
+        metavar="SECONDS",
+        help="offline is reported only after this grace (5)",
+    )
+    # Set by the --workers parent for its children.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--predecessor", default=None, help=argparse.SUPPRESS)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _lease(text: str) -> float:
+    value = _positive_float(text)
+    if value > 30:
+        raise argparse.ArgumentTypeError("a lease expires after at most 30 seconds")
+    return value
 
 
 def serve_main(argv: list[str]) -> int:
     """Entry point of ``messenger serve``; returns the process exit status."""
     args = _parser().parse_args(argv)
+    if args.mongo_uri is None:
+        # How a --workers parent hands its store to its workers (not on their command line).
+        args.mongo_uri = os.environ.get("MESSENGER_MONGO_URI")
+    if args.worker:
+        die_with_parent()
     configure_logging(args.log_level)
     try:
         secret = resolve_secret(args.data_dir)
@@ -90,6 +164,9 @@ async def _serve(args: argparse.Namespace, issuer: TokenIssuer) -> None:
             embedded = await trio.to_thread.run_sync(_start_embedded, args.data_dir)
         try:
             uri = args.mongo_uri or (embedded.uri if embedded else "")
+            if args.workers > 1:
+                await run_workers(args, uri, signals)
+                return
             store = await MongoStore.connect(uri, args.database)
             try:
                 await _run_node(args, issuer, store, signals)
@@ -97,7 +174,7 @@ async def _serve(args: argparse.Namespace, issuer: TokenIssuer) -> None:
                 await store.aclose()
         finally:
             if embedded is not None:
-                await trio.to_thread.run_sync(_stop_embedded, embedded, args.data_dir)
+                await trio.to_thread.run_sync(embedded.stop)
 
 
 async def _run_node(
@@ -115,11 +192,24 @@ async def _run_node(
         verify_token=issuer.verify,
         rng=rng,
         wall_ms=_wall_ms,
-        config=NodeConfig(heartbeat_s=args.heartbeat),
+        config=NodeConfig(
+            heartbeat_s=args.heartbeat,
+            metrics=args.metrics,
+            allowed_origins=frozenset(args.allow_origin),
+            presence_grace_s=args.presence_grace,
+            lease_s=args.lease,
+            lease_refresh_s=args.lease_refresh,
+        ),
         notifier=notifier,
         name=owner,
+        predecessors=() if args.predecessor is None else (args.predecessor,),
     )
-    listeners = await trio.open_tcp_listeners(args.port, host=args.host)
+    if args.worker:
+        sock = reuse_port_socket(args.host, args.port)
+        sock.listen(socket.SOMAXCONN)
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    else:
+        listeners = await trio.open_tcp_listeners(args.port, host=args.host)
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
@@ -134,59 +224,7 @@ async def _run_node(
 
 
 def _start_embedded(data_dir: Path) -> EmbeddedServer:
-    """Start SecantusDB on ``data_dir``, after killing a child a killed node left behind."""
-    _kill_stale_child(data_dir)
+    """Start SecantusDB on ``data_dir`` (the server reaps one a killed node left behind)."""
     server = EmbeddedServer(data_dir)
     server.start()
-    if server.pid is not None:
-        (data_dir / PID_FILE).write_text(f"{server.pid}\n")
     return server
-
-
-def _stop_embedded(server: EmbeddedServer, data_dir: Path) -> None:
-    server.stop()
-    (data_dir / PID_FILE).unlink(missing_ok=True)
-
-
-def _kill_stale_child(data_dir: Path) -> None:
-    """SIGKILL the SecantusDB recorded in the pid file if it still runs on ``data_dir``.
-
-    The embedded server runs in a session of its own (so Ctrl-C reaches the node first), so
-    it survives a SIGKILL of its node and would keep the database files open. Only a process
-    whose command line names ``secantusd`` and this directory is killed, and only while no
-    live node holds the directory's lock (``EmbeddedServer.start`` checks that right after).
-    """
-    pid_file = data_dir / PID_FILE
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        pid_file.unlink(missing_ok=True)
-        return
-    if "secantusd" not in cmdline or str(data_dir / "db") not in cmdline:
-        pid_file.unlink(missing_ok=True)
-        return
-    if _directory_locked(data_dir):
-        raise EmbeddedServerError(f"data directory {data_dir} is in use by another messenger node")
-    log.warning("killing stale embedded store pid %d left by a killed node", pid)
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    pid_file.unlink(missing_ok=True)
-
-
-def _directory_locked(data_dir: Path) -> bool:
-    try:
-        with open(data_dir / "node.lock", "ab") as lock:
-            try:
-                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
-    except OSError:
-        return False
-    return False

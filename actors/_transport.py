@@ -1,10 +1,10 @@
-"""The transport seam: what a connection actor needs from "a WebSocket", and two of them.
+"""The transport seam: what a connection actor needs from "a WebSocket", and the real one.
 
 :class:`Transport` is the whole interface: receive a message, send text, close with a code,
 and tell the actor when a WebSocket ping arrived (pings are keep-alive, pongs are not).
 :class:`WebSocketTransport` adapts a trio-websocket server connection (TCP, or a
-``trio.testing.memory_stream_pair`` in the simulator); :func:`memory_transport_pair` gives a
-transport over plain memory channels plus the client's end of it.
+``trio.testing.memory_stream_pair`` in the simulator). Tests bring their own transports
+(``tests/actors/memory_transport.py``): the seam is this Protocol, not a test double here.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import wsproto.events
 from trio_websocket import ConnectionClosed, WebSocketConnection
 from wsproto.handshake import H11Handshake
 
-PingObserver = Callable[[], None]
+from protocol import CloseCode
 
-#: Close code reported when the peer vanished without a close frame (RFC 6455).
-ABNORMAL_CLOSURE = 1006
+PingObserver = Callable[[], None]
 
 
 class TransportClosed(Exception):
@@ -146,7 +145,7 @@ class WebSocketTransport:
         except ConnectionClosed as exc:
             raise _closed(exc) from None
         except trio.BrokenResourceError:
-            raise TransportClosed(ABNORMAL_CLOSURE, "connection reset") from None
+            raise TransportClosed(CloseCode.ABNORMAL_CLOSURE, "connection reset") from None
 
     async def close(self, code: int, reason: str) -> None:
         try:
@@ -170,99 +169,3 @@ async def send_batch(transport: Transport, texts: list[str]) -> None:
 def _closed(exc: ConnectionClosed) -> TransportClosed:
     reason = exc.reason
     return TransportClosed(reason.code if reason else None, reason.reason if reason else None)
-
-
-@attrs.frozen
-class _Ping:
-    """A WebSocket ping travelling over a memory transport."""
-
-
-@attrs.define
-class _Closes:
-    """Close codes each side gave, shared by both ends (out of band, so a full channel
-    cannot swallow them)."""
-
-    by_server: tuple[int, str] | None = None
-    by_client: tuple[int, str] | None = None
-
-
-def _gone(close: tuple[int, str] | None) -> TransportClosed:
-    return TransportClosed(*close) if close else TransportClosed(ABNORMAL_CLOSURE, "peer went away")
-
-
-@attrs.define(eq=False)
-class MemoryTransport:
-    """The server's side of :func:`memory_transport_pair` (owned by one connection actor)."""
-
-    _inbound: trio.MemoryReceiveChannel[str | bytes | _Ping]
-    _outbound: trio.MemorySendChannel[str]
-    _closes: _Closes
-    _ping_observer: PingObserver | None = None
-
-    async def receive(self) -> str | bytes:
-        while self._closes.by_server is None:
-            try:
-                item = await self._inbound.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                break
-            if not isinstance(item, _Ping):
-                return item
-            if self._ping_observer is not None:
-                self._ping_observer()
-        raise _gone(self._closes.by_client or self._closes.by_server)
-
-    async def send(self, text: str) -> None:
-        if self._closes.by_server is not None:
-            raise _gone(self._closes.by_server)
-        try:
-            await self._outbound.send(text)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise _gone(self._closes.by_client) from None
-
-    async def close(self, code: int, reason: str) -> None:
-        if self._closes.by_server is None and self._closes.by_client is None:
-            self._closes.by_server = (code, reason)
-        await self._outbound.aclose()
-        await self._inbound.aclose()
-
-    def set_ping_observer(self, observer: PingObserver) -> None:
-        self._ping_observer = observer
-
-
-@attrs.define(eq=False)
-class MemoryPeer:
-    """The client's side of :func:`memory_transport_pair`."""
-
-    _outbound: trio.MemorySendChannel[str | bytes | _Ping]
-    _inbound: trio.MemoryReceiveChannel[str]
-    _closes: _Closes
-
-    async def send(self, data: str | bytes) -> None:
-        await self._outbound.send(data)
-
-    async def ping(self) -> None:
-        await self._outbound.send(_Ping())
-
-    async def receive(self) -> str:
-        """The next text frame; :class:`TransportClosed` (with the server's code) at the end."""
-        try:
-            return await self._inbound.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise _gone(self._closes.by_server) from None
-
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        if self._closes.by_server is None and self._closes.by_client is None:
-            self._closes.by_client = (code, reason)
-        await self._outbound.aclose()
-        await self._inbound.aclose()
-
-
-def memory_transport_pair(capacity: int = 64) -> tuple[MemoryTransport, MemoryPeer]:
-    """A server :class:`Transport` and its client end, joined by bounded memory channels."""
-    to_server_send, to_server_recv = trio.open_memory_channel[str | bytes | _Ping](capacity)
-    to_client_send, to_client_recv = trio.open_memory_channel[str](capacity)
-    closes = _Closes()
-    return (
-        MemoryTransport(to_server_recv, to_client_send, closes),
-        MemoryPeer(to_server_send, to_client_recv, closes),
-    )

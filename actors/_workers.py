@@ -119,6 +119,10 @@ class WorkerSupervisor:
         ]
         if args.notify_webhook:
             argv += ["--notify-webhook", args.notify_webhook]
+        if args.metrics:
+            argv.append("--metrics")
+        for origin in args.allow_origin:
+            argv += ["--allow-origin", origin]
         if predecessor is not None:
             argv += ["--predecessor", predecessor]
         return argv
@@ -140,7 +144,11 @@ class WorkerSupervisor:
             started_at = trio.current_time()
             env = {**os.environ, "MESSENGER_MONGO_URI": self._uri}
             process = await trio.lowlevel.open_process(
-                self._argv(predecessor), stdout=subprocess.PIPE, env=env
+                self._argv(predecessor),
+                stdout=subprocess.PIPE,
+                env=env,
+                # Signals reach the workers only through the parent (which forwards them).
+                start_new_session=True,
             )
             worker.process = process
             worker.node = f"{socket.gethostname()}-{process.pid}"

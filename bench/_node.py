@@ -186,7 +186,7 @@ def serve_command(
 ) -> list[str]:
     """The ``messenger serve`` command line of a node started by the benchmark."""
     command = [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", "0"]
-    command += ["--data-dir", str(data_dir), "--log-level", log_level]
+    command += ["--data-dir", str(data_dir), "--log-level", log_level, "--metrics"]
     if workers is not None:
         command += ["--workers", str(workers)]
     if mongo_uri is not None:

@@ -27,16 +27,17 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-import orjson
 import trio
 
 from protocol import (
     Acked,
     ConvRow,
+    MemberEvent,
     Msg,
     NewMessage,
     PresenceChanged,
     ReceiptUpdated,
+    RemoteProtocolError,
     RequestFailed,
     SendFailed,
     ServerError,
@@ -368,10 +369,10 @@ class Chat:
 
 def _member_event(msg: Msg) -> str:
     try:
-        event = orjson.loads(msg.body)
-        op, users = event["op"], ", ".join(event.get("users", []))
-    except (orjson.JSONDecodeError, KeyError, TypeError):
+        event = MemberEvent.parse(msg.body)
+    except RemoteProtocolError:
         return f"{msg.sender}: {msg.body}"
+    op, users = event.op, ", ".join(event.users)
     return {
         "create": f"{msg.sender} created the group with {users}",
         "add": f"{msg.sender} added {users}",

@@ -36,6 +36,7 @@ from protocol import (
     Acked,
     ClientSession,
     ClientState,
+    CloseCode,
     ConvRow,
     Convs,
     ErrorCode,
@@ -56,6 +57,7 @@ from protocol import (
     SendFailed,
     StateChanged,
     history_messages,
+    jittered_backoff,
 )
 
 from ._errors import ClientClosed, RequestError, RequestInterrupted, SendRefused
@@ -65,7 +67,9 @@ _log = logging.getLogger("messenger.client")
 
 #: Close codes after which reconnecting cannot help: bad token, a bug of ours, or another
 #: connection of this very device took over (fighting it would loop forever).
-FATAL_CLOSE_CODES: Final = frozenset({4400, 4401, 4409})
+FATAL_CLOSE_CODES: Final = frozenset(
+    {CloseCode.BAD_FRAME, CloseCode.UNAUTHENTICATED, CloseCode.REPLACED}
+)
 
 _CONNECTION_ERRORS: Final = (
     trio_websocket.ConnectionClosed,
@@ -406,9 +410,9 @@ class Client:
                 await trio.sleep(delay)
 
     def _backoff(self, attempt: int) -> float:
-        """Equal jitter: half the exponential delay plus a random part of the other half."""
-        delay: float = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
-        return delay / 2 + self._rng.random() * delay / 2
+        return jittered_backoff(
+            attempt, base_s=self._backoff_base_s, max_s=self._backoff_max_s, rng=self._rng
+        )
 
     async def _connect_once(self) -> bool:
         """One connection from dial to drop; returns whether it got a ``welcome``."""

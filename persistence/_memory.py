@@ -14,6 +14,8 @@ from collections.abc import Iterable, Sequence
 import attrs
 import trio
 
+from protocol import MemberEvent
+
 from ._contract import Store
 from ._errors import NotFound, StoreError, Unavailable
 from ._feed import (
@@ -37,7 +39,6 @@ from ._rules import (
     draft_error,
     group_founders,
     history_bounds,
-    member_body,
     new_group,
     no_such_conversation,
     not_member,
@@ -285,7 +286,7 @@ class MemoryStore(Store):
                 sender=creator,
                 device="",
                 cmid=None,
-                body=member_body("create", creator, founders),
+                body=MemberEvent(op="create", by=creator, users=tuple(founders)).to_body(),
                 ts=ts,
                 kind="member",
             )
@@ -316,7 +317,7 @@ class MemoryStore(Store):
                 sender=actor,
                 device="",
                 cmid=None,
-                body=member_body(kind, actor, [target]),
+                body=MemberEvent(op=kind, by=actor, users=(target,)).to_body(),
                 ts=ts,
                 kind="member",
             )

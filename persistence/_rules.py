@@ -6,7 +6,6 @@ apart on what is allowed; they differ only in how state is read and written.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 
 import attrs
@@ -109,11 +108,6 @@ def group_founders(creator: str, members: Iterable[str]) -> list[str]:
             f"group is full: at most {MAX_GROUP_MEMBERS} members, {len(founders)} given"
         )
     return founders
-
-
-def member_body(op: MemberOp, by: str, users: Iterable[str]) -> str:
-    """The JSON body of a member event."""
-    return json.dumps({"op": op, "by": by, "users": list(users)}, separators=(",", ":"))
 
 
 def new_group(conv_id: str, creator: str, title: str, founders: list[str]) -> Conversation:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import types
 from collections.abc import Mapping
-from typing import Literal, TypeAlias
 
 import attrs
 
-MessageKind: TypeAlias = Literal["text", "member"]
-ConvKind: TypeAlias = Literal["direct", "group"]
-MemberOp: TypeAlias = Literal["create", "add", "remove", "leave"]
+# The wire's vocabulary, re-exported for the Store's signatures.
+from protocol import ConvKind as ConvKind
+from protocol import MemberOp as MemberOp
+from protocol import MessageKind as MessageKind
 
 
 def _frozen_map(value: Mapping[str, object]) -> Mapping[str, object]:

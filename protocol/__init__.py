@@ -6,6 +6,7 @@ of the node that created it. Nothing here does I/O or reads a clock: callers pas
 text in, get frames and text out, and pass the time as an argument.
 """
 
+from ._backoff import jittered_backoff as jittered_backoff
 from ._client import ClientSession as ClientSession
 from ._client_events import Acked as Acked
 from ._client_events import ConvStatus as ConvStatus
@@ -35,6 +36,7 @@ from ._frames import CLIENT_FRAMES as CLIENT_FRAMES
 from ._frames import SERVER_FRAMES as SERVER_FRAMES
 from ._frames import Ack as Ack
 from ._frames import ClientFrame as ClientFrame
+from ._frames import ConvKind as ConvKind
 from ._frames import ConvRow as ConvRow
 from ._frames import Convs as Convs
 from ._frames import Error as Error
@@ -46,11 +48,13 @@ from ._frames import GroupRemove as GroupRemove
 from ._frames import Hello as Hello
 from ._frames import History as History
 from ._frames import MemberMarks as MemberMarks
+from ._frames import MessageKind as MessageKind
 from ._frames import Msg as Msg
 from ._frames import Nack as Nack
 from ._frames import Ping as Ping
 from ._frames import Pong as Pong
 from ._frames import Presence as Presence
+from ._frames import PresenceStatus as PresenceStatus
 from ._frames import PresenceSub as PresenceSub
 from ._frames import PresenceUnsub as PresenceUnsub
 from ._frames import Read as Read

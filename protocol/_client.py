@@ -76,6 +76,7 @@ import random
 
 import attrs
 
+from ._backoff import jittered_backoff
 from ._client_events import (
     Acked,
     ConvStatus,
@@ -467,9 +468,10 @@ class ClientSession:
             return
         entry.on_wire = False
         if nack.retry:
-            backoff = min(self.retry_max_s, self.retry_base_s * 2**entry.attempts)
-            entry.retry_at = now + backoff * (0.5 + self._rng.random() / 2)
             entry.attempts += 1
+            entry.retry_at = now + jittered_backoff(
+                entry.attempts, base_s=self.retry_base_s, max_s=self.retry_max_s, rng=self._rng
+            )
         else:
             del self._outbox[nack.cmid]
             self._emit(SendFailed(cmid=nack.cmid, nack=nack, send=entry.frame))

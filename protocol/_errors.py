@@ -28,11 +28,17 @@ class ErrorCode(enum.StrEnum):
 
 
 class CloseCode(enum.IntEnum):
-    """WebSocket close codes the server uses."""
+    """WebSocket close codes of the contract: RFC 6455's (1xxx) and ours (4xxx)."""
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    #: Never sent: reported locally when the connection ended without a close frame.
+    ABNORMAL_CLOSURE = 1006
     MESSAGE_TOO_BIG = 1009
+    #: The server's connection actor failed.
+    INTERNAL_ERROR = 1011
+    #: Come back later: storage unavailable during sync, or a slow consumer was dropped.
+    TRY_AGAIN_LATER = 1013
     BAD_FRAME = 4400
     UNAUTHENTICATED = 4401
     TIMEOUT = 4408

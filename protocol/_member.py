@@ -24,7 +24,7 @@ class MemberEvent:
 
     op: MemberOp = attrs.field(validator=_one_of("create", "add", "remove", "leave"))
     by: str = attrs.field(validator=_id)
-    users: tuple[str, ...] = attrs.field(converter=tuple, validator=_ids)
+    users: tuple[str, ...] = attrs.field(validator=_ids)
 
     def to_body(self) -> str:
         """The wire body: compact JSON with the keys in contract order."""

@@ -28,6 +28,7 @@ from protocol import (
     Ack,
     Acked,
     ClientState,
+    CloseCode,
     Error,
     Msg,
     Nack,
@@ -221,7 +222,7 @@ class SimDevice:
         tap = self._tap
         if tap is not None:
             with trio.move_on_after(_CLOSE_TIMEOUT_S):
-                await tap.aclose(1000, "bye")
+                await tap.aclose(CloseCode.NORMAL, "bye")
         return absence
 
     def come_back(self, absence: int) -> None:

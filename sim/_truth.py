@@ -9,13 +9,13 @@ including users removed and re-added, for whom the final membership alone would 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import attrs
 
 from persistence import Conversation, NotificationJob, StoredMessage
 from persistence._memory import MemoryStore
+from protocol import MemberEvent
 
 
 @attrs.frozen(kw_only=True)
@@ -59,8 +59,8 @@ def _periods(
     for message in messages:
         if message.kind != "member":
             continue
-        event = json.loads(message.body)
-        op, by, users = event["op"], event["by"], list(event["users"])
+        event = MemberEvent.parse(message.body)
+        op, by, users = event.op, event.by, list(event.users)
         if op == "leave" and not users:
             users = [by]
         for user in users:

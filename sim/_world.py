@@ -137,7 +137,6 @@ class World:
         self._fault_rng = derive_rng(seed, "faults")
         self.node: ActorNode | None = None
         self.incarnation = 0
-        self._node_scope: trio.CancelScope | None = None
         self.links: list[Link] = []
         self._store_fired: dict[str, int] = {}
         self._arm_next: dict[str, Arm] = {}
@@ -180,7 +179,6 @@ class World:
             predecessors=(f"node{self.incarnation - 1}",) if self.incarnation > 1 else (),
         )
         scope = trio.CancelScope()
-        self._node_scope = scope
         await self._nursery.start(self._run_node, node, scope, self.incarnation)
         self.node = node
         self.history.record(

@@ -5,14 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
-
-# pytest puts tests/ first on sys.path, where tests/persistence (a directory without
-# __init__.py) would shadow the persistence package as a namespace package. The project root
-# goes first so `import persistence` / `import protocol` always mean the real packages.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pytest
 from hypothesis import HealthCheck, settings

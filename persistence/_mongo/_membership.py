@@ -14,8 +14,10 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from protocol import MemberEvent
+
 from .._errors import Unavailable
-from .._rules import apply_member_change, member_body, plan_member_change
+from .._rules import apply_member_change, plan_member_change
 from .._types import Conversation, MemberOp, StoredMessage
 from ._chunks import ChunkLog, Head
 from ._commit import MAX_ROUNDS
@@ -162,7 +164,7 @@ class Membership:
             sender=actor,
             device="",
             cmid=None,
-            body=member_body(kind, actor, [target]),
+            body=MemberEvent(op=kind, by=actor, users=(target,)).to_body(),
             ts=ts,
             kind="member",
         )

@@ -22,6 +22,8 @@ from pymongo.client_session import ClientSession
 from pymongo.errors import ConnectionFailure, PyMongoError
 from pymongo.read_concern import ReadConcern
 
+from protocol import jittered_backoff
+
 from .._errors import StoreError, Unavailable
 from ._schema import DURABLE, Doc
 
@@ -73,7 +75,6 @@ class Runner:
         self, fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None
     ) -> T:
         """Run ``fn(*args)`` in a worker thread, retrying transient failures with backoff."""
-        delay = self._backoff_s
         for attempt in range(self._retries + 1):
             try:
                 return await trio.to_thread.run_sync(
@@ -88,8 +89,9 @@ class Runner:
                     raise Unavailable(
                         f"database unavailable after {attempt + 1} attempts: {exc}"
                     ) from exc
-            await trio.sleep(delay * (0.5 + self._rng.random()))
-            delay = min(delay * 2, 1.0)
+            await trio.sleep(
+                jittered_backoff(attempt + 1, base_s=self._backoff_s, max_s=1.0, rng=self._rng)
+            )
         raise AssertionError("unreachable")
 
     def transaction(self, body: Callable[[ClientSession], T]) -> T:

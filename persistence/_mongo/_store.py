@@ -19,6 +19,8 @@ import trio
 from pymongo import MongoClient
 from pymongo.read_concern import ReadConcern
 
+from protocol import MemberEvent
+
 from .._contract import Store
 from .._errors import StoreError, Unavailable
 from .._feed import ChangeFeed, DeviceSession, Ephemeral
@@ -30,7 +32,6 @@ from .._rules import (
     direct_id,
     group_founders,
     history_bounds,
-    member_body,
     new_group,
 )
 from .._types import (
@@ -185,7 +186,7 @@ class MongoStore(Store):
             sender=creator,
             device="",
             cmid=None,
-            body=member_body("create", creator, founders),
+            body=MemberEvent(op="create", by=creator, users=tuple(founders)).to_body(),
             ts=ts,
             kind="member",
         )

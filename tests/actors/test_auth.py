@@ -6,6 +6,9 @@ import base64
 import json
 import os
 import stat
+import tempfile
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -183,12 +186,47 @@ def test_unreadable_or_short_secret_is_a_clear_error(tmp_path: Path) -> None:
         load_or_create_secret(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
-def test_unwritable_data_dir_is_a_clear_error(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    with pytest.raises(SecretError, match="cannot create the secret"):
-        load_or_create_secret(locked)
+NOBODY = 65534
+
+
+def run_unprivileged(check: Callable[[], None]) -> None:
+    """Run ``check`` without root's power to ignore file permissions.
+
+    As root (CI containers) it runs in a forked child that first drops to uid/gid ``nobody``;
+    the child reports through its exit status and never returns into pytest.
+    """
+    if os.geteuid() != 0:
+        check()
+        return
+    pid = os.fork()
+    if pid == 0:  # the child
+        status = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            check()
+            status = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(status)
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0, "the unprivileged check failed"
+
+
+def test_unwritable_data_dir_is_a_clear_error() -> None:
+    with tempfile.TemporaryDirectory() as top:
+        os.chmod(top, 0o755)  # traversable by the unprivileged child
+        locked = Path(top) / "locked"
+        locked.mkdir(mode=0o555)
+
+        def check() -> None:
+            with pytest.raises(SecretError, match="cannot create the secret"):
+                load_or_create_secret(locked)
+
+        run_unprivileged(check)
+        assert not any(locked.iterdir())
 
 
 def test_resolve_secret_prefers_flag_then_env_then_file(tmp_path: Path) -> None:

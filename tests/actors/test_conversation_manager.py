@@ -3,6 +3,9 @@ requests go in through ``submit``, frames come out on fake connection handles.""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import pytest
 import trio
 import trio.testing
 from unit import FakeConnection, fake_connection, make_context
@@ -10,8 +13,8 @@ from unit import FakeConnection, fake_connection, make_context
 from actors import SEQ_REUSE_AFTER_RESTART
 from actors._conversations import ConversationManager
 from actors._messages import MarkRequest, SendRequest
-from persistence import MemoryStore
-from protocol import Ack, Msg, Receipt
+from persistence import Conversation, ConvRow, MemoryStore, StoredMessage, Unavailable
+from protocol import Ack, MemberEvent, Msg, Receipt
 
 
 def send(origin: FakeConnection, cmid: str, body: str = "hi") -> SendRequest:
@@ -82,3 +85,47 @@ async def test_the_stale_seq_cache_exists_only_for_its_mutant() -> None:
             assert len(acks(alice)) == 3
             assert len(manager._first_seen_seq) == expected
             manager.stop()
+
+
+class AmbiguousStore(MemoryStore):
+    """Creates the group, then reports failure; its listing fails ``listing_failures`` times."""
+
+    def __init__(self, listing_failures: int) -> None:
+        super().__init__()
+        self.listing_failures = listing_failures
+
+    async def create_group(
+        self, creator: str, title: str, members: Sequence[str], ts: int
+    ) -> tuple[Conversation, StoredMessage]:
+        await super().create_group(creator, title, members, ts)
+        raise Unavailable("the reply was lost")
+
+    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+        if self.listing_failures:
+            self.listing_failures -= 1
+            raise Unavailable("listing failed")
+        return await super().conversations(user, device)
+
+
+async def test_an_ambiguous_group_create_is_found_through_retried_searches(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = AmbiguousStore(listing_failures=2)
+    manager = ConversationManager(make_context(store))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        conv, event = await manager.create_group("alice", "d1", "team", ["bob"])
+        assert (conv.kind, event.seq, event.kind) == ("group", 1, "member")
+        assert MemberEvent.parse(event.body).users == ("alice", "bob")
+        manager.stop()
+
+
+async def test_an_ambiguous_group_create_that_cannot_be_searched_reports_the_failure(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    manager = ConversationManager(make_context(AmbiguousStore(listing_failures=3)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(manager.run)
+        with pytest.raises(Unavailable, match="the reply was lost"):
+            await manager.create_group("alice", "d1", "team", ["bob"])
+        manager.stop()

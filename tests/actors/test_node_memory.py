@@ -12,15 +12,14 @@ import orjson
 import pytest
 import trio
 import trio.testing
+from memory_transport import MemoryPeer, memory_transport_pair
 
 from actors import (
     MUTANTS,
-    MemoryPeer,
     Node,
     NodeConfig,
     TokenIssuer,
     TransportClosed,
-    memory_transport_pair,
 )
 from persistence import MemoryStore
 

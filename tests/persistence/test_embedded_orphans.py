@@ -18,10 +18,8 @@ from pymongo.write_concern import WriteConcern
 from persistence import EmbeddedServer
 from persistence._embedded import find_executable, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
 NODE_SCRIPT = """
 import sys, time
-sys.path.insert(0, {root!r})
 import pymongo
 from pymongo.write_concern import WriteConcern
 from persistence import EmbeddedServer
@@ -29,7 +27,7 @@ server = EmbeddedServer(sys.argv[1])
 server.start()
 client = pymongo.MongoClient(server.uri)
 client.get_database("orphan", write_concern=WriteConcern(w="majority", j=True)).facts.insert_one(
-    {{"_id": "kept"}}
+    {"_id": "kept"}
 )
 print(server.pid, flush=True)
 time.sleep(600)
@@ -57,7 +55,7 @@ def has_fact(server: EmbeddedServer) -> bool:
 def test_sigkilled_node_leaves_no_server_behind(tmp_path: Path) -> None:
     data = tmp_path / "node"
     node = subprocess.Popen(
-        [sys.executable, "-c", NODE_SCRIPT.format(root=str(ROOT)), str(data)],
+        [sys.executable, "-c", NODE_SCRIPT, str(data)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -45,20 +45,6 @@ def test_each_mutant_is_caught_within_a_few_seeds(mutant: str) -> None:
     pytest.fail(f"{mutant} not caught in {BUDGET} seeds; findings seen: {dict(seen)}")
 
 
-#: Fault kinds behind the two known node bugs (see docs/simulator.md, "What the simulator
-#: found"); the network-only tests leave them out so the ACK protocol stays guarded meanwhile.
-NODE_AND_STORE_FAULTS = frozenset({"node_crash", "store_fail", "store_ambiguous"})
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_the_real_node_passes_under_network_faults(seed: int) -> None:
-    config = build_config(
-        seed, users=4, devices=2, steps=80, mutant=None, without=NODE_AND_STORE_FAULTS
-    )
-    result = simulate(config)
-    assert result.ok, result.report.render() + "\n" + result.trace.render(last=40)
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_the_real_node_passes_under_every_fault(seed: int) -> None:
     result = simulate(build_config(seed, users=4, devices=2, steps=80, mutant=None))
