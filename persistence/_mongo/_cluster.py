@@ -163,12 +163,12 @@ class MongoFeed(ChangeFeed):
 
     def _poll_sync(self) -> list[FeedEvent]:
         """One getMore (at most ``FEED_AWAIT_MS``): the events of its batch."""
-        if self._stream is None:
-            self.open_sync()
-        stream = self._stream
-        assert stream is not None
         events: list[FeedEvent] = []
         try:
+            if self._stream is None:
+                self.open_sync()  # reopened at the token after a failure
+            stream = self._stream
+            assert stream is not None
             while True:
                 change = stream.try_next()
                 if change is None:
