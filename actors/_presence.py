@@ -118,6 +118,16 @@ class PresenceRegistry:
             case Parted(users=users):
                 await self._parted(users)
 
+    def tracked(self) -> set[str]:
+        """Every user this registry holds anything about (its tables are bounded by them)."""
+        return {
+            *self._online,
+            *self._grace_until,
+            *self._last_seen,
+            *self._subscribers,
+            *(u for _handle, users in self._subscribed.values() for u in users),
+        }
+
     def _add_online(self, user: str, conn_id: int) -> None:
         conns = self._online.setdefault(user, [])
         if conn_id not in conns:

@@ -149,3 +149,31 @@ async def test_direct_delivery_and_receipts_cross_nodes(
         await alice.wait_for("receipt", conv=ack["conv"], user="bob", read=1)
         await a.shutdown()
         await b.shutdown()
+
+
+async def test_a_presence_subscription_ends_when_nothing_is_shared_any_more(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    store = MemoryStore(rng=random.Random(6))
+    async with trio.open_nursery() as nursery:
+        a = await nursery.start(make_node(store, "A").run)
+        b = await nursery.start(make_node(store, "B").run)
+        alice = await connect(a, "alice")
+        carol = await connect(b, "carol")
+        await alice.send({"type": "group_create", "rid": "g", "title": "t", "members": ["carol"]})
+        group = (await alice.wait_for("result", rid="g"))["conv"]
+        await alice.send({"type": "presence_sub", "rid": "s", "users": ["carol"]})
+        assert (await alice.wait_for("presence", user="carol"))["status"] == "online"
+        await alice.send({"type": "group_remove", "rid": "r", "conv": group, "user": "carol"})
+        await alice.wait_for("result", rid="r")
+        await carol.wait_for("msg", conv=group, seq=2)  # carol's node applied the removal
+        await carol.peer.close()
+        # Long past the grace: the subscription ended, so no "offline" comes.
+        await trio.sleep(CONFIG.presence_grace_s * 3)
+        await alice.send({"type": "ping", "rid": "p"})
+        await alice.wait_for("pong", rid="p")
+        assert not [f for f in alice.seen if f["type"] == "presence"]
+        # Bounded tables (issue 14): nothing about carol is kept on A any more.
+        assert a.presence.tracked() == {"alice"}
+        await a.shutdown()
+        await b.shutdown()
