@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from persistence import Ephemeral, Store, StoredMessage
-from protocol import Msg
+from protocol import MemberEvent, Msg, RemoteProtocolError
 
 from ._config import NodeConfig
 from ._keepalive import KeepAlive
@@ -96,3 +96,14 @@ def msg_frame(message: StoredMessage) -> Msg:
         ts=int(message.ts),
         kind=message.kind,
     )
+
+
+def member_event_of(message: StoredMessage, *, by: str, ts: int) -> MemberEvent | None:
+    """The member event ``message`` is, if ``by`` stored it at ``ts``; else None (a text
+    message, someone else's event, or a body that is not a member event)."""
+    if message.kind != "member" or message.sender != by or message.ts != ts:
+        return None
+    try:
+        return MemberEvent.parse(message.body)
+    except RemoteProtocolError:
+        return None

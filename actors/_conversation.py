@@ -62,7 +62,7 @@ from ._config import (
     SEQ_REUSE_AFTER_RESTART,
     WATERMARK_BACKWARDS,
 )
-from ._context import NodeContext, msg_frame
+from ._context import NodeContext, member_event_of, msg_frame
 from ._messages import (
     Announce,
     ConversationRequest,
@@ -706,10 +706,5 @@ class ConversationActor:
 
 def _is_change(message: StoredMessage, op: str, by: str, user: str, ts: int) -> bool:
     """True if ``message`` is the member event ``op`` of ``user`` by ``by`` stored at ``ts``."""
-    if message.kind != "member" or message.sender != by or message.ts != ts:
-        return False
-    try:
-        event = MemberEvent.parse(message.body)
-    except RemoteProtocolError:
-        return False
-    return event.op == op and user in event.users
+    event = member_event_of(message, by=by, ts=ts)
+    return event is not None and event.op == op and user in event.users

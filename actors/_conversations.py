@@ -17,10 +17,9 @@ from collections.abc import Sequence
 import trio
 
 from persistence import Conversation, StoredMessage, StoreError, Unavailable
-from protocol import MemberEvent, RemoteProtocolError
 
 from ._config import SEQ_REUSE_AFTER_RESTART
-from ._context import NodeContext
+from ._context import NodeContext, member_event_of
 from ._conversation import ConversationActor
 from ._messages import (
     Announce,
@@ -340,10 +339,5 @@ class ConversationManager:
 
 
 def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[str]) -> bool:
-    if message.kind != "member" or message.sender != creator or message.ts != ts:
-        return False
-    try:
-        event = MemberEvent.parse(message.body)
-    except RemoteProtocolError:
-        return False
-    return event.op == "create" and list(event.users) == founders
+    event = member_event_of(message, by=creator, ts=ts)
+    return event is not None and event.op == "create" and list(event.users) == founders

@@ -129,7 +129,7 @@ class Router:
         return [devices[d] for d in sorted(devices)]
 
     def is_connected(self, user: str) -> bool:
-        """True if ``user`` has a device connected to this node."""
+        """Whether ``user`` has a device connected to this node."""
         return user in self._table
 
     def all(self) -> list[ConnectionHandle]:

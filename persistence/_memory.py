@@ -39,6 +39,7 @@ from ._rules import (
     draft_error,
     group_founders,
     history_bounds,
+    member_message,
     new_group,
     no_such_conversation,
     not_member,
@@ -278,19 +279,8 @@ class MemoryStore(Store):
         conv = new_group(f"g:{self._new_id()}", creator, title, founders)
         self._convs[conv.id] = conv
         self._messages[conv.id] = []
-        event = self._store(
-            StoredMessage(
-                conv=conv.id,
-                seq=1,
-                id=self._new_id(),
-                sender=creator,
-                device="",
-                cmid=None,
-                body=MemberEvent(op="create", by=creator, users=tuple(founders)).to_body(),
-                ts=ts,
-                kind="member",
-            )
-        )
+        creation = MemberEvent(op="create", by=creator, users=tuple(founders))
+        event = self._store(member_message(conv.id, 1, self._new_id(), creation, ts))
         self._emit_messages(conv.id, [event])
         self._after_write()
         return conv, event
@@ -309,19 +299,8 @@ class MemoryStore(Store):
             return None
         kind, target = plan
         seq = len(self._messages[conv_id]) + 1
-        event = self._store(
-            StoredMessage(
-                conv=conv_id,
-                seq=seq,
-                id=self._new_id(),
-                sender=actor,
-                device="",
-                cmid=None,
-                body=MemberEvent(op=kind, by=actor, users=(target,)).to_body(),
-                ts=ts,
-                kind="member",
-            )
-        )
+        change = MemberEvent(op=kind, by=actor, users=(target,))
+        event = self._store(member_message(conv_id, seq, self._new_id(), change, ts))
         self._convs[conv_id] = apply_member_change(conv, kind, target, seq)
         self._emit_messages(conv_id, [event])
         self._after_write()

@@ -15,6 +15,7 @@ from protocol import (
     MAX_GROUP_MEMBERS,
     MAX_HISTORY_LIMIT,
     MAX_TITLE_LEN,
+    MemberEvent,
     body_size,
     is_valid_id,
 )
@@ -108,6 +109,23 @@ def group_founders(creator: str, members: Iterable[str]) -> list[str]:
             f"group is full: at most {MAX_GROUP_MEMBERS} members, {len(founders)} given"
         )
     return founders
+
+
+def member_message(
+    conv: str, seq: int, message_id: str, event: MemberEvent, ts: int
+) -> StoredMessage:
+    """A member event as stored: from its actor, from no device, without a cmid."""
+    return StoredMessage(
+        conv=conv,
+        seq=seq,
+        id=message_id,
+        sender=event.by,
+        device="",
+        cmid=None,
+        body=event.to_body(),
+        ts=ts,
+        kind="member",
+    )
 
 
 def new_group(conv_id: str, creator: str, title: str, founders: list[str]) -> Conversation:

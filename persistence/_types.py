@@ -7,8 +7,10 @@ from collections.abc import Mapping
 
 import attrs
 
-# The wire's vocabulary, re-exported for the Store's signatures.
+# The wire's vocabulary and the ``convs`` row, re-exported for the Store's signatures.
 from protocol import ConvKind as ConvKind
+from protocol import ConvRow as ConvRow
+from protocol import MemberMarks as MemberMarks
 from protocol import MemberOp as MemberOp
 from protocol import MessageKind as MessageKind
 
@@ -96,30 +98,6 @@ class Conversation:
         if self.kind != "direct" or user not in self.members:
             raise ValueError(f"{user!r} is not a user of direct conversation {self.id!r}")
         return next(u for u in self.members if u != user)
-
-
-@attrs.frozen(kw_only=True)
-class MemberMarks:
-    """One user's watermarks in a conversation: ``delivered`` (max recv over devices), ``read``."""
-
-    user: str
-    delivered: int
-    read: int
-
-
-@attrs.frozen(kw_only=True)
-class ConvRow:
-    """One row of the ``convs`` listing, from the point of view of one (user, device)."""
-
-    conv: str
-    kind: ConvKind
-    title: str | None
-    members: tuple[str, ...]
-    last_seq: int
-    delivered: int
-    read: int
-    unread: int
-    others: tuple[MemberMarks, ...]
 
 
 @attrs.frozen(kw_only=True)

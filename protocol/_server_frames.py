@@ -155,27 +155,39 @@ def _marks(_inst: object, attribute: attrs.Attribute[Any], value: object) -> Non
         raise _fail(attribute, "must be a list of {user, delivered, read} objects")
 
 
+def _plain_int(value: object) -> object:
+    """An ``int`` subclass other than ``bool`` (a Store's BSON ``Int64``) as a plain int;
+    anything else unchanged, for the validator to judge."""
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _count() -> Any:
+    return attrs.field(converter=_plain_int, validator=_seq)
+
+
 @attrs.frozen(kw_only=True)
 class MemberMarks:
-    """Another member's watermarks, as listed in a ``convs`` row."""
+    """A member's watermarks in a conversation: ``delivered`` (the best of their devices'
+    ``recv``) and ``read``. The Store returns them; a ``convs`` row lists the others'."""
 
     user: str = attrs.field(validator=_id)
-    delivered: int = attrs.field(validator=_seq)
-    read: int = attrs.field(validator=_seq)
+    delivered: int = _count()
+    read: int = _count()
 
 
 @attrs.frozen(kw_only=True)
 class ConvRow:
-    """One row of the ``convs`` result; ``title`` is None exactly for direct conversations."""
+    """One row of the ``convs`` listing for one (user, device) -- the Store builds it, the
+    node sends it; ``title`` is None exactly for direct conversations."""
 
     conv: str = attrs.field(validator=_conv)
     kind: ConvKind = attrs.field(validator=_one_of("direct", "group"))
     title: str | None = attrs.field()
     members: tuple[str, ...] = attrs.field(validator=_ids)
-    last_seq: int = attrs.field(validator=_seq)
-    delivered: int = attrs.field(validator=_seq)
-    read: int = attrs.field(validator=_seq)
-    unread: int = attrs.field(validator=_seq)
+    last_seq: int = _count()
+    delivered: int = _count()
+    read: int = _count()
+    unread: int = _count()
     others: tuple[MemberMarks, ...] = attrs.field(default=(), validator=_marks)
 
     @title.validator

@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from protocol import MemberEvent
 
 from .._errors import Unavailable
-from .._rules import apply_member_change, plan_member_change
+from .._rules import apply_member_change, member_message, plan_member_change
 from .._types import Conversation, MemberOp, StoredMessage
 from ._chunks import ChunkLog, Head
 from ._commit import MAX_ROUNDS
@@ -157,17 +157,8 @@ class Membership:
         session: ClientSession,
     ) -> StoredMessage:
         seq = self._chunks.read_last_seq(conv.id, session, doc) + 1
-        event = StoredMessage(
-            conv=conv.id,
-            seq=seq,
-            id=new_message_id(),
-            sender=actor,
-            device="",
-            cmid=None,
-            body=MemberEvent(op=kind, by=actor, users=(target,)).to_body(),
-            ts=ts,
-            kind="member",
-        )
+        change = MemberEvent(op=kind, by=actor, users=(target,))
+        event = member_message(conv.id, seq, new_message_id(), change, ts)
         self._db.chunks.insert_one(chunk_doc(conv.id, [event]), session=session)
         changed = apply_member_change(conv, kind, target, seq)
         result = self._db.convs.update_one(

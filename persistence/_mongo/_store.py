@@ -32,6 +32,7 @@ from .._rules import (
     direct_id,
     group_founders,
     history_bounds,
+    member_message,
     new_group,
 )
 from .._types import (
@@ -179,17 +180,8 @@ class MongoStore(Store):
             title,
             founders,
         )
-        event = StoredMessage(
-            conv=conv.id,
-            seq=1,
-            id=new_message_id(),
-            sender=creator,
-            device="",
-            cmid=None,
-            body=MemberEvent(op="create", by=creator, users=tuple(founders)).to_body(),
-            ts=ts,
-            kind="member",
-        )
+        creation = MemberEvent(op="create", by=creator, users=tuple(founders))
+        event = member_message(conv.id, 1, new_message_id(), creation, ts)
         return await self._runner.call(self._membership.create_group, conv, event)
 
     async def get_conversation(self, conv: str) -> Conversation:

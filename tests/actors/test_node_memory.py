@@ -13,6 +13,7 @@ import pytest
 import trio
 import trio.testing
 from memory_transport import MemoryPeer, memory_transport_pair
+from unit import virtual_ms
 
 from actors import (
     MUTANTS,
@@ -24,11 +25,6 @@ from actors import (
 from persistence import MemoryStore
 
 ISSUER = TokenIssuer(b"memory-transport-test-secret-0123456789")
-EPOCH_MS = 1_700_000_000_000
-
-
-def virtual_ms() -> int:
-    return EPOCH_MS + int(trio.current_time() * 1000)
 
 
 def make_node(store: MemoryStore, **config: object) -> Node:
