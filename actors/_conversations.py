@@ -6,6 +6,10 @@ on demand: an actor that crashed or went idle is recreated, from the Store, by t
 request for its conversation). Cancelling :meth:`ConversationManager.run` cancels every actor;
 :meth:`stop` instead closes their mailboxes so they finish what is queued and write their
 watermarks (graceful shutdown).
+
+The change feed (:mod:`actors._cluster`) hands over what other nodes did through
+:meth:`ConversationManager.remote`: to the running actor, or to a new one only if a device
+connected here may see the conversation (a bounded cache of group viewers answers that).
 """
 
 from __future__ import annotations
