@@ -93,9 +93,16 @@ class FeedDispatcher:
     """Follows the node's change feed and hands each event to its owner (module docstring)."""
 
     def __init__(
-        self, ctx: NodeContext, conversations: RemoteTarget, close_local: CloseLocal
+        self,
+        ctx: NodeContext,
+        conversations: RemoteTarget,
+        close_local: CloseLocal,
+        dead: Sequence[str] = (),
     ) -> None:
         self._ctx = ctx
+        # Nodes known dead (a restarted node's predecessors): their sessions are stale even
+        # before the sweep that ends them in the Store got through.
+        self._dead = frozenset(dead)
         self._conversations = conversations
         self._close_local = close_local
         self._token: object | None = None
@@ -158,7 +165,7 @@ class FeedDispatcher:
     async def _reset_sessions(self, sessions: Sequence[DeviceSession]) -> None:
         remote = self._ctx.remote
         before = set(remote.users())
-        remote.reset(sessions, self._ctx.name)
+        remote.reset([s for s in sessions if s.node not in self._dead], self._ctx.name)
         after = set(remote.users())
         ts = self._ctx.wall_ms()
         for user in sorted(before ^ after):
@@ -227,7 +234,7 @@ class ClusterLink:
         self._ctx = ctx
         self._predecessors = tuple(predecessors)
         self.publisher = Publisher(ctx.store)
-        self.feed = FeedDispatcher(ctx, conversations, close_local)
+        self.feed = FeedDispatcher(ctx, conversations, close_local, predecessors)
         self._drop_connections = drop_connections
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
