@@ -2,7 +2,7 @@
 
 Owned by exactly one :class:`~actors._conversation.ConversationActor`; plain data, no I/O.
 Marks are max-merged in memory (G5), remembered as *dirty* until the actor has written them
-with one batched ``merge_recv``/``merge_read``, and only then turned into ``receipt`` frames
+with one batched, durable ``merge_marks``, and only then turned into ``receipt`` frames
 (:meth:`Watermarks.written`), so a receipt never announces a watermark a crash could lose.
 """
 
@@ -144,8 +144,8 @@ class MarkWriter:
 
     Actors hand their coalesced marks over with :meth:`submit` (never blocks) together with
     a callback that sends the receipts those marks earn. The writer writes everything handed
-    over since its last write with one ``merge_recv`` and one ``merge_read`` (the Store writes
-    each as one light bulk write), then runs the callbacks: a receipt still never announces a
+    over since its last write with one ``merge_marks`` (MongoStore: one journaled transaction),
+    then runs the callbacks: a receipt still never announces a
     mark a crash could lose. While a write is in flight new marks accumulate (max-merged), so
     the writes never outnumber the windows, however many conversations are active. A failed
     write is retried after ``retry_s`` with whatever arrived meanwhile.
@@ -182,14 +182,27 @@ class MarkWriter:
         self._work.set()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write until cancelled."""
-        task_status.started()
+        """Write until cancelled (and fold the Store's marks, if it asks for that)."""
+        async with trio.open_nursery() as nursery:
+            if self._store.FOLD_MARKS_EVERY_S is not None:
+                nursery.start_soon(self._fold, self._store.FOLD_MARKS_EVERY_S)
+            task_status.started()
+            while True:
+                await self._work.wait()
+                self._work = trio.Event()
+                if not await self._write_once():
+                    await trio.sleep(self._retry_s)
+                    self._work.set()
+
+    async def _fold(self, every_s: float) -> None:
+        """The Store's housekeeping of marks, off the receipts' path (a task of its own)."""
         while True:
-            await self._work.wait()
-            self._work = trio.Event()
-            if not await self._write_once():
-                await trio.sleep(self._retry_s)
-                self._work.set()
+            await trio.sleep(every_s)
+            try:
+                with self._timed("fold_marks"):
+                    await self._store.fold_marks()
+            except StoreError as exc:
+                log.warning("could not fold watermarks (will retry): %s", exc)
 
     async def drain(self) -> None:
         """Return once everything submitted so far is written (the caller bounds the wait)."""
@@ -204,14 +217,10 @@ class MarkWriter:
             return True
         try:
             with self._timed("merge_marks"):
-                if recv:
-                    await self._store.merge_recv(
-                        [RecvMark(user=u, device=d, conv=c, seq=s) for (u, d, c), s in recv.items()]
-                    )
-                if read:
-                    await self._store.merge_read(
-                        [ReadMark(user=u, conv=c, seq=s) for (u, c), s in read.items()]
-                    )
+                await self._store.merge_marks(
+                    [RecvMark(user=u, device=d, conv=c, seq=s) for (u, d, c), s in recv.items()],
+                    [ReadMark(user=u, conv=c, seq=s) for (u, c), s in read.items()],
+                )
         except StoreError as exc:
             log.warning(
                 "could not write %d watermarks (will retry): %s", len(recv) + len(read), exc

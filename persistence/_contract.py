@@ -14,9 +14,10 @@ Conventions shared by every method:
 * Every error is a :class:`StoreError` subclass carrying its wire code. :class:`Unavailable`
   means "storage down or overloaded, retry"; after it, a write may or may not have happened,
   and retrying with the same cmid is always safe.
-* A write returns only after it is durable (MongoDB: write concern majority, journaled).
-  Watermarks, presence facts and the device registry are the exception: nothing is
-  acknowledged on them, so they may be written with a lighter write concern.
+* A write returns only after it is durable (MongoDB: write concern majority, journaled),
+  watermarks included (a ``receipt`` announces them). Presence facts and the device registry
+  are the exception: nothing is acknowledged on them, so they may be written with a lighter
+  write concern.
 """
 
 from __future__ import annotations
@@ -177,6 +178,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
         """Max-merge user ``read`` watermarks, in one write; clamped like :meth:`merge_recv`."""
+
+    async def merge_marks(self, recv: Sequence[RecvMark], read: Sequence[ReadMark]) -> None:
+        """:meth:`merge_recv` and :meth:`merge_read` at once (a store may make it one write).
+
+        Durable before it returns, like every write an acknowledgement depends on: the node
+        sends the ``receipt`` frames these marks earn only afterwards (G5).
+        """
+        if recv:
+            await self.merge_recv(recv)
+        if read:
+            await self.merge_read(read)
+
+    #: How often the node should call :meth:`fold_marks` (``None``: never needed).
+    FOLD_MARKS_EVERY_S: float | None = None
+
+    async def fold_marks(self) -> None:
+        """Housekeeping of watermarks: a store that logs marks batches (MongoStore) folds
+        them into their compact form. Changes nothing any read returns. Default: nothing."""
+        return
 
     @abc.abstractmethod
     async def marks(self, conv: str) -> dict[str, MemberMarks]:

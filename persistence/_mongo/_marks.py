@@ -1,84 +1,166 @@
-"""Watermarks and the hello backlog of MongoStore: ``recv``, ``read`` and what they imply.
+"""Watermarks and the hello backlog of MongoStore: the ``marklog`` and ``marks`` collections.
 
-Watermarks are max-merged upserts, each clamped to what its user may see. The hello backlog
-(:meth:`Marks.unsynced_many`) and the ``convs`` listing read them together with the chunk log.
+A batch of marks (:meth:`Marks.merge`, one per window of the node's mark writer) is ONE
+durable insert into ``marklog``: a single document listing every mark of the batch,
+journaled before it returns, so a receipt sent after it never announces a mark a crash
+could take back (G5). One insert per batch instead of one update per conversation: on
+SecantusDB an update costs ~0.5 ms of store CPU, a listed mark ~40 us. Every few seconds
+(:meth:`Marks.fold`, :data:`FOLD_EVERY_S`) the store folds what it logged into the
+per-conversation ``marks`` documents (one ``$max`` update per conversation touched since,
+however many batches touched it) and deletes those log documents, in one transaction; log
+documents left by a store that died are folded by any other once they are
+:data:`STALE_LOG_MS` old.
+
+Readers see both: they read the log first, then the ``marks`` documents, and max-merge
+(a fold that commits in between moves marks from the log into documents read afterwards,
+so nothing is missed). The hello backlog (:meth:`Marks.unsynced_many`) and the ``convs``
+listing read the documents of the user's conversations with one ``$in`` query.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable
 
 from pymongo import UpdateOne
-from pymongo.collection import Collection
+from pymongo.client_session import ClientSession
 from pymongo.database import Database
 
 from .._rules import clamp_mark, unread_count
 from .._types import Conversation, ConvRow, MemberMarks, ReadMark, RecvMark, StoredMessage
 from ._chunks import ChunkLog
-from ._schema import Doc, decode_conv, read_id, recv_id
+from ._runner import Runner
+from ._schema import (
+    PROBES_PER_QUERY,
+    Doc,
+    decode_conv,
+    read_field,
+    recv_field,
+    recv_owner,
+)
 
-#: Watermark upserts per bulk-write command (see :meth:`Marks._bulk`).
+#: Conversation updates per bulk-write command of one fold (one commit for all of them).
 MARKS_PER_COMMAND = 50
+#: How often the node asks the store to fold its marks log (Store.FOLD_MARKS_EVERY_S).
+FOLD_EVERY_S = 2.0
+#: Log documents this old belong to a store that stopped folding (it died): any store folds them.
+STALE_LOG_MS = 60_000
 
 Backlog = list[tuple[Conversation, list[StoredMessage]]]
+#: conversation -> "recv.<field>" / "read.<field>" -> seq
+Pending = dict[str, dict[str, int]]
+
+
+def _max_into(target: Pending, conv: str, path: str, seq: int) -> None:
+    fields = target.setdefault(conv, {})
+    if seq > fields.get(path, 0):
+        fields[path] = seq
 
 
 class Marks:
     """The blocking operations on watermarks (run in worker threads by the store)."""
 
-    def __init__(self, db: Database[Doc], light: Database[Doc], chunks: ChunkLog) -> None:
+    def __init__(
+        self,
+        db: Database[Doc],
+        chunks: ChunkLog,
+        runner: Runner,
+        known_direct: Callable[[str], Conversation | None],
+    ) -> None:
         self._db = db
-        self._light = light
         self._chunks = chunks
+        self._runner = runner
+        #: A direct conversation this store has seen (its cache), or None.
+        self._known_direct = known_direct
+        # What this store logged and has not folded yet, and the log documents holding it.
+        # Worker threads share them (a merge may run while a fold does), hence the lock.
+        self._lock = threading.Lock()
+        self._unfolded: Pending = {}
+        self._logged: list[str] = []
 
     # -- writes ----------------------------------------------------------------------------
 
-    def merge_recv(self, marks: list[RecvMark]) -> None:
-        self._merge(
-            self._light.recv,
-            [
-                (m.user, m.conv, m.seq, recv_id(m.user, m.device, m.conv), {"d": m.device})
-                for m in marks
-            ],
-        )
+    def merge(self, recv: list[RecvMark], read: list[ReadMark]) -> None:
+        """Max-merge ``recv`` and ``read`` marks, each clamped to what its user may see: one
+        durable insert of a log document."""
+        clamp = self._clamper([(m.conv, m.seq) for m in recv] + [(m.conv, m.seq) for m in read])
+        batch: Pending = {}
+        for r in recv:
+            if (seq := clamp(r.conv, r.user, r.seq)) is not None:
+                _max_into(batch, r.conv, f"recv.{recv_field(r.user, r.device)}", seq)
+        for m in read:
+            if (seq := clamp(m.conv, m.user, m.seq)) is not None:
+                _max_into(batch, m.conv, f"read.{read_field(m.user)}", seq)
+        if not batch:
+            return
+        doc_id = uuid.uuid4().hex
+        entries = [[c, path, seq] for c in sorted(batch) for path, seq in sorted(batch[c].items())]
+        # A retry after an ambiguous failure may log the batch twice: harmless (max-merge).
+        self._db.marklog.insert_one({"_id": doc_id, "ts": int(time.time() * 1000), "m": entries})
+        with self._lock:
+            for c, fields in batch.items():
+                for path, seq in fields.items():
+                    _max_into(self._unfolded, c, path, seq)
+            self._logged.append(doc_id)
 
-    def merge_read(self, marks: list[ReadMark]) -> None:
-        self._merge(
-            self._light.read, [(m.user, m.conv, m.seq, read_id(m.user, m.conv), {}) for m in marks]
-        )
+    def fold(self) -> int:
+        """Fold the marks this store logged (and stale log documents of stores that died)
+        into the ``marks`` documents, in one transaction; returns the log documents folded."""
+        with self._lock:
+            unfolded, self._unfolded = self._unfolded, {}
+            logged, self._logged = self._logged, []
+        try:
+            cutoff = int(time.time() * 1000) - STALE_LOG_MS
+            ids = list(logged)
+            for doc in self._db.marklog.find({"ts": {"$lt": cutoff}}):
+                ids.append(doc["_id"])
+                for c, path, seq in doc["m"]:
+                    _max_into(unfolded, c, path, int(seq))
+            if ids:
+                self._runner.transaction(lambda s: self._write_fold(unfolded, ids, s))
+        except BaseException:
+            with self._lock:  # folded next time (the log still holds all of it)
+                for c, fields in unfolded.items():
+                    for path, seq in fields.items():
+                        _max_into(self._unfolded, c, path, seq)
+                self._logged[:0] = logged
+            raise
+        return len(ids)
 
-    def _merge(
-        self, collection: Collection[Doc], marks: list[tuple[str, str, int, str, dict[str, str]]]
-    ) -> None:
-        """Max-merge watermarks, each clamped to what its user may see: ``marks`` are
-        ``(user, conv, seq, document id, extra identifying fields)``."""
-        clamp = self._clamper((conv, seq) for _user, conv, seq, _id, _extra in marks)
-        ops = []
-        for user, conv, seq, doc_id, extra in marks:
-            clamped = clamp(conv, user, seq)
-            if clamped is not None:
-                ops.append(
-                    UpdateOne(
-                        {"_id": doc_id},
-                        {"$max": {"s": clamped}, "$setOnInsert": {"u": user, **extra, "c": conv}},
-                        upsert=True,
-                    )
-                )
-        self._bulk(collection, ops)
+    def _write_fold(self, unfolded: Pending, ids: list[str], s: ClientSession) -> None:
+        ops = [UpdateOne({"_id": c}, {"$max": unfolded[c]}, upsert=True) for c in sorted(unfolded)]
+        # In slices: one command at a time on SecantusDB; one commit for all of them.
+        for k in range(0, len(ops), MARKS_PER_COMMAND):
+            self._db.marks.bulk_write(ops[k : k + MARKS_PER_COMMAND], ordered=False, session=s)
+        for k in range(0, len(ids), PROBES_PER_QUERY):
+            self._db.marklog.delete_many({"_id": {"$in": ids[k : k + PROBES_PER_QUERY]}}, session=s)
 
     def _clamper(self, marks: Iterable[tuple[str, int]]) -> Callable[[str, str, int], int | None]:
         highest: dict[str, int] = {}
         for conv, seq in marks:
             highest[conv] = max(seq, highest.get(conv, 0))
-        wanted = sorted(highest)
-        docs = list(self._db.convs.find({"_id": {"$in": wanted}}))
-        known = {d["_id"]: decode_conv(d) for d in docs}
+        # A direct conversation's membership never changes: one this store has seen needs
+        # no read. The others are read in a few $in queries.
+        known: dict[str, Conversation] = {}
+        starts: dict[str, int] = {}
+        cold = []
+        for conv in sorted(highest):
+            direct = self._known_direct(conv)
+            if direct is None:
+                cold.append(conv)
+            else:
+                known[conv], starts[conv] = direct, self._chunks.hint(conv)
+        for k in range(0, len(cold), PROBES_PER_QUERY):
+            for d in self._db.convs.find({"_id": {"$in": cold[k : k + PROBES_PER_QUERY]}}):
+                known[d["_id"]], starts[d["_id"]] = decode_conv(d), self._chunks.hint(d["_id"], d)
         # A known chunk end at or above every mark of a conversation clamps exactly like its
         # last seq would; only the others need their last seq read.
-        lasts = {d["_id"]: self._chunks.hint(d["_id"], d) for d in docs}
-        lasts.update(
-            self._chunks.last_seqs([d for d in docs if highest[d["_id"]] > lasts[d["_id"]]])
-        )
+        lasts = dict(starts)
+        behind = {c: end for c, end in starts.items() if highest[c] > end}
+        if behind:
+            lasts.update(self._chunks.catch_up(behind)[0])
 
         def clamp(conv: str, user: str, seq: int) -> int | None:
             found = known.get(conv)
@@ -86,40 +168,65 @@ class Marks:
 
         return clamp
 
-    @staticmethod
-    def _bulk(collection: Collection[Doc], ops: list[UpdateOne]) -> None:
-        # In slices: SecantusDB runs one command at a time, and a bulk write of hundreds of
-        # upserts (~1 ms each) would hold up every append queued behind it.
-        for k in range(0, len(ops), MARKS_PER_COMMAND):
-            collection.bulk_write(ops[k : k + MARKS_PER_COMMAND], ordered=False)
-
     # -- reads -----------------------------------------------------------------------------
 
-    def marks(self, conv: Conversation) -> dict[str, MemberMarks]:
+    def _docs(self, convs: Iterable[str]) -> dict[str, Doc]:
+        """The watermarks of ``convs`` as ``{"recv": {...}, "read": {...}}`` (absent: none
+        yet): the log first, then the ``marks`` documents (a few ``$in`` reads)."""
+        wanted = sorted(set(convs))
+        logged: Pending = {}
+        if wanted:
+            want = set(wanted)
+            for doc in self._db.marklog.find({}, projection={"m": 1}):
+                for c, path, seq in doc["m"]:
+                    if c in want:
+                        _max_into(logged, c, path, int(seq))
+        docs: dict[str, Doc] = {
+            d["_id"]: d
+            for k in range(0, len(wanted), PROBES_PER_QUERY)
+            for d in self._db.marks.find({"_id": {"$in": wanted[k : k + PROBES_PER_QUERY]}})
+        }
+        for c, fields in logged.items():
+            doc = docs.setdefault(c, {"_id": c})
+            for path, seq in fields.items():
+                kind, _, field = path.partition(".")
+                marks = doc.setdefault(kind, {})
+                marks[field] = max(int(marks.get(field, 0)), seq)
+        return docs
+
+    @staticmethod
+    def _member_marks(conv: Conversation, doc: Doc | None) -> dict[str, MemberMarks]:
         users = sorted([*conv.members, *conv.departed])
         delivered = dict.fromkeys(users, 0)
         read = dict.fromkeys(users, 0)
-        for doc in self._db.recv.find({"c": conv.id}, projection={"u": 1, "s": 1}):
-            if doc["u"] in delivered:
-                delivered[doc["u"]] = max(delivered[doc["u"]], int(doc["s"]))
-        for doc in self._db.read.find({"c": conv.id}, projection={"u": 1, "s": 1}):
-            if doc["u"] in read:
-                read[doc["u"]] = int(doc["s"])
+        if doc is not None:
+            for field, seq in doc.get("recv", {}).items():
+                user, _device = recv_owner(field)
+                if user in delivered:
+                    delivered[user] = max(delivered[user], int(seq))
+            for user in users:
+                read[user] = int(doc.get("read", {}).get(read_field(user), 0))
         return {u: MemberMarks(user=u, delivered=delivered[u], read=read[u]) for u in users}
 
+    def marks(self, conv: Conversation) -> dict[str, MemberMarks]:
+        return self._member_marks(conv, self._docs([conv.id]).get(conv.id))
+
     def device_recv(self, user: str, device: str, conv: str) -> int:
-        doc = self._db.recv.find_one({"_id": recv_id(user, device, conv)})
-        return 0 if doc is None else int(doc["s"])
+        doc = self._docs([conv]).get(conv, {})
+        return int(doc.get("recv", {}).get(recv_field(user, device), 0))
 
     def conversations(self, user: str, device: str) -> list[ConvRow]:
         """The ``convs`` listing of ``user`` as ``device`` sees it."""
         rows = []
         docs = list(self._db.convs.find({"member_ids": user}, sort=[("_id", 1)]))
         lasts = self._chunks.last_seqs(docs)
+        mark_docs = self._docs(d["_id"] for d in docs)
+        field = recv_field(user, device)
         for doc in docs:
             conv = decode_conv(doc)
             last = lasts[conv.id]
-            marks = self.marks(conv)
+            mark_doc = mark_docs.get(conv.id)
+            marks = self._member_marks(conv, mark_doc)
             read = marks[user].read
             rows.append(
                 ConvRow(
@@ -128,7 +235,7 @@ class Marks:
                     title=conv.title,
                     members=tuple(conv.members),
                     last_seq=last,
-                    delivered=self.device_recv(user, device, conv.id),
+                    delivered=int((mark_doc or {}).get("recv", {}).get(field, 0)),
                     read=read,
                     unread=unread_count(
                         conv, user, read, self._chunks.fetch(conv.id, read + 1, last)
@@ -141,33 +248,38 @@ class Marks:
     def unsynced_many(self, wanted: list[tuple[str, str]]) -> list[Backlog]:
         """The hello backlog of many (user, device) at once: a few commands for all of them."""
         users = sorted({u for u, _ in wanted})
-        recv: dict[tuple[str, str], dict[str, int]] = {}
-        for d in self._db.recv.find({"u": {"$in": users}}):
-            recv.setdefault((d["u"], d["d"]), {})[d["c"]] = int(d["s"])
         # Two indexed queries: SecantusDB answers an $or of them with a collection scan.
         docs = {d["_id"]: d for d in self._db.convs.find({"member_ids": {"$in": users}})}
         for doc in self._db.convs.find({"past_ids": {"$in": users}}):
             docs.setdefault(doc["_id"], doc)
         lasts = self._chunks.last_seqs(docs.values()) if docs else {}
+        mark_docs = self._docs(docs)
         by_user: dict[str, list[Doc]] = {}
         for conv_id in sorted(docs):
             doc = docs[conv_id]
             for user in {*doc.get("member_ids", []), *doc.get("past_ids", [])}:
                 by_user.setdefault(user, []).append(doc)
         return [
-            self._unsynced_one(user, by_user.get(user, []), recv.get((user, device), {}), lasts)
+            self._unsynced_one(user, device, by_user.get(user, []), mark_docs, lasts)
             for user, device in wanted
         ]
 
     def _unsynced_one(
-        self, user: str, docs: list[Doc], recv: dict[str, int], lasts: dict[str, int]
+        self,
+        user: str,
+        device: str,
+        docs: list[Doc],
+        mark_docs: dict[str, Doc],
+        lasts: dict[str, int],
     ) -> Backlog:
+        field = recv_field(user, device)
         out = []
         for doc in docs:
             conv = decode_conv(doc)
             span = conv.visible_range(user)
             assert span is not None
-            lo = max(span[0], recv.get(conv.id, 0) + 1)
+            recv = int(mark_docs.get(conv.id, {}).get("recv", {}).get(field, 0))
+            lo = max(span[0], recv + 1)
             last = lasts[conv.id]
             hi = last if span[1] is None else min(span[1], last)
             if lo <= hi:

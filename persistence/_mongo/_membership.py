@@ -8,11 +8,13 @@ try again, and a retried change that did commit before finds itself through ``la
 from __future__ import annotations
 
 import functools
+import time
 
 from pymongo import ReturnDocument
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.read_concern import ReadConcern
 
 from protocol import MemberEvent
 
@@ -24,8 +26,9 @@ from ._commit import MAX_ROUNDS
 from ._runner import Runner, is_write_conflict
 from ._schema import Doc, chunk_doc, decode_conv, load_conv, membership_fields, new_message_id
 
-#: Upserts of a new direct conversation before giving up (each one after a lost race).
-_DIRECT_RACE_TRIES = 3
+#: Pauses before each retry of the upsert of a new direct conversation after a lost race
+#: (the winner's insert becomes visible once it committed, a journal flush later).
+_DIRECT_RACE_PAUSES_S = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
 
 
 class _Contended(Exception):
@@ -52,8 +55,8 @@ class Membership:
             return decode_conv(found)
         conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
         fields = {"kind": "direct", "v": 0, **membership_fields(conv)}
-        doc = None
-        for _ in range(_DIRECT_RACE_TRIES):
+        for pause in _DIRECT_RACE_PAUSES_S:
+            time.sleep(pause)  # a worker thread: the event loop goes on
             try:
                 doc = self._db.convs.find_one_and_update(
                     {"_id": conv_id},
@@ -62,14 +65,19 @@ class Membership:
                     return_document=ReturnDocument.AFTER,
                 )
             except DuplicateKeyError:
+                doc = None
+            if doc is None:
                 # Two first messages raced to create it and the other one won, which is the
-                # point; its insert may not be visible yet, so the upsert is simply tried again
-                # (it now finds the document).
-                continue
-            break
-        if doc is None:
-            raise Unavailable("direct conversation creation kept racing; retry")
-        return decode_conv(doc)
+                # point (SecantusDB may also answer the losing upsert with no document). The
+                # match may have read a majority snapshot older than the winner's insert: read
+                # the latest local data (a direct conversation's document is a function of its
+                # id, so any copy is the same), else try again after a pause.
+                doc = self._db.convs.with_options(read_concern=ReadConcern("local")).find_one(
+                    {"_id": conv_id}
+                )
+            if doc is not None:
+                return decode_conv(doc)
+        raise Unavailable("direct conversation creation kept racing; retry")
 
     def create_group(
         self, conv: Conversation, event: StoredMessage

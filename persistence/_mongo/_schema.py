@@ -23,10 +23,20 @@ Collections (all in one database):
   version ``v`` (optimistic concurrency of membership changes), ``last_op``/``last_op_seq``
   (the last membership change, so a retried change finds itself) and ``end_hint`` (a chunk
   end at most the real end, where a cold "last seq" read starts).
-* ``recv``: ``_id = recv_id(user, device, conv)``, ``u``/``d``/``c``, ``s`` the device's
-  recv watermark (max-merged). Indexes ``c`` and ``(u, d)``.
-* ``read``: ``_id = read_id(user, conv)``, ``u``/``c``, ``s`` the user's read watermark.
-  Index ``c``.
+* ``marklog``: the durable log of watermark batches, one document per batch:
+  ``_id`` random, ``ts`` (wall ms of the write), ``m`` a list of ``[conv, path, seq]`` where
+  ``path`` is ``recv.<recv_field(user, device)>`` or ``read.<read_field(user)>``. Written
+  journaled (a receipt follows it), folded into ``marks`` and deleted every few seconds by
+  the store that wrote it (or, after :data:`._marks.STALE_LOG_MS`, by any store). Small by
+  construction; readers read all of it. No secondary index.
+* ``marks``: one document per conversation, ``_id`` the conversation id, holding every
+  folded watermark of it: ``recv`` maps ``recv_field(user, device)`` to that device's recv
+  mark and ``read`` maps ``read_field(user)`` to that user's read mark (``$max``-merged, so
+  they never move backwards). A watermark is the max of its ``marks`` entry and every
+  ``marklog`` entry for it. No secondary index: every read knows its conversations.
+  Schema change (2026-12-02): ``marklog`` + ``marks`` replace the per-mark collections
+  ``recv`` (``user|device|conv``) and ``read`` (``user|conv``) of earlier versions, which are
+  no longer read (their marks are lost on upgrade: at worst a redundant push).
 * ``devices``: ``_id = device_id(user, device)``, ``u``/``d``, ``ts`` of the latest connect
   registered. Index ``u``.
 * ``users``: ``_id`` the user id, ``last_seen`` (max-merged).
@@ -38,8 +48,9 @@ Collections (all in one database):
 The collections that several nodes share — ``leases``, ``sessions`` and ``ephemeral`` — are
 documented in :mod:`._cluster`.
 
-Write concerns: everything an acknowledgement depends on is ``majority`` + ``j: true``
-(:data:`DURABLE`); watermarks, presence facts, the device registry and hints use ``w: 1``
+Write concerns: everything an acknowledgement or a receipt depends on is ``majority`` +
+``j: true`` (:data:`DURABLE`): messages, keys, membership, jobs and watermarks (one
+``marklog`` insert per batch of marks); presence facts, the device registry and hints use ``w: 1``
 (:data:`LIGHT`).
 """
 
@@ -79,14 +90,24 @@ def chunk_id(conv: str, first: int) -> str:
     return f"{conv}|{first:016d}"
 
 
-def recv_id(user: str, device: str, conv: str) -> str:
-    """The ``recv`` ``_id`` of a device's watermark in a conversation."""
-    return f"{user}|{device}|{conv}"
+def recv_field(user: str, device: str) -> str:
+    """The key of a device's recv mark in a ``marks`` document's ``recv`` map.
+
+    User and device ids are ``[A-Za-z0-9_.-]``; a ``.`` would split a MongoDB update path, so
+    it is written as ``:`` (which no id contains); ``|`` separates the two ids.
+    """
+    return f"{user}|{device}".replace(".", ":")
 
 
-def read_id(user: str, conv: str) -> str:
-    """The ``read`` ``_id`` of a user's read watermark in a conversation."""
-    return f"{user}|{conv}"
+def recv_owner(field: str) -> tuple[str, str]:
+    """The (user, device) of a :func:`recv_field` key."""
+    user, _, device = field.replace(":", ".").partition("|")
+    return user, device
+
+
+def read_field(user: str) -> str:
+    """The key of a user's read mark in a ``marks`` document's ``read`` map."""
+    return user.replace(".", ":")
 
 
 def device_id(user: str, device: str) -> str:
@@ -183,9 +204,6 @@ def create_indexes(db: Database[Doc]) -> None:
     db.chunks.create_index([("conv", 1), ("first", 1)], name="conv_first")
     db.convs.create_index("member_ids")
     db.convs.create_index("past_ids")
-    db.recv.create_index("c")
-    db.recv.create_index([("u", 1), ("d", 1)])
-    db.read.create_index("c")
     db.devices.create_index("u")
     db.jobs.create_index(
         "user", unique=True, name="one_open_job", partialFilterExpression={"open": True}

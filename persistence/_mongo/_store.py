@@ -52,7 +52,7 @@ from ._cluster import Cluster, MongoFeed
 from ._coalescer import Coalescer
 from ._commit import MERGE_MAX_DRAFTS, CommitStats, GroupCommit, Outcome, Request
 from ._devices import Devices
-from ._marks import Backlog, Marks
+from ._marks import FOLD_EVERY_S, Backlog, Marks
 from ._membership import Membership
 from ._outbox import Outbox
 from ._runner import Runner
@@ -89,14 +89,14 @@ class MongoStore(Store):
         self._chunks = ChunkLog(self._db, light)
         self._commit = GroupCommit(self._db, self._chunks, self._runner, self._rng)
         self._membership = Membership(self._db, self._chunks, self._runner)
-        self._marks = Marks(self._db, light, self._chunks)
+        self._directs: BoundedCache[str, Conversation] = BoundedCache(DIRECTS_MAX)
+        self._marks = Marks(self._db, self._chunks, self._runner, self._directs.get)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
         self._cluster = Cluster(light)
         # Where the change feed connects its own client (see watch); set by connect().
         self._uri: str | None = None
         self._database_name = database
-        self._directs: BoundedCache[str, Conversation] = BoundedCache(DIRECTS_MAX)
         # Appends (one merged commit at a time) and watermark batches get threads of their
         # own, so neither waits behind a burst of the other or of hello reads.
         self._marks_limiter = trio.CapacityLimiter(2)
@@ -185,7 +185,10 @@ class MongoStore(Store):
         return await self._runner.call(self._membership.create_group, conv, event)
 
     async def get_conversation(self, conv: str) -> Conversation:
-        return (await self._runner.call(load_conv, self._db, conv))[0]
+        found = (await self._runner.call(load_conv, self._db, conv))[0]
+        if found.kind == "direct":
+            self._directs.put(conv, found)  # never changes: see direct_conversation
+        return found
 
     async def _member_change(
         self, conv: str, op: MemberOp, actor: str, user: str, ts: int
@@ -258,16 +261,21 @@ class MongoStore(Store):
     # -- watermarks ----------------------------------------------------------------------
 
     async def merge_recv(self, marks: Sequence[RecvMark]) -> None:
-        if marks:
-            await self._runner.call(
-                self._marks.merge_recv, list(marks), limiter=self._marks_limiter
-            )
+        await self.merge_marks(marks, ())
 
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
-        if marks:
+        await self.merge_marks((), marks)
+
+    async def merge_marks(self, recv: Sequence[RecvMark], read: Sequence[ReadMark]) -> None:
+        if recv or read:
             await self._runner.call(
-                self._marks.merge_read, list(marks), limiter=self._marks_limiter
+                self._marks.merge, list(recv), list(read), limiter=self._marks_limiter
             )
+
+    FOLD_MARKS_EVERY_S = FOLD_EVERY_S
+
+    async def fold_marks(self) -> None:
+        await self._runner.call(self._marks.fold, limiter=self._marks_limiter)
 
     async def marks(self, conv: str) -> dict[str, MemberMarks]:
         return await self._runner.call(lambda: self._marks.marks(load_conv(self._db, conv)[0]))

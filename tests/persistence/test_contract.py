@@ -235,6 +235,39 @@ async def test_watermarks_max_merge_and_clamp(store: Store) -> None:
     assert (await store.marks(conv.id))["bob"].read == 6  # clamped to the leave event
 
 
+async def test_merge_marks_writes_recv_and_read_at_once(store: Store) -> None:
+    """Ids with dots (a MongoDB path separator) and several devices of one user."""
+    conv, _ = await store.create_group("a.lice", "Team", ["b.ob", "carol"], 1)
+    await store.append(conv.id, [draft("a.lice", f"m{i}") for i in range(3)])  # seq 2..4
+    await store.merge_marks(
+        [
+            RecvMark(user="b.ob", device="ph.one", conv=conv.id, seq=3),
+            RecvMark(user="b.ob", device="lap", conv=conv.id, seq=2),
+            RecvMark(user="carol", device="x", conv=conv.id, seq=4),
+        ],
+        [ReadMark(user="b.ob", conv=conv.id, seq=2)],
+    )
+    await store.fold_marks()  # housekeeping: no read changes
+    await store.merge_marks([RecvMark(user="b.ob", device="ph.one", conv=conv.id, seq=1)], [])
+    assert await store.device_recv("b.ob", "ph.one", conv.id) == 3
+    assert await store.device_recv("b.ob", "lap", conv.id) == 2
+    assert await store.device_recv("b.ob", "other", conv.id) == 0
+    marks = await store.marks(conv.id)
+    assert [(u, m.delivered, m.read) for u, m in sorted(marks.items())] == [
+        ("a.lice", 0, 0),
+        ("b.ob", 3, 2),
+        ("carol", 4, 0),
+    ]
+    [(backlog_conv, messages)] = await store.unsynced("b.ob", "lap")
+    assert backlog_conv.id == conv.id and [m.seq for m in messages] == [3, 4]
+    [row] = await store.conversations("b.ob", "ph.one")
+    assert (row.delivered, row.read, row.unread) == (3, 2, 2)
+    assert [(o.user, o.delivered) for o in row.others] == [("a.lice", 0), ("carol", 4)]
+    await store.merge_marks([], [])  # nothing to write
+    await store.fold_marks()
+    assert (await store.marks(conv.id))["b.ob"].delivered == 3
+
+
 async def test_unsynced_and_conversation_rows(store: Store) -> None:
     direct = await store.direct_conversation("alice", "bob")
     group, _ = await store.create_group("carol", "Team", ["bob"], 1)

@@ -236,3 +236,22 @@ async def test_devices_registered_by_another_store(mongo_uri: str, mongo_db_name
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_concurrent_first_messages_meet_in_one_direct_conversation(
+    two: tuple[MongoStore, MongoStore],
+) -> None:
+    """Racing creations of a direct conversation (one store and two) all get it: the losing
+    upsert (a duplicate key, or on SecantusDB no document at all) reads the winner's."""
+    stores = [*two, two[0]]
+
+    async def create(got: list[str], store: MongoStore, a: str, b: str) -> None:
+        got.append((await store.direct_conversation(a, b)).id)
+
+    for i in range(10):
+        got: list[str] = []
+        async with trio.open_nursery() as nursery:
+            for k, store in enumerate(stores):
+                a, b = (f"u{i}", "bob") if k % 2 == 0 else ("bob", f"u{i}")
+                nursery.start_soon(create, got, store, a, b)
+        assert got == [f"d:bob:u{i}"] * len(stores)
