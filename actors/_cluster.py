@@ -137,16 +137,20 @@ class FeedDispatcher:
                 await feed.aclose()
 
     async def _open(self) -> ChangeFeed:
-        """A feed at the kept token; from now (and the sessions reloaded) when there is none."""
+        """A feed at the kept token; from now (and the sessions reloaded) when there is none.
+
+        When the kept token's history is gone, the conversations resync from the Store once
+        the fresh feed is open (so nothing stored in between is missed).
+        """
         store, me = self._ctx.store, self._ctx.name
+        lost = False
         while True:
             try:
                 if self._token is not None:
                     try:
                         return await store.watch(me, after=self._token)
                     except FeedLost:
-                        self._token = None
-                        await self._conversations.resync_all()
+                        self._token, lost = None, True
                 # Opened before the sessions are read, so no change falls between the two.
                 feed = await store.watch(me)
                 try:
@@ -160,6 +164,8 @@ class FeedDispatcher:
                 continue
             await self._reset_sessions(sessions)
             self._token = feed.token
+            if lost:
+                await self._conversations.resync_all()
             return feed
 
     async def _reset_sessions(self, sessions: Sequence[DeviceSession]) -> None:
