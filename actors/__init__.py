@@ -1,5 +1,6 @@
 """actors: the chat node as supervised Trio actors and its WebSocket gateway."""
 
+from ._auth import Grant as Grant
 from ._auth import InvalidToken as InvalidToken
 from ._auth import SecretError as SecretError
 from ._auth import TokenIssuer as TokenIssuer

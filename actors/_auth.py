@@ -5,6 +5,9 @@ JSON ``{"u": user, "exp": seconds since the epoch}`` and ``mac`` the unpadded ba
 ``HMAC-SHA256(secret, "v1." + payload)``. The MAC is checked (in constant time) before the
 payload is parsed, so nothing an attacker writes is interpreted unless we signed it.
 
+:meth:`TokenIssuer.verify` answers a :class:`Grant`: the user and the token's expiry, so the
+node can end a session when its token expires (PROTOCOL.md session rule 8).
+
 Time is a parameter (``now_s``): the command line passes ``time.time()``, the node its
 wall-clock function, the simulator a time derived from its virtual clock.
 
@@ -24,6 +27,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+import attrs
 import orjson
 
 from protocol import is_valid_id
@@ -32,6 +36,7 @@ __all__ = [
     "MIN_SECRET_BYTES",
     "SECRET_ENV",
     "SECRET_FILE",
+    "Grant",
     "InvalidToken",
     "SecretError",
     "TokenIssuer",
@@ -55,6 +60,15 @@ class InvalidToken(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@attrs.frozen(kw_only=True)
+class Grant:
+    """What an accepted token grants: acting as ``user`` until ``expires_s`` (seconds since
+    the epoch, on the verifier's clock; ``math.inf`` for a token that never expires)."""
+
+    user: str
+    expires_s: float
 
 
 class SecretError(Exception):
@@ -97,8 +111,9 @@ class TokenIssuer:
         signing_input = f"{TOKEN_VERSION}.{_b64encode(payload)}"
         return f"{signing_input}.{_b64encode(self._mac(signing_input))}"
 
-    def verify(self, token: str, now_s: float) -> str:
-        """The user id ``token`` was minted for; :class:`InvalidToken` if it is not acceptable.
+    def verify(self, token: str, now_s: float) -> Grant:
+        """The user ``token`` was minted for and its expiry; :class:`InvalidToken` if it is not
+        acceptable (at ``now_s``).
 
         Raises nothing else, whatever ``token`` is.
         """
@@ -130,7 +145,7 @@ class TokenIssuer:
             raise InvalidToken("malformed token: invalid expiry")
         if now_s >= exp:
             raise InvalidToken("token expired")
-        return user
+        return Grant(user=user, expires_s=float(exp))
 
 
 def _check_length(secret: bytes, origin: str) -> bytes:

@@ -54,10 +54,31 @@ class NodeConfig:
     rate_burst: int = 1000
     #: Frames queued for one connection before it counts as a slow consumer and is dropped.
     outbox_size: int = 4096
+    #: Bytes (estimated, see ``actors._router.frame_bytes``) queued for one connection
+    #: before it counts as a slow consumer (close 1013).
+    outbox_bytes: int = 4 * 1024 * 1024
+    #: The hello backlog is read a page at a time, the next page only once the outbox holds
+    #: less than this (so a backlog of any length costs about this much memory).
+    backlog_window_bytes: int = 256 * 1024
+    #: Messages per page of the hello backlog (one Store read each).
+    backlog_page: int = 32
+    #: Admission (close 4429): open connections of this node, handshakes included;
+    #: connections that have not said hello yet; connected devices of one user here.
+    max_connections: int = 20_000
+    max_pending_hellos: int = 1_000
+    max_devices_per_user: int = 32
+    #: Per-user token bucket shared by all the user's connections on this node.
+    user_rate_per_s: float = 400.0
+    user_rate_burst: int = 2000
+    #: At most one ``typing`` relay per (user, conversation) per this many seconds.
+    typing_interval_s: float = 1.0
     #: Requests queued for one conversation actor or the presence registry.
     mailbox_size: int = 1024
     #: Bound on closing one WebSocket and on the cleanup a finishing actor does.
     close_timeout_s: float = 2.0
+    #: Bound on writing what a closing connection is owed (its outbox) before a close that
+    #: drains (shutdown 1001, token expiry 4401).
+    drain_timeout_s: float = 3.0
     #: Bound on a graceful node shutdown before the rest is cancelled.
     shutdown_timeout_s: float = 10.0
     #: This node's lease in the Store lasts this long (PROTOCOL.md: at most 30 s): a node

@@ -8,18 +8,22 @@ actor) plus trio-websocket's reader, ~19 KiB in all. Other actors reach it only
 through its :class:`~actors._router.ConnectionHandle` (push a frame without blocking, or ask
 it to close).
 
-Flow: wait for ``hello`` (``hello_timeout_s``, else 4408; another first frame → ``error
-bad_frame`` + 4400; bad token → ``error unauthenticated`` + 4401), ``welcome``, register in
-the router (replacing and closing with 4409 an older connection of the same device), push
-the unacknowledged backlog then ``synced``, then read frames one at a time, in arrival order,
+Flow: wait for ``hello`` (``hello_timeout_s`` from the TCP accept, else 4408; another first
+frame → ``error bad_frame`` + 4400; bad token → ``error unauthenticated`` + 4401; a user with
+``max_devices_per_user`` other devices here → 4429), ``welcome``, register in the router
+(replacing and closing with 4409 an older connection of the same device), stream the
+unacknowledged backlog (page by page as the outbox drains) then ``synced``, then read frames
+one at a time (each spends a token of the connection's bucket and of its user's), in arrival order,
 until the peer leaves or someone asks the actor to close. A frame's failure is contained: a
 protocol error gets ``error``/``nack``; a Store error its code; an unexpected exception is
 logged with its traceback and answered ``internal``; the connection goes on (G9).
 
 Cancellation: a close asked through the handle (replacement 4409, shutdown 1001, slow
-consumer 1013, keep-alive timeout 4408) cancels the actor's own scope, after which it leaves
-the router and the presence registry and closes the transport with that code (shielded,
-bounded by ``close_timeout_s``). A cancellation from outside (the node crashed) leaves the
+consumer 1013, keep-alive timeout 4408, token expiry 4401) cancels the actor's own scope,
+after which it leaves the router and the presence registry and closes the transport with that
+code (shielded, bounded by ``close_timeout_s``). Shutdown and token expiry *drain* first: the
+writer finishes what is queued (acks, pushes, the farewell error) for up to
+``drain_timeout_s``; other closes drop it. A cancellation from outside (the node crashed) leaves the
 router at once and closes nothing gracefully: like a killed process, memory is just lost.
 """
 
@@ -27,12 +31,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import trio
 
+from persistence import BacklogRange, DeviceSession, StoreError, UnknownConversation
 from persistence import ConvRow as StoredConvRow
-from persistence import DeviceSession, StoreError, UnknownConversation
 from protocol import (
     ClientFrame,
     CloseCode,
@@ -61,11 +66,13 @@ from protocol import (
     Synced,
     Typing,
     convs_result,
+    count_within,
     group_created_result,
     history_result,
 )
 
-from ._auth import InvalidToken
+from ._admission import Ticket
+from ._auth import Grant, InvalidToken
 from ._context import NodeContext, msg_frame
 from ._conversations import ConversationManager
 from ._messages import (
@@ -81,13 +88,13 @@ from ._messages import (
     Unsubscribe,
 )
 from ._ratelimit import TokenBucket
-from ._router import ConnectionHandle
+from ._router import ConnectionHandle, frame_bytes
 from ._transport import Transport, TransportClosed, send_batch
 
 log = logging.getLogger("actors.connection")
 
-#: ``verify(token, now_s) -> user``, raising :class:`~actors._auth.InvalidToken`.
-TokenVerifier = Callable[[str, float], str]
+#: ``verify(token, now_s) -> grant``, raising :class:`~actors._auth.InvalidToken`.
+TokenVerifier = Callable[[str, float], Grant]
 #: Starts a task in the node's nursery (``nursery.start_soon``).
 Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
@@ -101,12 +108,15 @@ class ConnectionActor:
         "_conn_id",
         "_conversations",
         "_ctx",
+        "_drain",
+        "_expires_at",
         "_handle",
         "_presence",
         "_scope",
         "_session",
         "_space",
         "_spawn",
+        "_ticket",
         "_transport",
         "_verify_token",
         "_writer_scope",
@@ -123,6 +133,8 @@ class ConnectionActor:
         transport: Transport,
         conn_id: int,
         spawn: Spawn,
+        ticket: Ticket,
+        accepted_at: float,
     ) -> None:
         self._ctx = ctx
         self._conversations = conversations
@@ -132,9 +144,12 @@ class ConnectionActor:
         self._conn_id = conn_id
         self._scope = trio.CancelScope()
         self._close: tuple[int, str] | None = None
-        self._session = ServerSession(
-            now=trio.current_time(), hello_timeout=ctx.config.hello_timeout_s
-        )
+        self._drain = False
+        self._ticket = ticket
+        # The hello deadline runs from the TCP accept: the WebSocket handshake is part of it.
+        self._session = ServerSession(now=accepted_at, hello_timeout=ctx.config.hello_timeout_s)
+        #: When the session's token expires, on trio's clock (known after the hello).
+        self._expires_at = math.inf
         self._bucket = TokenBucket.full(
             ctx.config.rate_per_s, ctx.config.rate_burst, trio.current_time()
         )
@@ -149,10 +164,15 @@ class ConnectionActor:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def request_close(self, code: int, reason: str) -> None:
-        """Close with ``code`` (the first request wins); safe to call from any task."""
+    def request_close(self, code: int, reason: str, *, drain: bool = False) -> None:
+        """Close with ``code`` (the first request wins); safe to call from any task.
+
+        With ``drain`` the frames already queued (acks of stored messages, pushes, a farewell
+        error) are written first, for at most ``drain_timeout_s``; without it they are dropped.
+        """
         if self._close is None:
             self._close = (code, reason)
+            self._drain = drain
         self._scope.cancel()
 
     async def run(self) -> None:
@@ -180,7 +200,10 @@ class ConnectionActor:
         opened = await self._authenticate()
         if opened is None:
             return
-        handle = self._open(*opened)
+        device, grant = opened
+        handle = self._open(device, grant.user)
+        if handle is None:
+            return
         try:
             await self._presence.send(DeviceConnected(user=handle.user, conn_id=self._conn_id))
             # The welcome waits in the outbox for the backlog and ``synced``: one write for all
@@ -201,24 +224,31 @@ class ConnectionActor:
                 await self._dispatch(frame)
                 del frame
         finally:
-            handle.closed = True
-            if self._writer_scope is not None:
-                self._writer_scope.cancel()
+            if not self._drain:
+                self._stop_writer(handle)
             self._ctx.keepalive.unwatch(self._conn_id)
 
-    async def _authenticate(self) -> tuple[str, str] | None:
-        """Wait for ``hello`` and verify its token: (device, user), or None (closing)."""
+    def _stop_writer(self, handle: ConnectionHandle) -> None:
+        handle.closed = True
+        if self._writer_scope is not None:
+            self._writer_scope.cancel()
+
+    async def _authenticate(self) -> tuple[str, Grant] | None:
+        """Wait for ``hello`` and verify its token: (device, grant), or None (closing)."""
         hello = await self._await_hello()
         if hello is None:
             return None
+        now_s = self._ctx.wall_ms() / 1000
         try:
-            user = self._verify_token(hello.token, self._ctx.wall_ms() / 1000)
+            grant = self._verify_token(hello.token, now_s)
         except InvalidToken as exc:
             error, code = self._session.reject(exc.reason)
             await self._send_direct(error)
             self.request_close(code, "unauthenticated")
             return None
-        return hello.device, user
+        # The token's expiry on trio's clock, which is what the keep-alive timer runs on.
+        self._expires_at = trio.current_time() + max(0.0, grant.expires_s - now_s)
+        return hello.device, grant
 
     async def _await_hello(self) -> Hello | None:
         with trio.move_on_at(self._session.deadline()):
@@ -246,9 +276,21 @@ class ConnectionActor:
         except TransportClosed:
             return
 
-    def _open(self, device: str, user: str) -> ConnectionHandle:
-        """Accept the hello: queue ``welcome``, enter the router and the keep-alive timer."""
+    def _open(self, device: str, user: str) -> ConnectionHandle | None:
+        """Accept the hello: queue ``welcome``, enter the router and the keep-alive timer.
+
+        None (closing with 4429) when the user has ``max_devices_per_user`` other devices
+        connected to this node already (the same device replaces its old connection).
+        """
         ctx, config = self._ctx, self._ctx.config
+        others = [h for h in ctx.router.devices(user) if h.device != device]
+        if len(others) >= config.max_devices_per_user:
+            self.request_close(
+                CloseCode.OVER_LIMIT,
+                f"too many devices connected ({config.max_devices_per_user}); close one first",
+            )
+            return None
+        self._ticket.welcomed()
         welcome = self._session.accept(
             user=user,
             device=device,
@@ -258,9 +300,15 @@ class ConnectionActor:
             node=ctx.name,
         )
         handle = ConnectionHandle(
-            self._conn_id, user, device, self.request_close, config.outbox_size, self._kick
+            self._conn_id,
+            user,
+            device,
+            self.request_close,
+            config.outbox_size,
+            self._kick,
+            config.outbox_bytes,
         )
-        handle.outbox.append(welcome)
+        handle.queue(welcome, frame_bytes(welcome))
         self._handle = handle
         replaced = ctx.router.register(handle)
         if replaced is not None:
@@ -276,7 +324,11 @@ class ConnectionActor:
     async def _finish(self) -> None:
         """Leave the node's tables, then close the transport with the requested code."""
         code, reason = self._close if self._close is not None else (CloseCode.NORMAL, "")
-        with trio.move_on_after(self._ctx.config.close_timeout_s, shield=True):
+        config = self._ctx.config
+        with trio.move_on_after(config.close_timeout_s + config.drain_timeout_s, shield=True):
+            if self._drain and self._handle is not None:
+                await self._drain_outbox(config.drain_timeout_s)
+                self._stop_writer(self._handle)
             handle = self._leave_router()
             if handle is not None:
                 self._ctx.sessions.close(
@@ -302,6 +354,8 @@ class ConnectionActor:
         if handle is not None:
             self._ctx.router.unregister(handle)
             self._ctx.metrics.connections.dec()
+            if not self._ctx.router.devices(handle.user):
+                self._ctx.budgets.release(handle.user, trio.current_time())
         return handle
 
     def _farewells(self, handle: ConnectionHandle) -> list[PresenceRequest]:
@@ -335,16 +389,17 @@ class ConnectionActor:
         try:
             with trio.CancelScope() as self._writer_scope:
                 while handle.outbox and not handle.closed:
-                    frames, handle.outbox = handle.outbox, []
-                    handle.in_flight = len(frames)
+                    frames = handle.take()
                     texts = [self._session.send(frame) for frame in frames]
+                    del frames
                     try:
                         await send_batch(self._transport, texts)
                     except TransportClosed:
                         handle.closed = True
                         self.request_close(CloseCode.NORMAL, "peer went away")
                         return
-                    handle.in_flight = 0
+                    del texts
+                    handle.written()
                     if self._space is not None:
                         self._space.set()
                         self._space = None
@@ -357,36 +412,52 @@ class ConnectionActor:
             self._writing = False
 
     def keepalive_deadline(self) -> float:
-        """For the node's :class:`~actors._keepalive.KeepAlive` timer."""
-        return self._session.deadline()
+        """For the node's :class:`~actors._keepalive.KeepAlive` timer: the keep-alive
+        deadline, or the token's expiry when that comes first."""
+        return min(self._session.deadline(), self._expires_at)
 
     def keepalive_check(self, now: float) -> bool:
-        """Close with 4408 when nothing was heard for ``2 * heartbeat_s``."""
+        """Close with 4408 when nothing was heard for ``2 * heartbeat_s``; at the token's
+        expiry, ``error unauthenticated`` ("token expired") and close 4401."""
+        handle = self._handle
+        if now >= self._expires_at and handle is not None:
+            error = Error(code=ErrorCode.UNAUTHENTICATED, message="token expired")
+            self._count(error)
+            # Behind whatever is queued (even during the hello sync), then the close.
+            handle.queue(error, frame_bytes(error))
+            self._kick()
+            self.request_close(CloseCode.UNAUTHENTICATED, "token expired", drain=True)
+            return True
         code = self._session.expired(now)
         if code is None:
             return False
         self.request_close(code, f"nothing heard for {2 * self._ctx.config.heartbeat_s} s")
         return True
 
-    async def _drain_outbox(self) -> None:
-        """Wait until the writer wrote everything queued (bounded by ``close_timeout_s``)."""
+    async def _drain_outbox(self, timeout_s: float) -> None:
+        """Wait until the writer wrote everything queued (for at most ``timeout_s``)."""
         handle = self._handle
         assert handle is not None
-        with trio.move_on_after(self._ctx.config.close_timeout_s):
+        with trio.move_on_after(timeout_s):
             while handle.unsent and not handle.closed:
                 if self._space is None:
                     self._space = trio.Event()
                 await self._space.wait()
 
     async def _enqueue(self, frame: ServerFrame) -> None:
-        """Queue one of the connection's own frames, waiting while the outbox is full."""
+        """Queue one of the connection's own frames, waiting while the outbox is full (in
+        frames or in bytes). An outbox emptier than its byte limit takes any frame, however
+        large, so that every frame fits eventually."""
         handle = self._handle
         assert handle is not None
-        while handle.unsent >= handle.limit:
+        size = frame_bytes(frame)
+        while handle.unsent >= handle.limit or (
+            handle.unsent and handle.unsent_bytes + size > handle.byte_limit
+        ):
             if self._space is None:
                 self._space = trio.Event()
             await self._space.wait()
-        handle.outbox.append(frame)
+        handle.queue(frame, size)
         self._kick()
 
     async def _sync(self, handle: ConnectionHandle) -> bool:
@@ -396,23 +467,17 @@ class ConnectionActor:
         user's offline period are written afterwards, in the background (see
         :meth:`_after_sync`): nothing the client is sent depends on them.
         """
-        store, ts = self._ctx.store, self._ctx.wall_ms()
+        ts = self._ctx.wall_ms()
         try:
-            with self._ctx.timed("sync"):
-                backlog = await store.unsynced(handle.user, handle.device)
+            synced_up_to = await self._push_backlog(handle)
         except StoreError as exc:
             error = Error(code=exc.code, message=f"cannot sync: {exc.message}")
             self._count(error)
             await self._enqueue(error)
-            await self._drain_outbox()  # welcome + error out before the close cancels the writer
+            # welcome + error out before the close cancels the writer
+            await self._drain_outbox(self._ctx.config.close_timeout_s)
             self.request_close(CloseCode.TRY_AGAIN_LATER, "storage unavailable")
             return False
-        synced_up_to: dict[str, int] = {}
-        for _conversation, messages in backlog:
-            for message in messages:
-                await self._enqueue(msg_frame(message))
-                synced_up_to[message.conv] = message.seq
-        self._ctx.metrics.messages_out.inc(sum(len(m) for _c, m in backlog))
         await self._enqueue(Synced())
         while parked := handle.take_parked(synced_up_to):
             for frame in parked:
@@ -431,6 +496,52 @@ class ConnectionActor:
         )
         self._spawn(functools.partial(self._after_sync, handle.user, handle.device, ts))
         return True
+
+    async def _push_backlog(self, handle: ConnectionHandle) -> dict[str, int]:
+        """Stream the backlog: where it is (one Store call), then its messages a page of
+        ``backlog_page`` at a time, each page read only once the outbox holds less than
+        ``backlog_window_bytes`` — so its memory is bounded however long it is, and one
+        user's long backlog is many short Store calls that other requests interleave with.
+        Returns the seq pushed up to, per conversation."""
+        store, config = self._ctx.store, self._ctx.config
+        with self._ctx.timed("sync"):
+            ranges = await store.unsynced(handle.user, handle.device)
+        synced_up_to: dict[str, int] = {}
+        # Pages of about backlog_page messages: a long range is split, short ones (a user in
+        # many conversations with a little each) go several to a Store call.
+        page: list[BacklogRange] = []
+        size = 0
+        for span in ranges:
+            for lo in range(span.lo, span.hi + 1, config.backlog_page):
+                hi = min(span.hi, lo + config.backlog_page - 1)
+                page.append(BacklogRange(conv=span.conv, lo=lo, hi=hi))
+                size += hi - lo + 1
+                if size >= config.backlog_page:
+                    await self._push_page(handle, page, synced_up_to)
+                    page, size = [], 0
+        if page:
+            await self._push_page(handle, page, synced_up_to)
+        return synced_up_to
+
+    async def _push_page(
+        self, handle: ConnectionHandle, page: list[BacklogRange], synced_up_to: dict[str, int]
+    ) -> None:
+        """Read one page of the backlog once the outbox has room for it, and queue it."""
+        await self._wait_for_room(handle, self._ctx.config.backlog_window_bytes)
+        with self._ctx.timed("sync_page"):
+            messages = await self._ctx.store.read_ranges(page)
+        for message in messages:
+            await self._enqueue(msg_frame(message))
+        self._ctx.metrics.messages_out.inc(len(messages))
+        for span in page:
+            synced_up_to[span.conv] = span.hi
+
+    async def _wait_for_room(self, handle: ConnectionHandle, room_bytes: int) -> None:
+        """Wait until the outbox holds less than ``room_bytes``."""
+        while handle.unsent_bytes >= room_bytes and not handle.closed:
+            if self._space is None:
+                self._space = trio.Event()
+            await self._space.wait()
 
     async def _after_sync(self, user: str, device: str, ts: int) -> None:
         """Record the device and end the user's offline period (G8: the next message stored
@@ -471,11 +582,18 @@ class ConnectionActor:
             await self._reply(Error(code=code, message=message, rid=frame.rid))
 
     async def _dispatch(self, frame: ClientFrame) -> None:
-        if not isinstance(frame, Ping) and not self._bucket.take(trio.current_time()):
-            await self._refuse(
-                frame, ErrorCode.RATE_LIMITED, "rate limit exceeded; slow down", True
-            )
-            return
+        if not isinstance(frame, Ping):
+            now, user = trio.current_time(), self._session.user
+            assert user is not None, "frames are dispatched only after the welcome"
+            if not self._bucket.take(now):
+                message = "rate limit exceeded; slow down"
+            elif not self._ctx.budgets.take(user, now):
+                message = "rate limit of this user (all devices together) exceeded; slow down"
+            else:
+                message = None
+            if message is not None:
+                await self._refuse(frame, ErrorCode.RATE_LIMITED, message, True)
+                return
         try:
             await self._handle_frame(frame)
         except UnknownConversation as exc:
@@ -504,9 +622,21 @@ class ConnectionActor:
                 await submit(conv, MarkRequest(origin=handle, kind="read", seq=seq, rid=rid))
             case History():
                 await self._history(handle, frame)
-            case Convs(rid=rid):
-                rows = await self._ctx.store.conversations(handle.user, handle.device)
-                await self._reply(convs_result(rid, tuple(_conv_row(r) for r in rows)))
+            case Convs(limit=limit, cursor=cursor, rid=rid):
+                with self._ctx.timed("convs"):
+                    page = await self._ctx.store.conversations(
+                        handle.user, handle.device, limit=limit, cursor=cursor
+                    )
+                    rows = tuple(_conv_row(r) for r in page.rows)
+                    kept = count_within(rows)
+                    if kept < len(rows):
+                        # Over the result limit: the newest rows that fit, with the cursor
+                        # that continues right after them (the store knows their activity).
+                        page = await self._ctx.store.conversations(
+                            handle.user, handle.device, limit=kept, cursor=cursor
+                        )
+                        rows = tuple(_conv_row(r) for r in page.rows)
+                await self._reply(convs_result(rid, rows, page.cursor is not None, page.cursor))
             case GroupCreate():
                 await self._group_create(handle, frame)
             case GroupAdd(conv=conv, user=user, rid=rid):
@@ -547,7 +677,12 @@ class ConnectionActor:
                 )
                 return
             messages, more = await store.history(frame.conv, handle.user, frame.before, frame.limit)
-        await self._reply(history_result(frame.rid, tuple(msg_frame(m) for m in messages), more))
+        page = tuple(msg_frame(m) for m in messages)
+        # Under the result limit: the newest messages that fit; ``more`` says older ones exist.
+        kept = count_within(page[::-1])
+        if kept < len(page):
+            page, more = page[len(page) - kept :], True
+        await self._reply(history_result(frame.rid, page, more))
 
     async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
         # The manager also finds a group an ambiguous Store failure created after all, and

@@ -22,6 +22,7 @@ from ._config import NodeConfig
 from ._keepalive import KeepAlive
 from ._messages import PresenceRequest
 from ._metrics import NodeMetrics
+from ._ratelimit import UserBudgets
 from ._router import Router
 from ._sessions import RemoteSessions, SessionWriter
 
@@ -43,6 +44,13 @@ class NodeContext:
     name: str = "node"
     #: The node-wide keep-alive timer (run by the node; connections watch themselves).
     keepalive: KeepAlive = attrs.field(factory=KeepAlive)
+    #: Per-user rate budgets, shared by each user's connections on this node.
+    budgets: UserBudgets = attrs.field(
+        default=attrs.Factory(
+            lambda self: UserBudgets(self.config.user_rate_per_s, self.config.user_rate_burst),
+            takes_self=True,
+        )
+    )
     #: Devices connected to the other nodes of the deployment (kept by the change feed).
     remote: RemoteSessions = attrs.field(factory=RemoteSessions)
     #: Writes this node's device sessions to the Store, in order, in the background.

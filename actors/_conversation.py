@@ -130,6 +130,8 @@ class ConversationActor:
         # Devices whose recv mark here is only a lower bound: the Store read of their mark
         # failed (see _device_recv); it is read again at the next need.
         self._recv_unloaded: set[tuple[str, str]] = set()
+        # user → when their last typing notice was relayed (the v1.1 throttle); members only.
+        self._typing_at: dict[str, float] = {}
 
     @property
     def conversation(self) -> Conversation:
@@ -427,11 +429,9 @@ class ConversationActor:
         if any(m.seq > self._membership_seq for m in events) and not await self._reload(top):
             return
         self.last_seq = max(self.last_seq, top)
-        offline: dict[str, int] = {}
         for seq in sorted(by_seq):
-            self._fan_out(by_seq[seq], origins.get(seq), offline)
+            self._fan_out(by_seq[seq], origins.get(seq))
         self._published = top
-        await self._notify_offline(offline)
         await self._parted(events)
 
     async def _reload(self, top: int) -> bool:
@@ -482,7 +482,7 @@ class ConversationActor:
             return
         replayed = next((m for m in stored if m.seq == top), None)
         if replayed is not None:
-            self._fan_out(replayed, origins[top], {})
+            self._fan_out(replayed, origins[top])
 
     async def _announce(self, message: StoredMessage) -> None:
         """Fan out a message the actor found already stored when it loaded (a creation).
@@ -493,9 +493,7 @@ class ConversationActor:
         """
         if self._published > message.seq:
             return
-        offline: dict[str, int] = {}
-        self._fan_out(message, None, offline)
-        await self._notify_offline(offline)
+        self._fan_out(message, None)
 
     def _viewers(self, seq: int) -> list[str]:
         conv = self.conversation
@@ -503,39 +501,16 @@ class ConversationActor:
         deliver_to_removed = self._ctx.mutant(DELIVER_TO_REMOVED)
         return [u for u in everyone if conv.can_see(u, seq) or deliver_to_removed]
 
-    def _fan_out(
-        self, message: StoredMessage, origin: ConnectionHandle | None, offline: dict[str, int]
-    ) -> None:
+    def _fan_out(self, message: StoredMessage, origin: ConnectionHandle | None) -> None:
+        """Push ``message`` to its viewers' devices here. Offline members are not this
+        method's business: every write of a message carries their jobs (G8: ``notify`` of
+        ``append``, ``create_group`` and the membership changes)."""
         frame = msg_frame(message)
         router = self._ctx.router
         for user in self._viewers(message.seq):
-            handles = router.devices(user)
-            # Text messages carry their jobs in the append itself (see _commit); membership
-            # events are notified here, after the fact.
-            if (
-                message.kind != "text"
-                and not handles
-                and self.conversation.is_member(user)
-                and not self._ctx.remote.has(user)
-            ):
-                offline[user] = message.seq
-            for handle in handles:
+            for handle in router.devices(user):
                 if handle is not origin and handle.push(frame):
                     self._ctx.metrics.messages_out.inc()
-
-    async def _notify_offline(self, offline: dict[str, int]) -> None:
-        """G8 for membership events: one job per offline member (the Store coalesces them per
-        offline period). Text messages record theirs in the append (see :meth:`_commit`)."""
-        if not offline:
-            return
-        ts = self._ctx.wall_ms()
-        try:
-            with self._ctx.timed("notify_offline"):
-                for user in sorted(offline):
-                    await self._ctx.store.notify_offline(user, self.conv, offline[user], ts)
-        except StoreError as exc:
-            log.warning("could not record notification jobs for %s: %s", self.conv, exc)
-        self._ctx.wake_notifier()
 
     # ------------------------------------------------------------------ membership
 
@@ -543,16 +518,25 @@ class ConversationActor:
         store, ts = self._ctx.store, self._ctx.wall_ms()
         actor = request.origin.user
         target = actor if request.op == "leave" else request.user
+        # G8: the event's jobs are written with it; the Store keeps the members among these.
+        candidates = {*self.conversation.members, target}
+        notify = [u for u in sorted(candidates) if not self._ctx.connected_anywhere(u)]
         try:
             with self._ctx.timed("member_change"):
                 match request.op:
                     case "add":
-                        event = await store.add_member(self.conv, actor, request.user, ts)
+                        event = await store.add_member(
+                            self.conv, actor, request.user, ts, notify=notify
+                        )
                     case "remove":
-                        event = await store.remove_member(self.conv, actor, request.user, ts)
+                        event = await store.remove_member(
+                            self.conv, actor, request.user, ts, notify=notify
+                        )
                     case "leave":
-                        event = await store.leave(self.conv, actor, ts)
+                        event = await store.leave(self.conv, actor, ts, notify=notify)
         except StoreError as exc:
+            if notify:
+                self._ctx.wake_notifier()  # an ambiguous failure may have written the jobs
             if not exc.retryable:
                 self._error(request.origin, exc.code, exc.message, request.rid)
                 return
@@ -567,6 +551,8 @@ class ConversationActor:
                 self._error(request.origin, exc.code, exc.message, request.rid)
             return
         request.origin.push(empty_result(request.rid))
+        if notify and event is not None:
+            self._ctx.wake_notifier()
         if event is not None:
             # The membership changed: re-read it (and publish the event) before anything else.
             await self._resync()
@@ -675,6 +661,12 @@ class ConversationActor:
                 request.origin, ErrorCode.FORBIDDEN, f"not a member of {self.conv}", request.rid
             )
             return
+        # At most one relay per (user, conversation) per typing_interval_s; extras are
+        # dropped silently (PROTOCOL.md v1.1).
+        now = trio.current_time()
+        if now < self._typing_at.get(user, -math.inf) + self._ctx.config.typing_interval_s:
+            return
+        self._typing_at[user] = now
         self._relay_typing(user)
         others = [m for m in self.conversation.members if m != user]
         if self._ctx.elsewhere(others):

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 
 import trio
 
-from persistence import Conversation, StoredMessage, StoreError, Unavailable
+from persistence import Conversation, ConvRow, Store, StoredMessage, StoreError, Unavailable
+from protocol import MAX_CONVS_LIMIT
 
 from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext, member_event_of
@@ -43,8 +44,6 @@ Mailbox = trio.MemorySendChannel[ConversationRequest]
 ANNOUNCE_BACKOFF_S = (0.05, 0.2, 1.0)
 #: Pauses between the searches for a group whose creation failed ambiguously.
 FIND_GROUP_PAUSES_S = (0.05, 0.2)
-#: Bound on the cache of direct conversation ids (cleared when full).
-_MAX_DIRECTS = 100_000
 #: Bound on the cache of group viewers the change feed consults (cleared when full).
 _MAX_VIEWERS = 20_000
 RemoteRequest = RemoteMessages | RemoteMarks | RemoteTyping | Resync
@@ -66,9 +65,6 @@ class ConversationManager:
         self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_window_s, ctx.timed)
         # New group → its creation event, until an actor of the group has fanned it out.
         self._unannounced: dict[str, StoredMessage] = {}
-        # (user, peer) → id of their direct conversation, known to exist (a direct
-        # conversation never changes and is never deleted, so this is never stale).
-        self._directs: dict[tuple[str, str], str] = {}
         # Group id → everyone who may see some of it (members and former members), for the
         # change feed's "is this conversation seen on this node?"; dropped at member events.
         self._viewers: dict[str, frozenset[str]] = {}
@@ -119,16 +115,9 @@ class ConversationManager:
                 self._forget(conv, mailbox)  # it retired between lookup and send: start anew
 
     async def direct_conversation(self, user: str, peer: str) -> str:
-        """The id of the direct conversation of ``user`` and ``peer`` (created if needed)."""
-        known = self._directs.get((user, peer))
-        if known is not None:
-            return known
-        with self._ctx.timed("direct_conversation"):
-            conv = (await self._ctx.store.direct_conversation(user, peer)).id
-        if len(self._directs) >= _MAX_DIRECTS:
-            self._directs.clear()
-        self._directs[(user, peer)] = conv
-        return conv
+        """The id of the direct conversation of ``user`` and ``peer``. Nothing is written: the
+        Store stores it with its first message, so a refused send leaves no trace (G7)."""
+        return (await self._ctx.store.direct_conversation(user, peer)).id
 
     async def create_group(
         self, user: str, device: str, title: str, members: Sequence[str]
@@ -199,18 +188,27 @@ class ConversationManager:
         if it is found it is returned as if the call had succeeded, else the error is raised.
         """
         store, ts = self._ctx.store, self._ctx.wall_ms()
+        # G8: the founders with no connected device get their jobs with the creation, in
+        # one write however many they are (the Store keeps the founders among these).
+        notify = [u for u in sorted({user, *members}) if not self._ctx.connected_anywhere(u)]
         try:
             with self._ctx.timed("create_group"):
-                return await store.create_group(user, title, members, ts)
+                created = await store.create_group(user, title, members, ts, notify=notify)
         except StoreError as exc:
+            if notify:
+                self._ctx.wake_notifier()  # an ambiguous failure may have written the jobs
             if not exc.retryable:
                 raise
             failure = exc
+        else:
+            if notify:
+                self._ctx.wake_notifier()
+            return created
         founders = list(dict.fromkeys([user, *members]))
 
         async def find() -> tuple[Conversation, StoredMessage] | None:
             with self._ctx.timed("find_group"):
-                for row in await store.conversations(user, device):
+                for row in await _all_conversations(store, user, device):
                     if row.kind != "group" or row.title != title:
                         continue
                     first = await store.range(row.conv, 1, 1)
@@ -263,7 +261,7 @@ class ConversationManager:
         if announce is not None:
             # Announced before it started (an event handed over meanwhile is still owed).
             self._unannounced.pop(conv, None)
-        if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART):
+        if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART):  # kept for nothing else: unbounded
             self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
         return send
@@ -324,22 +322,44 @@ class ConversationManager:
         for conv in sorted(self._actors):
             await self.remote(conv, Resync())
         for handle in self._ctx.router.all():
-            try:
-                rows = await self._ctx.store.conversations(handle.user, handle.device)
-            except StoreError as exc:
-                log.warning("cannot resync the conversations of %s: %s", handle.user, exc)
-                continue
-            for row in rows:
-                if row.last_seq > row.delivered and row.conv not in self._actors:
-                    try:
-                        mailbox = await self._mailbox(row.conv, published_from=int(row.delivered))
-                        await mailbox.send(Resync())
-                    except (StoreError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        log.warning("cannot resync %s: %s", row.conv, exc)
+            cursor: str | None = None
+            while True:
+                try:
+                    page = await self._ctx.store.conversations(
+                        handle.user, handle.device, limit=500, cursor=cursor
+                    )
+                except StoreError as exc:
+                    log.warning("cannot resync the conversations of %s: %s", handle.user, exc)
+                    break
+                for row in page.rows:
+                    if row.last_seq > row.delivered and row.conv not in self._actors:
+                        await self._resync_from(row.conv, int(row.delivered))
+                if page.cursor is None:
+                    break
+                cursor = page.cursor
+
+    async def _resync_from(self, conv: str, delivered: int) -> None:
+        try:
+            mailbox = await self._mailbox(conv, published_from=delivered)
+            await mailbox.send(Resync())
+        except (StoreError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.warning("cannot resync %s: %s", conv, exc)
 
     def _forget(self, conv: str, mailbox: Mailbox) -> None:
         if self._actors.get(conv) is mailbox:
             del self._actors[conv]
+
+
+async def _all_conversations(store: Store, user: str, device: str) -> list[ConvRow]:
+    """Every row of ``user``'s ``convs`` listing, page by page."""
+    rows: list[ConvRow] = []
+    cursor: str | None = None
+    while True:
+        page = await store.conversations(user, device, limit=MAX_CONVS_LIMIT, cursor=cursor)
+        rows.extend(page.rows)
+        if page.cursor is None:
+            return rows
+        cursor = page.cursor
 
 
 def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[str]) -> bool:

@@ -143,12 +143,14 @@ async def handle_stream(
     *,
     serve: ServeTransport,
     routes: dict[str, HttpRoute],
-    handshake_timeout_s: float,
+    deadline: float,
     spawn: Spawn,
     allowed_origins: frozenset[str] = frozenset(),
 ) -> None:
     """Serve one byte stream to its end: an HTTP reply, or a whole WebSocket session.
 
+    The request and the WebSocket handshake must be done by ``deadline`` (trio time: the
+    accept plus the hello timeout, which the session's ``hello`` then has to meet too).
     ``allowed_origins`` are the normalized origins (``actors._web.normalize_origin``)
     besides the node's own from which a browser may open a WebSocket.
 
@@ -158,7 +160,7 @@ async def handle_stream(
     """
     try:
         transport = None
-        with trio.move_on_after(handshake_timeout_s):
+        with trio.move_on_at(deadline):
             transport = await _open(stream, routes, spawn, allowed_origins)
         if transport is not None:
             await serve(transport)

@@ -19,6 +19,7 @@ then stop the rest; it is bounded by ``shutdown_timeout_s``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import random
@@ -31,6 +32,7 @@ import trio
 from persistence import Store
 from protocol import CloseCode
 
+from ._admission import Gate, Ticket
 from ._cluster import ClusterLink
 from ._config import NodeConfig
 from ._connection import ConnectionActor, TokenVerifier
@@ -98,6 +100,8 @@ class Node:
         self._verify_token = verify_token
         self._conn_ids = itertools.count(1)
         self._connections: dict[int, ConnectionActor] = {}
+        #: Admission: counts every open connection from its accept on (4429 beyond limits).
+        self.admission = Gate(self.config.max_connections, self.config.max_pending_hellos)
         self._nursery: trio.Nursery | None = None
         self._scope = trio.CancelScope()
         self._listeners_scope = trio.CancelScope()
@@ -168,7 +172,11 @@ class Node:
             self.conversations.stop()
             await self._manager_done.wait()
             for conn_id in sorted(self._connections):
-                self._connections[conn_id].request_close(CloseCode.GOING_AWAY, "node shutting down")
+                # Each connection first writes what it is owed (the acks of the writes the
+                # conversation actors just finished, queued pushes), bounded by drain_timeout_s.
+                self._connections[conn_id].request_close(
+                    CloseCode.GOING_AWAY, "node shutting down", drain=True
+                )
             if self._connections:
                 await self._connections_gone.wait()
             await self.cluster.leave()
@@ -213,9 +221,19 @@ class Node:
         self._running_nursery().start_soon(self.serve_stream, stream)
 
     async def serve_transport(self, transport: Transport) -> None:
-        """Run a connection actor over ``transport`` in the calling task, to its end."""
+        """Run a connection actor over ``transport`` in the calling task, to its end (as a
+        connection accepted now)."""
+        with self.admission.enter() as ticket:
+            await self._serve_admitted(transport, ticket=ticket, accepted_at=trio.current_time())
+
+    async def _serve_admitted(
+        self, transport: Transport, *, ticket: Ticket, accepted_at: float
+    ) -> None:
         if self._nursery is None or self._shutdown_requested.is_set():
             await transport.close(CloseCode.GOING_AWAY, "node shutting down")
+            return
+        if ticket.refusal is not None:
+            await transport.close(CloseCode.OVER_LIMIT, ticket.refusal[:120])
             return
         conn_id = next(self._conn_ids)
         actor = ConnectionActor(
@@ -226,6 +244,8 @@ class Node:
             transport=transport,
             conn_id=conn_id,
             spawn=self._spawn,
+            ticket=ticket,
+            accepted_at=accepted_at,
         )
         self._connections[conn_id] = actor
         try:
@@ -237,15 +257,19 @@ class Node:
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one byte stream: an HTTP answer or a WebSocket session (never raises)."""
+        accepted_at = trio.current_time()
         try:
-            await handle_stream(
-                stream,
-                serve=self.serve_transport,
-                routes=self._routes,
-                handshake_timeout_s=self.config.hello_timeout_s,
-                spawn=self._spawn,
-                allowed_origins=self.config.allowed_origins,
-            )
+            with self.admission.enter() as ticket:
+                await handle_stream(
+                    stream,
+                    serve=functools.partial(
+                        self._serve_admitted, ticket=ticket, accepted_at=accepted_at
+                    ),
+                    routes=self._routes,
+                    deadline=accepted_at + self.config.hello_timeout_s,
+                    spawn=self._spawn,
+                    allowed_origins=self.config.allowed_origins,
+                )
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("stream ended early: %r", exc)
         except Exception:

@@ -31,3 +31,40 @@ class TokenBucket:
             return False
         self.tokens -= 1.0
         return True
+
+
+@attrs.define
+class UserBudgets:
+    """Per-user token buckets, shared by all of a user's connections on one node, so that a
+    user's many devices together get one budget (each connection also has its own bucket).
+
+    Owned by the node (through its context) and changed only synchronously. A user's bucket
+    is dropped when their last connection here closes with the bucket full again (it holds
+    nothing then); the table is capped at ``max_users`` all the same (oldest dropped first).
+    """
+
+    rate: float
+    burst: float
+    max_users: int = 100_000
+    _buckets: dict[str, TokenBucket] = attrs.field(factory=dict)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def take(self, user: str, now: float) -> bool:
+        """Spend one of ``user``'s tokens; False means the user is over their budget."""
+        bucket = self._buckets.get(user)
+        if bucket is None:
+            if len(self._buckets) >= self.max_users:
+                del self._buckets[next(iter(self._buckets))]
+            bucket = self._buckets[user] = TokenBucket.full(self.rate, self.burst, now)
+        return bucket.take(now)
+
+    def release(self, user: str, now: float) -> None:
+        """``user``'s last connection here closed: forget the bucket if it is full by now."""
+        bucket = self._buckets.get(user)
+        if (
+            bucket is not None
+            and bucket.tokens + (now - bucket.updated) * bucket.rate >= bucket.burst
+        ):
+            del self._buckets[user]

@@ -19,11 +19,25 @@ from collections.abc import Callable
 
 import attrs
 
-from protocol import CloseCode, Msg, ServerFrame
+from protocol import CloseCode, Msg, Result, ServerFrame
 
 log = logging.getLogger("actors.router")
 
 CloseRequest = Callable[[int, str], None]
+
+#: What a queued frame costs besides its message bodies (the frame object, its small fields).
+FRAME_OVERHEAD_BYTES = 200
+
+
+def frame_bytes(frame: ServerFrame) -> int:
+    """About how much memory ``frame`` holds while it waits in an outbox: its bodies (a
+    ``msg``, or the messages of a ``history`` result) plus a fixed overhead per frame."""
+    if isinstance(frame, Msg):
+        return FRAME_OVERHEAD_BYTES + len(frame.body)
+    if isinstance(frame, Result):
+        messages = frame.get("messages", ())
+        return FRAME_OVERHEAD_BYTES + sum(frame_bytes(m) for m in messages)
+    return FRAME_OVERHEAD_BYTES
 
 
 @attrs.define(eq=False)
@@ -39,6 +53,10 @@ class ConnectionHandle:
     queued or being written; at ``limit`` the connection is a slow consumer. A list and a
     callback instead of a memory channel and a writer task waiting on it: an idle connection
     holds no writer task and no channel (~2 KiB less per connection).
+
+    The outbox is bounded twice: ``limit`` frames and ``byte_limit`` bytes (estimated by
+    :func:`frame_bytes`, ``unsent_bytes``); a push beyond either is a slow consumer. Parked
+    pushes are bounded the same way.
     """
 
     conn_id: int
@@ -47,13 +65,18 @@ class ConnectionHandle:
     _request_close: CloseRequest
     limit: int
     _kick: Callable[[], None]
+    byte_limit: int
     syncing: bool = True
     #: Set once the connection's writer is gone for good: pushes are dropped.
     closed: bool = False
     #: Frames the writer has taken but not yet finished writing.
     in_flight: int = 0
+    #: Estimated bytes of the frames in ``outbox`` and of those being written.
+    queued_bytes: int = 0
+    in_flight_bytes: int = 0
     outbox: list[ServerFrame] = attrs.field(factory=list)
     _parked: list[ServerFrame] = attrs.field(factory=list)
+    _parked_bytes: int = 0
     #: The connection's session id (``welcome.session``) and hello time (epoch ms): which of
     #: two connections of one device on two nodes is the newer (4409 across nodes).
     session: str = ""
@@ -63,22 +86,45 @@ class ConnectionHandle:
     def unsent(self) -> int:
         return len(self.outbox) + self.in_flight
 
+    @property
+    def unsent_bytes(self) -> int:
+        return self.queued_bytes + self.in_flight_bytes
+
     def push(self, frame: ServerFrame) -> bool:
         """Queue ``frame`` for this connection without blocking; False if it was dropped."""
+        size = frame_bytes(frame)
         if self.syncing:
-            if len(self._parked) >= self.limit:
+            if len(self._parked) >= self.limit or self._parked_bytes + size > self.byte_limit:
                 self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: too many pushes during sync")
                 return False
             self._parked.append(frame)
+            self._parked_bytes += size
             return True
         if self.closed:
             return False
-        if self.unsent >= self.limit:
+        if self.unsent >= self.limit or self.unsent_bytes + size > self.byte_limit:
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: outbox full")
             return False
-        self.outbox.append(frame)
+        self.queue(frame, size)
         self._kick()
         return True
+
+    def queue(self, frame: ServerFrame, size: int) -> None:
+        """Append ``frame`` (of ``size`` estimated bytes) to the outbox; no checks, no kick
+        (for the connection's own frames, which wait for room instead)."""
+        self.outbox.append(frame)
+        self.queued_bytes += size
+
+    def take(self) -> list[ServerFrame]:
+        """Hand the whole outbox to the writer: it is in flight until :meth:`written`."""
+        frames, self.outbox = self.outbox, []
+        self.in_flight, self.in_flight_bytes = len(frames), self.queued_bytes
+        self.queued_bytes = 0
+        return frames
+
+    def written(self) -> None:
+        """The frames last taken are written."""
+        self.in_flight = self.in_flight_bytes = 0
 
     def close(self, code: int, reason: str) -> None:
         """Ask the connection actor to close with ``code`` (idempotent, never blocks)."""
@@ -87,6 +133,7 @@ class ConnectionHandle:
     def take_parked(self, synced_up_to: dict[str, int]) -> list[ServerFrame]:
         """Parked pushes minus messages at or below what the backlog pushed per conversation."""
         parked, self._parked = self._parked, []
+        self._parked_bytes = 0
         return [
             frame
             for frame in parked

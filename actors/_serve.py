@@ -28,7 +28,7 @@ from pathlib import Path
 
 import trio
 
-from persistence import EmbeddedServer, EmbeddedServerError, MongoStore, Store
+from persistence import EmbeddedServer, EmbeddedServerError, MongoStore, Store, StoreError
 from protocol import DEFAULT_HEARTBEAT_S, DEFAULT_PRESENCE_GRACE_S
 
 from ._auth import SecretError, TokenIssuer, resolve_secret
@@ -80,8 +80,30 @@ def _parser() -> argparse.ArgumentParser:
         help="also accept browser WebSockets from this origin (repeatable)",
     )
     parser.add_argument("--metrics", action="store_true", help="serve GET /metrics (Prometheus)")
+    limits = NodeConfig()
     parser.add_argument(
-        "--workers", type=_positive_int, default=1, help="node processes on this port (1)"
+        "--max-connections",
+        type=_positive,
+        default=limits.max_connections,
+        metavar="N",
+        help="open connections beyond this are closed with 4429 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-pending-hellos",
+        type=_positive,
+        default=limits.max_pending_hellos,
+        metavar="N",
+        help="connections that have not said hello yet, at most (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-devices",
+        type=_positive,
+        default=limits.max_devices_per_user,
+        metavar="N",
+        help="connected devices per user on this node (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers", type=_positive, default=1, help="node processes on this port (1)"
     )
     parser.add_argument(
         "--lease",
@@ -110,10 +132,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
@@ -150,7 +175,16 @@ def serve_main(argv: list[str]) -> int:
     except (EmbeddedServerError, OSError) as exc:
         print(f"messenger serve: {exc}", file=sys.stderr)
         return _EXIT_STARTUP
+    except StoreError as exc:  # a bad --mongo-uri, or no server behind it
+        print(f"messenger serve: cannot use the store: {_one_line(exc.message)}", file=sys.stderr)
+        return _EXIT_STARTUP
     return 0
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """``text`` on one line, cut to ``limit`` characters (driver errors can be pages long)."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _wall_ms() -> int:
@@ -196,6 +230,9 @@ async def _run_node(
             heartbeat_s=args.heartbeat,
             metrics=args.metrics,
             allowed_origins=frozenset(args.allow_origin),
+            max_connections=args.max_connections,
+            max_pending_hellos=args.max_pending_hellos,
+            max_devices_per_user=args.max_devices,
             presence_grace_s=args.presence_grace,
             lease_s=args.lease,
             lease_refresh_s=args.lease_refresh,

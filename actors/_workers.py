@@ -116,6 +116,12 @@ class WorkerSupervisor:
             str(args.lease_refresh),
             "--presence-grace",
             str(args.presence_grace),
+            "--max-connections",
+            str(args.max_connections),
+            "--max-pending-hellos",
+            str(args.max_pending_hellos),
+            "--max-devices",
+            str(args.max_devices),
         ]
         if args.notify_webhook:
             argv += ["--notify-webhook", args.notify_webhook]

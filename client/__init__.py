@@ -9,12 +9,14 @@ from ._errors import ClientClosed as ClientClosed
 from ._errors import ClientError as ClientError
 from ._errors import RequestError as RequestError
 from ._errors import RequestInterrupted as RequestInterrupted
+from ._errors import RequestTimeout as RequestTimeout
 from ._errors import SendRefused as SendRefused
 from ._sdk import FATAL_CLOSE_CODES as FATAL_CLOSE_CODES
 from ._sdk import Client as Client
 from ._sdk import ClientEvent as ClientEvent
 from ._sdk import HistoryPage as HistoryPage
 from ._sdk import Reconnecting as Reconnecting
+from ._sdk import TokenProvider as TokenProvider
 from ._transport import Transport as Transport
 from ._transport import TransportError as TransportError
 from ._transport import WebSocketLike as WebSocketLike

@@ -16,6 +16,9 @@ Tokens: ``--token`` or ``--data-dir``. With ``--data-dir`` the chat runs
 ``messenger token USER --data-dir DIR`` as a child process: minting needs the node's
 secret and its token format, both owned by ``actors``, and ``client`` must not import
 ``actors``; the subprocess keeps one authority for tokens and the dependency rule intact.
+It does so again whenever the node closes the session because the token expired (the SDK's
+``token_provider``), so a chat started with ``--data-dir`` outlives its tokens; one started
+with ``--token`` ends when that token does.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
@@ -48,7 +52,7 @@ from protocol import (
 from protocol import ClientState as State
 
 from ._errors import ClientError
-from ._sdk import Client, ClientEvent, Reconnecting
+from ._sdk import Client, ClientEvent, Reconnecting, TokenProvider
 
 HELP = """commands:
   /list                 conversations, with unread counts
@@ -64,6 +68,38 @@ marks: ✓ stored by the node, ✓✓ delivered to a device of the other member,
 
 _PAGE = 20
 _TYPING_EVERY_S = 3.0
+
+#: Format characters that reorder or hide text (bidirectional overrides and isolates); other
+#: format characters (the zero-width joiner of emoji sequences) are left alone.
+_BIDI_CONTROLS = frozenset(
+    [
+        "\u061c",
+        "\u200e",
+        "\u200f",
+        *map(chr, range(0x202A, 0x202F)),
+        *map(chr, range(0x2066, 0x206A)),
+    ]
+)
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def visible(text: str) -> str:
+    """``text`` with every character a terminal would act on, rather than print, written out
+    as an escape (``\\n``, ``\\x1b``, ``\\u202e``): one printed line stays one line, and a
+    body cannot move the cursor, recolour, retitle the terminal or reorder what follows."""
+    if text.isprintable():
+        return text
+    return "".join(_escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    category = unicodedata.category(char)
+    if category in ("Cc", "Zl", "Zp", "Cs") or char in _BIDI_CONTROLS:
+        if char in _NAMED_ESCAPES:
+            return _NAMED_ESCAPES[char]
+        code = ord(char)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
 
 
 @attrs.define
@@ -95,12 +131,16 @@ class _Open:
 
 
 class Chat:
-    """The chat's state and behaviour; ``out`` prints one line (UI-agnostic, testable)."""
+    """The chat's state and behaviour; ``out`` prints one line (UI-agnostic, testable).
+
+    Every line goes through :func:`visible` on its way to ``out``: bodies, titles, ids and
+    the node's error messages come from other people, and none of them may act on the
+    terminal."""
 
     def __init__(self, client: Client, me: str, out: Callable[[str], None]) -> None:
         self.client = client
         self.me = me
-        self.out = out
+        self._print = out
         self.convs: dict[str, _Conv] = {}
         self.open: _Open | None = None
         self.mine: dict[str, dict[int, str]] = {}  # conv -> seq -> body of my messages
@@ -111,8 +151,11 @@ class Chat:
         self.was_synced = False
         self.nursery: trio.Nursery | None = None
 
+    def out(self, line: str) -> None:
+        self._print(visible(line))
+
     def prompt(self) -> str:
-        return f"[{self.open.label}] > " if self.open else "> "
+        return f"[{visible(self.open.label)}] > " if self.open else "> "
 
     # ------------------------------------------------------------------ input
 
@@ -131,7 +174,8 @@ class Chat:
                 case "/quit" | "/exit":
                     return False
                 case "/help":
-                    self.out(HELP)
+                    for help_line in HELP.splitlines():
+                        self.out(help_line)
                 case "/list":
                     await self.refresh()
                     self.show_list()
@@ -404,6 +448,15 @@ def mint_token(user: str, data_dir: str) -> str:
     return done.stdout.split()[0]
 
 
+def _minting(user: str, data_dir: str) -> TokenProvider:
+    """A token provider that mints with :func:`mint_token` (in a thread: it waits on a child)."""
+
+    async def provide() -> str:
+        return await trio.to_thread.run_sync(mint_token, user, data_dir)
+
+    return provide
+
+
 def chat_main(argv: list[str]) -> int:
     """Entry point of ``messenger chat``; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -415,12 +468,16 @@ def chat_main(argv: list[str]) -> int:
     except ClientError as exc:
         print(f"messenger chat: {exc}", file=sys.stderr)
         return 1
+    provider = None if args.token else _minting(args.user, args.data_dir)
     device = args.device or f"term-{args.user}"
     interactive = sys.stdin.isatty() and sys.stdout.isatty()
-    return trio.run(_run, args.url, args.user, device, token, interactive)
+    return trio.run(_run, args.url, args.user, device, (token, provider), interactive)
 
 
-async def _run(url: str, user: str, device: str, token: str, interactive: bool) -> int:
+_Auth = tuple[str, TokenProvider | None]
+
+
+async def _run(url: str, user: str, device: str, auth: _Auth, interactive: bool) -> int:
     lines_send, lines_receive = trio.open_memory_channel[str | None](16)
     if interactive:
         from prompt_toolkit import PromptSession
@@ -433,13 +490,13 @@ async def _run(url: str, user: str, device: str, token: str, interactive: bool) 
                 url,
                 user,
                 device,
-                token,
+                auth,
                 lines_send,
                 lines_receive,
                 reader=lambda chat: _read_prompt(prompt_session, chat, token_for_keys),
             )
     return await _session(
-        url, user, device, token, lines_send, lines_receive, reader=lambda chat: _read_stdin
+        url, user, device, auth, lines_send, lines_receive, reader=lambda chat: _read_stdin
     )
 
 
@@ -470,17 +527,19 @@ async def _session(
     url: str,
     user: str,
     device: str,
-    token: str,
+    auth: _Auth,
     lines_send: trio.MemorySendChannel[str | None],
     lines_receive: trio.MemoryReceiveChannel[str | None],
     reader: Callable[[Chat], Callable[[], str | None]],
 ) -> int:
     def out(line: str) -> None:
-        print(line, flush=True)
+        print(visible(line), flush=True)
 
     out(f"* connecting to {url} as {user} (device {device}); /help for commands")
-    async with Client(url, token=token, device=device) as client, trio.open_nursery() as nursery:
-        chat = Chat(client, user, out)
+    token, provider = auth
+    client = Client(url, token=token, token_provider=provider, device=device)
+    async with client, trio.open_nursery() as nursery:
+        chat = Chat(client, user, lambda line: print(line, flush=True))
         chat.nursery = nursery
         read = reader(chat)
 

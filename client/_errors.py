@@ -32,6 +32,12 @@ class RequestInterrupted(ClientError):
     whether the node carried it out is unknown."""
 
 
+class RequestTimeout(ClientError):
+    """No usable reply to a request came within the client's ``request_timeout_s`` (the
+    node is slow or unreachable). For a request that is unsafe to repeat, whether the node
+    carried it out is unknown."""
+
+
 class ClientClosed(ClientError):
     """The client stopped for good: closed by its owner, or the node refused the session
     (bad token 4401, replaced by another connection of the same device 4409, ...)."""

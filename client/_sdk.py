@@ -60,7 +60,7 @@ from protocol import (
     jittered_backoff,
 )
 
-from ._errors import ClientClosed, RequestError, RequestInterrupted, SendRefused
+from ._errors import ClientClosed, RequestError, RequestInterrupted, RequestTimeout, SendRefused
 from ._transport import Transport, TransportError, WebSocketLike, websocket_transport
 
 _log = logging.getLogger("messenger.client")
@@ -84,6 +84,8 @@ _CONNECTED: Final = frozenset({ClientState.CONNECTING, ClientState.OPEN, ClientS
 
 _T = TypeVar("_T")
 _ConnTask = Callable[[WebSocketLike], Awaitable[None]]
+#: Returns a fresh access token for this client's user (see :class:`Client`).
+TokenProvider = Callable[[], Awaitable[str]]
 
 
 @attrs.frozen(kw_only=True)
@@ -136,12 +138,25 @@ class _Waiter(Generic[_T]):
 class Client:
     """A device's connection to a chat node that survives disconnects.
 
-    ``Client(url, token, device)`` dials ``url``; pass ``transport=`` instead to supply
-    connections yourself (the simulator does). ``async with`` starts it; it connects,
-    reconnects with jittered exponential backoff (``backoff_base_s`` doubling up to
-    ``backoff_max_s``) and keeps the connection alive with WebSocket pings every half
-    ``heartbeat_s``; a connection whose pong does not come back within ``heartbeat_s`` is
-    dropped and redialled.
+    ``Client(url, token=..., device=...)`` dials ``url``; pass ``transport=`` instead to
+    supply connections yourself (the simulator does).
+
+    Tokens expire. With ``token_provider`` (an async callable returning a fresh token) the
+    client survives that: when the node closes with 4401 ("token expired", at the token's
+    expiry or at a reconnect after it) it awaits the provider and reconnects with the new
+    token. A 4401 for a token the provider has just given, before any ``welcome``, is final
+    (the provider's tokens are refused: reconnecting would loop), as is every 4401 without
+    a provider; a provider that raises stops the client (:class:`ClientClosed`, 4401).
+
+    ``async with`` starts it; it connects, reconnects with jittered exponential backoff
+    (``backoff_base_s`` doubling up to ``backoff_max_s``) and keeps the connection alive
+    with WebSocket pings every half ``heartbeat_s``; a connection whose pong does not come
+    back within ``heartbeat_s`` is dropped and redialled.
+
+    Every request helper (:meth:`history`, :meth:`convs`, ``group_*``) fails with
+    :class:`RequestTimeout` when no usable reply came within ``request_timeout_s``, whether
+    the node is unreachable, slow, or sent a reply that cannot be decoded (that one fails
+    at once with :class:`RequestError` ``bad_frame``); none of them waits forever.
 
     Events are delivered on :meth:`events` through a buffer of ``event_buffer``; when the
     buffer is full the reader waits (backpressure), so read events from a task that does
@@ -154,12 +169,14 @@ class Client:
         *,
         token: str,
         device: str,
+        token_provider: TokenProvider | None = None,
         transport: Transport | None = None,
         rng: random.Random | None = None,
         recv_delay_s: float = 0.05,
         backoff_base_s: float = 0.25,
         backoff_max_s: float = 10.0,
         welcome_timeout_s: float = 15.0,
+        request_timeout_s: float = 30.0,
         event_buffer: int = 1024,
         keep_events: bool = True,
     ) -> None:
@@ -168,10 +185,18 @@ class Client:
                 raise ValueError("Client needs a url or a transport")
             transport = websocket_transport(url)
         self._transport = transport
+        self._token_provider = token_provider
+        # True while the session's token came from the provider and no welcome followed yet.
+        self._token_fresh = False
         self._rng = rng if rng is not None else random.Random()
         self._session = ClientSession(
-            token=token, device=device, rng=self._rng, recv_delay_s=recv_delay_s
+            token=token,
+            device=device,
+            rng=self._rng,
+            recv_delay_s=recv_delay_s,
+            request_timeout_s=request_timeout_s,
         )
+        self._request_timeout_s = request_timeout_s
         self._backoff_base_s = backoff_base_s
         self._backoff_max_s = backoff_max_s
         self._welcome_timeout_s = welcome_timeout_s
@@ -185,6 +210,9 @@ class Client:
         self._send_waiters: dict[str, _Waiter[Ack]] = {}
         self._request_waiters: dict[str, _Waiter[RequestCompleted | RequestFailed]] = {}
         self._wakeup = trio.Event()
+        # Held while moving events from the session to the application, so the reader and
+        # the writer (whose ticks can expire requests) publish in order, each event once.
+        self._dispatching = trio.Lock()
         self._idle = trio.Event()
         self._state_changed = trio.Event()
         self._conn_open = trio.Event()
@@ -366,22 +394,28 @@ class Client:
         self._kick()
 
     async def _request(self, frame: RequestFrame, *, retry: bool) -> Result:
-        while True:
-            self._check_running()
-            rid = self._session.request(frame)
-            waiter: _Waiter[RequestCompleted | RequestFailed] = _Waiter()
-            self._request_waiters[rid] = waiter
-            self._kick()
-            try:
-                outcome = await waiter.wait()
-            finally:
-                self._request_waiters.pop(rid, None)
-            if isinstance(outcome, RequestCompleted):
-                return outcome.result
-            if outcome.error is not None:
-                raise RequestError(outcome.error)
-            if not retry:
-                raise RequestInterrupted(f"the connection dropped during {frame.TYPE}")
+        timeout = self._request_timeout_s
+        with trio.move_on_after(timeout):
+            while True:
+                self._check_running()
+                rid = self._session.request(frame)
+                waiter: _Waiter[RequestCompleted | RequestFailed] = _Waiter()
+                self._request_waiters[rid] = waiter
+                self._kick()
+                try:
+                    outcome = await waiter.wait()
+                finally:
+                    self._request_waiters.pop(rid, None)
+                if isinstance(outcome, RequestCompleted):
+                    return outcome.result
+                if outcome.error is not None:
+                    raise RequestError(outcome.error)
+                if outcome.timed_out:
+                    break
+                if not retry:
+                    raise RequestInterrupted(f"the connection dropped during {frame.TYPE}")
+        self._session.abandon_request(rid)
+        raise RequestTimeout(f"no reply to {frame.TYPE} within {timeout} s")
 
     # ------------------------------------------------------------------ connection loop
 
@@ -390,12 +424,19 @@ class Client:
         with self._run_scope:
             while True:
                 reached_open = await self._connect_once()
+                if reached_open:
+                    self._token_fresh = False
                 if self._stopped is not None:
                     return
                 code, reason = self._close_code, self._close_reason
                 if self._session.state in _CONNECTED:
                     self._session.connection_lost(code, reason)
                 await self._dispatch()
+                if code == CloseCode.UNAUTHENTICATED and self._can_renew():
+                    if not await self._renew_token():
+                        return
+                    attempt = 0
+                    continue
                 if code in FATAL_CLOSE_CODES:
                     self._stopped = ClientClosed(
                         f"the node closed the session for good ({code}: {reason})", code
@@ -408,6 +449,26 @@ class Client:
                     Reconnecting(attempt=attempt, delay_s=delay, close_code=code, reason=reason)
                 )
                 await trio.sleep(delay)
+
+    def _can_renew(self) -> bool:
+        """A refused token is worth replacing: there is a provider and it was not the
+        provider's latest token that was refused before any welcome."""
+        return self._token_provider is not None and not self._token_fresh
+
+    async def _renew_token(self) -> bool:
+        """Get a fresh token from the provider; False (and the client stopped) if it fails."""
+        assert self._token_provider is not None
+        try:
+            token = await self._token_provider()
+        except Exception as exc:
+            self._stopped = ClientClosed(
+                f"could not get a fresh token: {exc}", CloseCode.UNAUTHENTICATED
+            )
+            self._finish()
+            return False
+        self._session.renew_token(token)
+        self._token_fresh = True
+        return True
 
     def _backoff(self, attempt: int) -> float:
         return jittered_backoff(
@@ -468,6 +529,7 @@ class Client:
         while True:
             self._wakeup = trio.Event()
             self._session.tick(trio.current_time())
+            await self._dispatch()
             for text in self._session.data_to_send():
                 await ws.send_message(text)
             self._idle.set()
@@ -499,6 +561,10 @@ class Client:
     async def _dispatch(self) -> None:
         """Act on the session's new events, then publish them (and any left over by a
         dispatch that was cancelled while publishing) to the application, in order."""
+        async with self._dispatching:
+            await self._dispatch_locked()
+
+    async def _dispatch_locked(self) -> None:
         for event in self._session.next_events():
             match event:
                 case Acked(cmid=cmid, ack=ack):

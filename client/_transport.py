@@ -5,6 +5,10 @@ yields a connected :class:`WebSocketLike` and closes it on exit. Opening one rai
 :class:`TransportError` (or any ``OSError`` / trio-websocket handshake error) when there
 is no connection to be had; the SDK then backs off and tries again.
 
+Both accept server messages up to :data:`protocol.MAX_SERVER_FRAME_BYTES` (1 MiB, v1.1),
+far above the 64 KiB a client may send: a ``msg`` of 16 KiB of control characters escapes
+to ~96 KiB.
+
 * :func:`websocket_transport` dials a URL with ``trio_websocket.open_websocket_url``.
 * :func:`stream_transport` runs the real WebSocket protocol over any trio stream, e.g. the
   client half of ``trio.testing.memory_stream_pair()`` -- the simulator hands the other
@@ -19,6 +23,8 @@ from typing import Protocol
 
 import trio
 import trio_websocket
+
+from protocol import MAX_SERVER_FRAME_BYTES
 
 
 class WebSocketLike(Protocol):
@@ -58,6 +64,7 @@ def websocket_transport(
             url,
             connect_timeout=connect_timeout_s,
             disconnect_timeout=disconnect_timeout_s,
+            max_message_size=MAX_SERVER_FRAME_BYTES,
         )
 
     return open_connection
@@ -81,6 +88,7 @@ def stream_transport(
                 stream,  # type: ignore[arg-type]  # any trio Stream works
                 host,
                 resource,
+                max_message_size=MAX_SERVER_FRAME_BYTES,
             )
             try:
                 yield ws

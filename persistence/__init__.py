@@ -24,8 +24,10 @@ from ._feed import FeedTyping as FeedTyping
 from ._memory import MemoryStore as MemoryStore
 from ._memory import StoreFaults as StoreFaults
 from ._mongo import MongoStore as MongoStore
+from ._types import BacklogRange as BacklogRange
 from ._types import Conversation as Conversation
 from ._types import ConvKind as ConvKind
+from ._types import ConvPage as ConvPage
 from ._types import ConvRow as ConvRow
 from ._types import Draft as Draft
 from ._types import MemberMarks as MemberMarks

@@ -28,8 +28,9 @@ from collections.abc import Iterable, Sequence
 from ._errors import StoreError
 from ._feed import ChangeFeed, DeviceSession, Ephemeral
 from ._types import (
+    BacklogRange,
     Conversation,
-    ConvRow,
+    ConvPage,
     Draft,
     MemberMarks,
     NotificationJob,
@@ -50,16 +51,25 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def direct_conversation(self, a: str, b: str) -> Conversation:
-        """Get or create the 1:1 conversation of ``a`` and ``b``.
+        """The 1:1 conversation of ``a`` and ``b``; writes nothing.
 
         Its id is ``"d:" + min(a, b) + ":" + max(a, b)``, so concurrent first messages from
-        both sides (on any node) meet in one conversation. Idempotent. ``a == b`` →
-        :class:`Forbidden`; invalid ids → :class:`BadInput`.
+        both sides (on any node) meet in one conversation. It is stored only by the
+        :meth:`append` that stores its first message: until then every read treats it as an
+        empty conversation of its two members, and no listing (:meth:`conversations`,
+        :meth:`contacts`, :meth:`unsynced`) shows it, so a refused first send leaves no trace.
+        ``a == b`` → :class:`Forbidden`; invalid ids → :class:`BadInput`.
         """
 
     @abc.abstractmethod
     async def create_group(
-        self, creator: str, title: str, members: Iterable[str], ts: int
+        self,
+        creator: str,
+        title: str,
+        members: Iterable[str],
+        ts: int,
+        *,
+        notify: Iterable[str] = (),
     ) -> tuple[Conversation, StoredMessage]:
         """Create a group with ``creator`` and ``members`` (duplicates ignored).
 
@@ -67,6 +77,9 @@ class Store(abc.ABC):
         (``kind="member"``, body ``{"op":"create","by":creator,"users":[creator, ...]}``).
         Title of 1..100 characters and valid ids, else :class:`BadInput`; more than 256
         members in all → :class:`Forbidden` ("group is full").
+        ``notify``: users with no connected device (as the caller sees it), as for
+        :meth:`append`: each of them who is a member once the event is written gets the
+        event's offline-notification job in the same durable write, however many they are.
         """
 
     @abc.abstractmethod
@@ -74,16 +87,21 @@ class Store(abc.ABC):
         """The conversation ``conv`` with its current membership; :class:`NotFound` if none."""
 
     @abc.abstractmethod
-    async def add_member(self, conv: str, actor: str, user: str, ts: int) -> StoredMessage | None:
+    async def add_member(
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage | None:
         """``actor`` adds ``user`` to group ``conv``; returns the ``add`` event.
 
         Any current member may add. Already a member → ``None``, no event. Direct conversation
         or non-member actor → :class:`Forbidden`; group of 256 → :class:`Forbidden`.
+        ``notify``: users with no connected device (as the caller sees it), as for
+        :meth:`append`: each of them who is a member once the event is written gets the
+        event's offline-notification job in the same durable write, however many they are.
         """
 
     @abc.abstractmethod
     async def remove_member(
-        self, conv: str, actor: str, user: str, ts: int
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
     ) -> StoredMessage | None:
         """``actor`` removes ``user`` from group ``conv``; returns the ``remove`` event.
 
@@ -91,19 +109,30 @@ class Store(abc.ABC):
         is a member, so a non-creator gets :class:`Forbidden` either way. Removing a
         non-member → :class:`NotFound`. ``actor == user`` is a leave. Direct conversation →
         :class:`Forbidden`. The ``None`` return is reserved for an idempotent replay and is
-        not produced today.
+        not produced today. ``notify`` as for :meth:`add_member`.
         """
 
     @abc.abstractmethod
-    async def leave(self, conv: str, user: str, ts: int) -> StoredMessage:
+    async def leave(
+        self, conv: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage:
         """``user`` leaves group ``conv``; returns the ``leave`` event (the last one they see).
 
         Not a member → :class:`Forbidden`; direct conversation → :class:`Forbidden`.
+        ``notify`` as for :meth:`add_member`.
         """
 
     @abc.abstractmethod
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
-        """The ``convs`` listing: one row per conversation ``user`` is a member of, by id."""
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
+        """A page of the ``convs`` listing: up to ``limit`` (1..500, else :class:`BadInput`)
+        rows, one per conversation ``user`` is a member of, latest activity (the time of its
+        last message) first; ``cursor`` (from the previous page) continues after that page.
+
+        The work of a page is bounded by its rows, apart from one cheap read of where each of
+        the user's conversations ends. A malformed cursor → :class:`BadInput`.
+        """
 
     @abc.abstractmethod
     async def contacts(self, user: str) -> set[str]:
@@ -161,6 +190,11 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        """The messages of several ranges (of :meth:`unsynced`), range after range, in one
+        call: what :meth:`range` of each would return. Unknown conversations give none."""
+
+    @abc.abstractmethod
     async def last_seq(self, conv: str) -> int:
         """The highest seq stored in ``conv`` (0 if empty); :class:`NotFound` if unknown."""
 
@@ -210,13 +244,11 @@ class Store(abc.ABC):
         """The ``recv`` watermark of one device in ``conv`` (0 if none)."""
 
     @abc.abstractmethod
-    async def unsynced(
-        self, user: str, device: str
-    ) -> list[tuple[Conversation, list[StoredMessage]]]:
-        """Every message ``user`` may see above ``device``'s recv mark, per conversation.
-
-        Conversations in id order, messages in seq order; conversations with nothing to push
-        are left out. This is what the node pushes after ``welcome`` and before ``synced``.
+    async def unsynced(self, user: str, device: str) -> list[BacklogRange]:
+        """Where the messages ``user`` may see above ``device``'s recv mark are: one seq range
+        per conversation, in conversation id order (conversations with nothing to push left
+        out). Reads no message: the node reads them with :meth:`range` a page at a time as
+        the connection drains, so a backlog of any length costs bounded memory.
         """
 
     # -- presence and devices ------------------------------------------------------------
@@ -303,6 +335,10 @@ class Store(abc.ABC):
 
         Creates one job per offline period; later calls in the same period only update the
         job's count and latest (conv, seq), whether or not it was delivered already.
+
+        The outbox holds no more than the work left: a completed job is gone once its
+        offline period is over (while it lasts it is kept, done, so that the period's later
+        messages coalesce into it and cause no second notification).
         """
 
     @abc.abstractmethod
@@ -315,12 +351,14 @@ class Store(abc.ABC):
     ) -> list[NotificationJob]:
         """Lease up to ``limit`` pending jobs to ``owner`` until ``now_ms + lease_ms``.
 
-        Jobs never claimed or whose lease expired are eligible, oldest first.
+        Jobs never claimed or whose lease expired are eligible, oldest first. The cost of a
+        claim does not grow with ``limit`` or with the number of jobs (one batch, indexed).
         """
 
     @abc.abstractmethod
     async def complete_notification(self, job_id: str) -> None:
-        """Mark a job done (idempotent); :class:`NotFound` for an unknown id."""
+        """Mark a job delivered. Idempotent: an id that is gone (completed, its period over)
+        or unknown is no error."""
 
     @abc.abstractmethod
     async def pending_notifications(self) -> int:

@@ -17,7 +17,7 @@ import trio
 from protocol import MemberEvent
 
 from ._contract import Store
-from ._errors import NotFound, StoreError, Unavailable
+from ._errors import StoreError, Unavailable
 from ._feed import (
     ChangeFeed,
     DeviceSession,
@@ -35,10 +35,12 @@ from ._rules import (
     check_limit,
     check_title,
     clamp_mark,
+    convs_page,
     direct_id,
     draft_error,
     group_founders,
     history_bounds,
+    implicit_direct,
     member_message,
     new_group,
     no_such_conversation,
@@ -48,7 +50,9 @@ from ._rules import (
     unread_count,
 )
 from ._types import (
+    BacklogRange,
     Conversation,
+    ConvPage,
     ConvRow,
     Draft,
     MemberMarks,
@@ -192,6 +196,7 @@ class MemoryStore(Store):
         self._devices: dict[str, dict[str, int]] = {}
         self._jobs: dict[str, _Job] = {}
         self._open_job: dict[str, str] = {}
+        self._jobs_created = 0
         self._leases: dict[str, _Lease] = {}
         self._sessions: dict[tuple[str, str], DeviceSession] = {}
         self._feed_retention = feed_retention
@@ -248,7 +253,7 @@ class MemoryStore(Store):
         return f"{self._rng.getrandbits(4 * GROUP_ID_HEX):0{GROUP_ID_HEX}x}"
 
     def _conv(self, conv: str) -> Conversation:
-        found = self._convs.get(conv)
+        found = self._convs.get(conv) or implicit_direct(conv)
         if found is None:
             raise no_such_conversation(conv)
         return found
@@ -262,16 +267,16 @@ class MemoryStore(Store):
     async def direct_conversation(self, a: str, b: str) -> Conversation:
         conv_id = direct_id(a, b)
         await self._enter()
-        conv = self._convs.get(conv_id)
-        if conv is None:
-            conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
-            self._convs[conv_id] = conv
-            self._messages[conv_id] = []
-            self._after_write()
-        return conv
+        return self._conv(conv_id)
 
     async def create_group(
-        self, creator: str, title: str, members: Iterable[str], ts: int
+        self,
+        creator: str,
+        title: str,
+        members: Iterable[str],
+        ts: int,
+        *,
+        notify: Iterable[str] = (),
     ) -> tuple[Conversation, StoredMessage]:
         check_title(title)
         founders = group_founders(creator, members)
@@ -281,6 +286,7 @@ class MemoryStore(Store):
         self._messages[conv.id] = []
         creation = MemberEvent(op="create", by=creator, users=tuple(founders))
         event = self._store(member_message(conv.id, 1, self._new_id(), creation, ts))
+        self._record_jobs(conv, notify, event)
         self._emit_messages(conv.id, [event])
         self._after_write()
         return conv, event
@@ -290,7 +296,13 @@ class MemoryStore(Store):
         return self._conv(conv)
 
     async def _member_change(
-        self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int
+        self,
+        conv_id: str,
+        op: MemberOp,
+        actor: str,
+        user: str,
+        ts: int,
+        notify: Iterable[str],
     ) -> StoredMessage | None:
         await self._enter()
         conv = self._conv(conv_id)
@@ -302,20 +314,31 @@ class MemoryStore(Store):
         change = MemberEvent(op=kind, by=actor, users=(target,))
         event = self._store(member_message(conv_id, seq, self._new_id(), change, ts))
         self._convs[conv_id] = apply_member_change(conv, kind, target, seq)
+        self._record_jobs(self._convs[conv_id], notify, event)
         self._emit_messages(conv_id, [event])
         self._after_write()
         return event
 
-    async def add_member(self, conv: str, actor: str, user: str, ts: int) -> StoredMessage | None:
-        return await self._member_change(conv, "add", actor, user, ts)
+    def _record_jobs(self, conv: Conversation, notify: Iterable[str], event: StoredMessage) -> None:
+        """G8 for a membership event: in the same step as the event (no await between)."""
+        for user in sorted(set(notify)):
+            if conv.is_member(user):
+                self._record_job(user, conv.id, event.seq, event.ts, 1)
+
+    async def add_member(
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage | None:
+        return await self._member_change(conv, "add", actor, user, ts, notify)
 
     async def remove_member(
-        self, conv: str, actor: str, user: str, ts: int
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
     ) -> StoredMessage | None:
-        return await self._member_change(conv, "remove", actor, user, ts)
+        return await self._member_change(conv, "remove", actor, user, ts, notify)
 
-    async def leave(self, conv: str, user: str, ts: int) -> StoredMessage:
-        event = await self._member_change(conv, "leave", user, user, ts)
+    async def leave(
+        self, conv: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage:
+        event = await self._member_change(conv, "leave", user, user, ts, notify)
         assert event is not None, "a leave always records an event"
         return event
 
@@ -335,15 +358,20 @@ class MemoryStore(Store):
             others=tuple(marks[u] for u in conv.members if u != user),
         )
 
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
         check_id("user id", user)
         check_id("device id", device)
         await self._enter()
-        return [
-            self._row(self._convs[c], user, device)
+        activity = [
+            (log[-1].ts if (log := self._messages[c]) else 0, c)
             for c in sorted(self._convs)
             if self._convs[c].is_member(user)
         ]
+        page, next_cursor = convs_page(activity, limit, cursor)
+        rows = tuple(self._row(self._convs[c], user, device) for c in page)
+        return ConvPage(rows=rows, cursor=next_cursor)
 
     async def contacts(self, user: str) -> set[str]:
         await self._enter()
@@ -360,7 +388,7 @@ class MemoryStore(Store):
     ) -> list[StoredMessage | StoreError]:
         await self._enter()
         current = self._conv(conv)
-        log = self._messages[conv]
+        log = self._messages.get(conv, [])
         results: list[StoredMessage | StoreError] = []
         new: list[StoredMessage] = []
         for draft in drafts:
@@ -386,6 +414,9 @@ class MemoryStore(Store):
                 body=draft.body,
                 ts=draft.ts,
             )
+            if conv not in self._convs:  # a direct conversation's first message stores it
+                self._convs[conv] = current
+                self._messages[conv] = log
             self._keys[key] = self._store(message)
             results.append(message)
             new.append(message)
@@ -404,7 +435,7 @@ class MemoryStore(Store):
         check_limit(limit)
         await self._enter()
         lo, hi = history_bounds(self._conv(conv), user, before)
-        log = self._messages[conv]
+        log = self._messages.get(conv, [])
         top = len(log) if hi is None else min(hi, len(log))
         start = max(lo, top - limit + 1)
         return log[start - 1 : top], start > lo
@@ -412,12 +443,20 @@ class MemoryStore(Store):
     async def range(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
         await self._enter()
         self._conv(conv)
-        return self._messages[conv][max(lo, 1) - 1 : max(hi, 0)]
+        return self._messages.get(conv, [])[max(lo, 1) - 1 : max(hi, 0)]
+
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        await self._enter()
+        return [
+            m
+            for s in spans
+            for m in self._messages.get(s.conv, [])[max(s.lo, 1) - 1 : max(s.hi, 0)]
+        ]
 
     async def last_seq(self, conv: str) -> int:
         await self._enter()
         self._conv(conv)
-        return len(self._messages[conv])
+        return len(self._messages.get(conv, []))
 
     # -- watermarks ----------------------------------------------------------------------
 
@@ -464,21 +503,19 @@ class MemoryStore(Store):
         await self._enter()
         return self._recv.get((user, device, conv), 0)
 
-    async def unsynced(
-        self, user: str, device: str
-    ) -> list[tuple[Conversation, list[StoredMessage]]]:
+    async def unsynced(self, user: str, device: str) -> list[BacklogRange]:
         await self._enter()
-        out: list[tuple[Conversation, list[StoredMessage]]] = []
+        out: list[BacklogRange] = []
         for conv_id in sorted(self._convs):
             conv = self._convs[conv_id]
             span = conv.visible_range(user)
             if span is None:
                 continue
             lo = max(span[0], self._recv.get((user, device, conv_id), 0) + 1)
-            log = self._messages[conv_id]
-            hi = len(log) if span[1] is None else min(span[1], len(log))
+            last = len(self._messages[conv_id])
+            hi = last if span[1] is None else min(span[1], last)
             if lo <= hi:
-                out.append((conv, log[lo - 1 : hi]))
+                out.append(BacklogRange(conv=conv_id, lo=lo, hi=hi))
         return out
 
     # -- presence and devices ------------------------------------------------------------
@@ -599,7 +636,8 @@ class MemoryStore(Store):
         """Open ``user``'s job of this offline period, or coalesce into the open one."""
         job_id = self._open_job.get(user)
         if job_id is None:
-            job_id = f"n{len(self._jobs) + 1}"
+            self._jobs_created += 1
+            job_id = f"n{self._jobs_created}"
             self._jobs[job_id] = _Job(job_id, user, conv, seq, 0, ts, ts)
             self._open_job[user] = job_id
         job = self._jobs[job_id]
@@ -610,7 +648,10 @@ class MemoryStore(Store):
         await self._enter()
         job_id = self._open_job.pop(user, None)
         if job_id is not None:
-            self._jobs[job_id].open = False
+            job = self._jobs[job_id]
+            job.open = False
+            if job.done:  # the marker of a delivered job has done its work
+                del self._jobs[job_id]
 
     async def claim_notifications(
         self, owner: str, now_ms: int, lease_ms: int, limit: int
@@ -631,8 +672,10 @@ class MemoryStore(Store):
         await self._enter()
         job = self._jobs.get(job_id)
         if job is None:
-            raise NotFound(f"notification job {job_id!r} does not exist")
+            return
         job.done = True
+        if not job.open:
+            del self._jobs[job_id]
 
     async def pending_notifications(self) -> int:
         await self._enter()

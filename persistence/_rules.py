@@ -12,6 +12,7 @@ import attrs
 
 from protocol import (
     MAX_BODY_BYTES,
+    MAX_CONVS_LIMIT,
     MAX_GROUP_MEMBERS,
     MAX_HISTORY_LIMIT,
     MAX_TITLE_LEN,
@@ -41,6 +42,22 @@ def check_id(what: str, value: object) -> str:
         raise BadInput(f"invalid {what} {value!r}: expected 1-64 characters of [A-Za-z0-9_.-]")
     assert isinstance(value, str)
     return value
+
+
+def implicit_direct(conv_id: str) -> Conversation | None:
+    """The direct conversation ``conv_id`` names (``d:<a>:<b>``, ``a < b``), as it is before
+    its first message; None if ``conv_id`` names no direct conversation.
+
+    A direct conversation is stored only with its first message (a refused send leaves no
+    trace, G7); until then it exists implicitly, like users do: empty, with its two members.
+    """
+    parts = conv_id.split(":")
+    if len(parts) != 3 or parts[0] != "d":
+        return None
+    a, b = parts[1], parts[2]
+    if not (is_valid_id(a) and is_valid_id(b) and a < b):
+        return None
+    return Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
 
 
 def direct_id(a: str, b: str) -> str:
@@ -190,6 +207,43 @@ def check_limit(limit: int) -> None:
         raise BadInput(f"history limit must be 1-{MAX_HISTORY_LIMIT}, not {limit!r}")
 
 
+def check_convs_limit(limit: int) -> None:
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_CONVS_LIMIT:
+        raise BadInput(f"convs limit must be 1-{MAX_CONVS_LIMIT}, not {limit!r}")
+
+
+#: A ``convs`` position: (latest activity in ms, conversation id); rows go by it, descending.
+Activity = tuple[int, str]
+
+
+def convs_page(
+    activity: Iterable[Activity], limit: int, cursor: str | None
+) -> tuple[list[str], str | None]:
+    """The conversation ids of one ``convs`` page and the cursor of the next (None: last).
+
+    Rows go newest activity first (ties: conversation id, descending); ``cursor`` names the
+    last row of the previous page, ``"<activity ms>:<conv id>"``, and the page continues
+    strictly after it. A cursor that does not parse is :class:`BadInput`.
+    """
+    check_convs_limit(limit)
+    ordered = sorted(activity, reverse=True)
+    if cursor is not None:
+        after = _parse_cursor(cursor)
+        ordered = [key for key in ordered if key < after]
+    page, rest = ordered[:limit], ordered[limit:]
+    if not rest:
+        return [conv for _ts, conv in page], None
+    ts, conv = page[-1]
+    return [conv for _ts, conv in page], f"{ts}:{conv}"
+
+
+def _parse_cursor(cursor: str) -> Activity:
+    ts, sep, conv = cursor.partition(":")
+    if not sep or not ts.isdigit() or not conv:
+        raise BadInput(f"not a convs cursor: {cursor[:80]!r}")
+    return int(ts), conv
+
+
 def history_bounds(conv: Conversation, user: str, before: int | None) -> tuple[int, int | None]:
     """Inclusive ``(lo, hi)`` of the seqs a history request may return (hi None = open)."""
     span = conv.visible_range(user)
@@ -197,9 +251,11 @@ def history_bounds(conv: Conversation, user: str, before: int | None) -> tuple[i
         raise not_member(conv, user)
     lo, hi = span
     if before is not None:
-        if not isinstance(before, int) or before < 1:
-            raise BadInput(f"history 'before' must be a positive seq, not {before!r}")
-        hi = before - 1 if hi is None else min(hi, before - 1)
+        if not isinstance(before, int) or before < 0:
+            raise BadInput(f"history 'before' must be a seq (0 or more), not {before!r}")
+        # Exclusive: ``before`` 0 (or 1) leaves nothing below it, an empty page.
+        below = max(0, before - 1)
+        hi = below if hi is None else min(hi, below)
     return lo, hi
 
 

@@ -21,6 +21,17 @@ def _frozen_map(value: Mapping[str, object]) -> Mapping[str, object]:
 
 
 @attrs.frozen(kw_only=True)
+class BacklogRange:
+    """Seqs ``lo`` to ``hi`` (inclusive, ``lo <= hi``) of ``conv``: messages a device may see
+    and has not acknowledged, which the node pushes after ``welcome`` (reading them with
+    :meth:`Store.range` a page at a time)."""
+
+    conv: str
+    lo: int
+    hi: int
+
+
+@attrs.frozen(kw_only=True)
 class StoredMessage:
     """A message as stored: a text message or a membership event (``kind="member"``).
 
@@ -98,6 +109,14 @@ class Conversation:
         if self.kind != "direct" or user not in self.members:
             raise ValueError(f"{user!r} is not a user of direct conversation {self.id!r}")
         return next(u for u in self.members if u != user)
+
+
+@attrs.frozen(kw_only=True)
+class ConvPage:
+    """A page of the ``convs`` listing; ``cursor`` continues it (None: this is the last)."""
+
+    rows: tuple[ConvRow, ...]
+    cursor: str | None
 
 
 @attrs.frozen(kw_only=True)

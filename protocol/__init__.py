@@ -23,6 +23,7 @@ from ._client_events import StateChanged as StateChanged
 from ._client_events import TypingStarted as TypingStarted
 from ._client_state import ClientState as ClientState
 from ._codec import SendError as SendError
+from ._codec import count_within as count_within
 from ._codec import decode_client_frame as decode_client_frame
 from ._codec import decode_server_frame as decode_server_frame
 from ._codec import encode as encode
@@ -73,6 +74,7 @@ from ._frames import empty_result as empty_result
 from ._frames import group_created_result as group_created_result
 from ._frames import history_messages as history_messages
 from ._frames import history_result as history_result
+from ._limits import DEFAULT_CONVS_LIMIT as DEFAULT_CONVS_LIMIT
 from ._limits import DEFAULT_HEARTBEAT_S as DEFAULT_HEARTBEAT_S
 from ._limits import DEFAULT_HISTORY_LIMIT as DEFAULT_HISTORY_LIMIT
 from ._limits import DEFAULT_PRESENCE_GRACE_S as DEFAULT_PRESENCE_GRACE_S
@@ -80,14 +82,18 @@ from ._limits import HARD_FRAME_BYTES as HARD_FRAME_BYTES
 from ._limits import HELLO_TIMEOUT_S as HELLO_TIMEOUT_S
 from ._limits import MAX_BODY_BYTES as MAX_BODY_BYTES
 from ._limits import MAX_CONV_ID_LEN as MAX_CONV_ID_LEN
+from ._limits import MAX_CONVS_LIMIT as MAX_CONVS_LIMIT
 from ._limits import MAX_FRAME_BYTES as MAX_FRAME_BYTES
 from ._limits import MAX_GROUP_MEMBERS as MAX_GROUP_MEMBERS
 from ._limits import MAX_HEARTBEAT_S as MAX_HEARTBEAT_S
 from ._limits import MAX_HISTORY_LIMIT as MAX_HISTORY_LIMIT
 from ._limits import MAX_ID_LEN as MAX_ID_LEN
 from ._limits import MAX_PRESENCE_USERS as MAX_PRESENCE_USERS
+from ._limits import MAX_RESULT_BYTES as MAX_RESULT_BYTES
 from ._limits import MAX_SEQ as MAX_SEQ
+from ._limits import MAX_SERVER_FRAME_BYTES as MAX_SERVER_FRAME_BYTES
 from ._limits import MAX_TITLE_LEN as MAX_TITLE_LEN
+from ._limits import MIN_CONVS_LIMIT as MIN_CONVS_LIMIT
 from ._limits import MIN_HEARTBEAT_S as MIN_HEARTBEAT_S
 from ._limits import MIN_HISTORY_LIMIT as MIN_HISTORY_LIMIT
 from ._limits import body_size as body_size

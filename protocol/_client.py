@@ -65,6 +65,12 @@ tables and per-conversation records it consults in ``_client_state``:
    re-subscribes after every ``welcome``; ``read`` watermarks are resent then too (the
    server max-merges them). The caller's own ``history`` results are scrollback: they are
    handed over as they came and do not count as holding or displaying anything.
+   A request that expects a ``result`` fails, never hangs: when its reply cannot be decoded
+   (:class:`RequestFailed` with a ``bad_frame`` error naming the problem), and when no reply
+   came within ``request_timeout_s`` of its first :meth:`~ClientSession.tick` on the wire
+   (:class:`RequestFailed` with ``timed_out``). A gap fill that fails either way is given up
+   like one the server refused. A reply that comes after its request expired, or after the
+   driver abandoned it (:meth:`~ClientSession.abandon_request`), is dropped silently.
 7. **Time** only enters as the ``now`` argument; :meth:`~ClientSession.next_deadline` says
    when the driver must call :meth:`~ClientSession.tick` next. Keep-alive belongs to the
    driver (WebSocket pings are preferred; :meth:`~ClientSession.ping` queues a JSON ping).
@@ -131,7 +137,7 @@ from ._frames import (
     Welcome,
     history_messages,
 )
-from ._limits import MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS
+from ._limits import MAX_FRAME_BYTES, MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS
 from ._member import MemberEvent
 
 # -------------------------------------------------------------------------------- session
@@ -142,7 +148,7 @@ class ClientSession:
 
     ``rng`` is the only source of randomness (cmids and retry jitter), so a seeded
     ``random.Random`` makes the session deterministic. ``recv_delay_s`` batches ``recv``
-    reports; 0 reports on every rise.
+    reports; 0 reports on every rise. ``request_timeout_s`` bounds the wait for a reply.
     """
 
     def __init__(
@@ -155,6 +161,7 @@ class ClientSession:
         history_page: int = MAX_HISTORY_LIMIT,
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
+        request_timeout_s: float = 30.0,
     ) -> None:
         self._hello = Hello(token=token, device=device)
         self._rng = rng
@@ -162,10 +169,13 @@ class ClientSession:
         self.history_page = history_page
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
+        self.request_timeout_s = request_timeout_s
         self._state = ClientState.IDLE
         self._welcome: Welcome | None = None
         self._outbox: dict[str, OutboxEntry] = {}
         self._requests: dict[str, PendingRequest] = {}
+        #: rids given up on while on this connection: their late replies are dropped.
+        self._abandoned: set[str] = set()
         self._next_rid = 0
         self._convs: dict[str, ConvState] = {}
         self._presence: dict[str, None] = {}  # ordered set of subscribed users
@@ -251,6 +261,7 @@ class ClientSession:
         if self.is_open:
             times += [c.recv_due for c in self._convs.values() if c.recv_due is not None]
             times += [e.retry_at for e in self._outbox.values() if e.retry_at is not None]
+            times += [p.deadline for p in self._requests.values() if p.deadline is not None]
         return min(times, default=None)
 
     # ---------------------------------------------------------------------- lifecycle
@@ -272,6 +283,7 @@ class ClientSession:
             entry.retry_at = None
         for conv in self._convs.values():
             conv.gap_rid = None
+        self._abandoned.clear()
         for rid, pending in list(self._requests.items()):
             if not pending.on_wire:
                 continue
@@ -286,9 +298,19 @@ class ClientSession:
         """Queue a text message to ``conv`` or to user ``to``; returns its ``cmid``.
 
         Raises :class:`LocalProtocolError` for a frame the contract forbids (both or neither
-        target, a body over the limit)."""
+        target, a body over the limit, a frame over the client-frame limit: a body of
+        characters JSON must escape can be under 16 KiB and its frame still over 64 KiB)."""
         cmid = self._new_cmid()
-        entry = OutboxEntry(Send(cmid=cmid, body=body, conv=conv, to=to))
+        frame = Send(cmid=cmid, body=body, conv=conv, to=to)
+        if len(body) > MAX_FRAME_BYTES // 8:
+            size = len(encode(frame).encode())
+            if size > MAX_FRAME_BYTES:
+                raise LocalProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"this send is {size} bytes of JSON, over the {MAX_FRAME_BYTES} byte limit "
+                    "of a client frame (control characters escape to 6 bytes each)",
+                )
+        entry = OutboxEntry(frame)
         self._outbox[cmid] = entry
         if self.is_open:
             self._put_on_wire(entry)
@@ -316,6 +338,17 @@ class ClientSession:
             self._send_request(pending)
         return rid
 
+    def renew_token(self, token: str) -> None:
+        """Use ``token`` in every later ``hello`` (the old one expired or was refused)."""
+        self._hello = attrs.evolve(self._hello, token=token)
+
+    def abandon_request(self, rid: str) -> None:
+        """The driver gave up on request ``rid``: not sent if it is still queued, and its
+        reply, should one come, is dropped. No event follows."""
+        pending = self._requests.pop(rid, None)
+        if pending is not None and pending.on_wire:
+            self._abandoned.add(rid)
+
     def mark_read(self, conv: str, seq: int) -> None:
         """The user has read ``conv`` up to ``seq``; sends ``read`` if it rose."""
         state = self._conv(conv)
@@ -342,7 +375,8 @@ class ClientSession:
                 self._report(conv, state)
 
     def tick(self, now: float) -> None:
-        """Do what is due at ``now``: batched ``recv`` reports and backed-off resends."""
+        """Do what is due at ``now``: batched ``recv`` reports, backed-off resends, and
+        requests whose reply is overdue (rule 6)."""
         if not self.is_open:
             return
         for conv, state in self._convs.items():
@@ -351,13 +385,32 @@ class ClientSession:
         for entry in self._outbox.values():
             if entry.retry_at is not None and entry.retry_at <= now:
                 self._put_on_wire(entry)
+        for rid, pending in list(self._requests.items()):
+            if not (pending.on_wire and pending.expects_result):
+                continue
+            if pending.deadline is None:
+                pending.deadline = now + self.request_timeout_s
+            elif pending.deadline <= now:
+                self._abandoned.add(rid)
+                self._fail_request(rid, None, timed_out=True)
 
     # ---------------------------------------------------------------------- input
 
     def receive_text(self, text: str, now: float) -> None:
         """Feed one text message from the server. Raises :class:`RemoteProtocolError` when
-        it breaks the contract (the session is unchanged then)."""
-        self.receive_frame(decode_server_frame(text), now)
+        it breaks the contract; the session is unchanged then, except that a pending
+        request whose reply it was fails (rule 6)."""
+        try:
+            frame = decode_server_frame(text)
+        except RemoteProtocolError as exc:
+            if exc.rid in self._abandoned:
+                self._abandoned.discard(exc.rid)
+            elif exc.rid is not None:
+                what = f"the reply to {exc.rid} could not be decoded: {exc.message}"
+                error = Error(code=ErrorCode.BAD_FRAME, message=what, rid=exc.rid)
+                self._fail_request(exc.rid, error)
+            raise
+        self.receive_frame(frame, now)
 
     def receive_frame(self, frame: ServerFrame, now: float) -> None:
         """Feed one decoded server frame (see :meth:`receive_text`)."""
@@ -477,6 +530,9 @@ class ClientSession:
             self._emit(SendFailed(cmid=nack.cmid, nack=nack, send=entry.frame))
 
     def _on_result(self, result: Result, now: float) -> None:
+        if result.rid in self._abandoned:
+            self._abandoned.discard(result.rid)
+            return
         pending = self._requests.pop(result.rid, None) if result.rid is not None else None
         if pending is None:
             raise RemoteProtocolError(
@@ -492,15 +548,28 @@ class ClientSession:
         self._emit(RequestCompleted(rid=result.rid, request=pending.frame, result=result))
 
     def _on_error(self, error: Error) -> None:
-        pending = self._requests.pop(error.rid, None) if error.rid is not None else None
-        if pending is None or error.rid is None:
-            self._emit(ServerError(error=error))
-        elif pending.internal:
-            assert isinstance(pending.frame, History)
-            self._conv(pending.frame.conv).gap_rid = None
+        if error.rid in self._abandoned:
+            self._abandoned.discard(error.rid)
+            return
+        if error.rid is None or error.rid not in self._requests:
             self._emit(ServerError(error=error))
         else:
-            self._emit(RequestFailed(rid=error.rid, request=pending.frame, error=error))
+            self._fail_request(error.rid, error)
+
+    def _fail_request(self, rid: str, error: Error | None, *, timed_out: bool = False) -> None:
+        """Request ``rid`` (if pending) is over without a result."""
+        pending = self._requests.pop(rid, None)
+        if pending is None:
+            return
+        if pending.internal:
+            assert isinstance(pending.frame, History)
+            self._conv(pending.frame.conv).gap_rid = None
+            if error is not None:
+                self._emit(ServerError(error=error))
+        else:
+            self._emit(
+                RequestFailed(rid=rid, request=pending.frame, error=error, timed_out=timed_out)
+            )
 
     # ---------------------------------------------------------------------- watermarks, gaps
 

@@ -89,12 +89,14 @@ class RequestCompleted:
 
 @attrs.frozen(kw_only=True)
 class RequestFailed:
-    """The request ``rid`` failed: the server's ``error``, or (``error`` None) the
-    connection dropped while it was on the wire."""
+    """The request ``rid`` failed: the server's ``error`` (or a ``bad_frame`` error made
+    here when the reply could not be decoded); with ``error`` None, the connection dropped
+    while it was on the wire, or (``timed_out``) no reply came in time (rule 6)."""
 
     rid: str
     request: RequestFrame
     error: Error | None
+    timed_out: bool = False
 
 
 @attrs.frozen(kw_only=True)

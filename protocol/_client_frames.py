@@ -23,11 +23,15 @@ from ._fields import (
     _title,
 )
 from ._limits import (
+    DEFAULT_CONVS_LIMIT,
     DEFAULT_HISTORY_LIMIT,
     MAX_BODY_BYTES,
+    MAX_CONVS_LIMIT,
+    MAX_CURSOR_LEN,
     MAX_GROUP_MEMBERS,
     MAX_HISTORY_LIMIT,
     MAX_PRESENCE_USERS,
+    MIN_CONVS_LIMIT,
     MIN_HISTORY_LIMIT,
     body_size,
 )
@@ -109,11 +113,27 @@ class History:
     rid: str | None = _rid()
 
 
+def _convs_limit(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if type(value) is not int or not MIN_CONVS_LIMIT <= value <= MAX_CONVS_LIMIT:
+        raise _fail(attribute, f"must be from {MIN_CONVS_LIMIT} to {MAX_CONVS_LIMIT}")
+
+
+def _opt_cursor(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_CURSOR_LEN:
+        reason = f"must be a cursor from a previous result (1-{MAX_CURSOR_LEN} chars)"
+        raise _fail(attribute, reason)
+
+
 @attrs.frozen(kw_only=True)
 class Convs:
-    """List the caller's conversations."""
+    """List a page of the caller's conversations, latest activity first; ``cursor`` (from the
+    previous page's result) continues after that page."""
 
     TYPE: ClassVar[str] = "convs"
+    limit: int = attrs.field(default=DEFAULT_CONVS_LIMIT, validator=_convs_limit)
+    cursor: str | None = attrs.field(default=None, validator=_opt_cursor, metadata=OMIT_NONE)
     rid: str | None = _rid()
 
 

@@ -81,6 +81,8 @@ class PendingRequest:
     expects_result: bool = True
     #: a gap-fill ``history`` issued by the session itself, not by the caller.
     internal: bool = False
+    #: when it fails for want of a reply; set by the first ``tick`` after it went out.
+    deadline: float | None = None
 
 
 @attrs.define

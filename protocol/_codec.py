@@ -6,11 +6,13 @@ whose message names the problem. A ``send`` that carries a valid ``cmid`` but is
 bad raises :class:`SendError`, whose ``cmid`` lets the server answer with a ``nack`` for it.
 
 Unknown fields are ignored in both directions, including unknown reply fields of ``result``.
+An optional field sent as ``null`` counts as absent (its default applies, as for ``history``
+with ``"limit": null``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, TypeVar
 
 import attrs
@@ -30,7 +32,7 @@ from ._frames import (
     Send,
     ServerFrame,
 )
-from ._limits import MAX_FRAME_BYTES, is_valid_id
+from ._limits import MAX_FRAME_BYTES, MAX_RESULT_BYTES, MAX_SERVER_FRAME_BYTES, is_valid_id
 
 _T = TypeVar("_T")
 _Parser = Callable[[str, Any], Any]
@@ -162,6 +164,8 @@ def _build(cls: type[_T], obj: Any, *, what: str = "a frame") -> _T:
         raise _bad_frame(f"{what} must be a JSON object")
     kwargs: dict[str, Any] = {}
     for spec in _SPECS[cls]:
+        if obj.get(spec.wire) is None and not spec.required:
+            continue  # null for an optional field means absent: its default applies
         if spec.wire in obj:
             try:
                 kwargs[spec.name] = spec.parse(spec.wire, obj[spec.wire])
@@ -175,13 +179,11 @@ def _build(cls: type[_T], obj: Any, *, what: str = "a frame") -> _T:
         raise RemoteProtocolError(exc.code, exc.message) from None
 
 
-def _load(data: str | bytes) -> dict[str, Any]:
+def _load(data: str | bytes, limit: int) -> dict[str, Any]:
     if not isinstance(data, str):
         raise _bad_frame("binary frames are not accepted; send JSON as a text frame")
-    if len(data) > MAX_FRAME_BYTES // 4 and len(data.encode("utf-8", "replace")) > MAX_FRAME_BYTES:
-        raise RemoteProtocolError(
-            ErrorCode.TOO_LARGE, f"frame is over the {MAX_FRAME_BYTES} byte limit"
-        )
+    if len(data) > limit // 4 and len(data.encode("utf-8", "replace")) > limit:
+        raise RemoteProtocolError(ErrorCode.TOO_LARGE, f"frame is over the {limit} byte limit")
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -206,7 +208,7 @@ def _read_type(obj: Mapping[str, Any], rid: str | None) -> str:
 def decode_client_frame(data: str | bytes) -> ClientFrame:
     """Decode one frame a client sent. Raises :class:`RemoteProtocolError` (or its
     subclass :class:`SendError` for a ``send`` with a usable ``cmid``)."""
-    obj = _load(data)
+    obj = _load(data, MAX_FRAME_BYTES)
     rid = _read_rid(obj)
     cls = _CLIENT_BY_TYPE.get(_read_type(obj, rid))
     if cls is None:
@@ -229,6 +231,7 @@ _RESULT_FIELDS: Final[dict[str, _Parser]] = {
     "messages": _nested(Msg),
     "more": _p_bool,
     "convs": _nested(ConvRow),
+    "cursor": _optional(_p_str),
     "conv": _p_str,
 }
 
@@ -246,16 +249,23 @@ def _build_result(obj: dict[str, Any]) -> Result:
 
 
 def decode_server_frame(data: str | bytes) -> ServerFrame:
-    """Decode one frame a server sent (the client's side of the codec). Raises
-    :class:`RemoteProtocolError`."""
-    obj = _load(data)
-    kind = _read_type(obj, None)
+    """Decode one frame a server sent (the client's side of the codec; server frames may be
+    up to :data:`MAX_SERVER_FRAME_BYTES`). Raises :class:`RemoteProtocolError`, whose
+    ``rid`` is the frame's own when it had one: the reply to that request is unusable."""
+    obj = _load(data, MAX_SERVER_FRAME_BYTES)
+    rid = _read_rid(obj)
+    kind = _read_type(obj, rid)
     cls = _SERVER_BY_TYPE.get(kind)
     if cls is None:
-        raise _bad_frame(f"unknown frame type {kind!r}")
-    if cls is Result:
-        return _build_result(obj)
-    return _build(cls, obj)
+        raise RemoteProtocolError(ErrorCode.BAD_FRAME, f"unknown frame type {kind!r}", rid=rid)
+    try:
+        if cls is Result:
+            return _build_result(obj)
+        return _build(cls, obj)
+    except RemoteProtocolError as exc:
+        exc.rid = rid
+        exc.frame_type = cls.TYPE
+        raise
 
 
 def _wire_value(value: Any) -> Any:
@@ -291,3 +301,19 @@ def frame_to_dict(frame: Frame) -> dict[str, Any]:
 def encode(frame: Frame) -> str:
     """Encode a frame (either direction) as the text of one WebSocket message."""
     return orjson.dumps(_to_dict(frame)).decode()
+
+
+#: Room left in a result for everything but its list: type, rid, more, cursor.
+_RESULT_OVERHEAD: Final = 4096
+
+
+def count_within(items: Sequence[Any], budget: int = MAX_RESULT_BYTES - _RESULT_OVERHEAD) -> int:
+    """How many of ``items`` (frame values: ``Msg``, ``ConvRow``), taken from the first, fit
+    in ``budget`` bytes of encoded JSON together -- never fewer than one, so a reply that
+    must shrink still makes progress. Results use it to stay under the limit."""
+    used = 0
+    for count, item in enumerate(items):
+        used += len(orjson.dumps(_to_dict(item))) + 1  # the comma between list items
+        if used > budget and count > 0:
+            return count
+    return len(items)

@@ -43,6 +43,9 @@ class CloseCode(enum.IntEnum):
     UNAUTHENTICATED = 4401
     TIMEOUT = 4408
     REPLACED = 4409
+    #: Over a limit of the node (connections, connections without hello) or of the user
+    #: (connected devices): try another node, or later.
+    OVER_LIMIT = 4429
 
 
 class ProtocolError(Exception):

@@ -5,10 +5,15 @@ from __future__ import annotations
 import re
 from typing import Final, TypeGuard
 
-#: A frame's payload above this gets ``error too_large`` (the connection stays open).
+#: A client frame's payload above this gets ``error too_large`` (the connection stays open).
 MAX_FRAME_BYTES: Final = 64 * 1024
 #: Above this the server may close the connection with 1009.
 HARD_FRAME_BYTES: Final = 1024 * 1024
+#: A server frame may be this big: a ``msg`` whose 16 KiB body is all characters JSON must
+#: escape is ~96 KiB, so clients accept far more than they may send.
+MAX_SERVER_FRAME_BYTES: Final = 1024 * 1024
+#: ``history`` and ``convs`` results are kept under this by returning fewer items.
+MAX_RESULT_BYTES: Final = 512 * 1024
 #: A message body above this (UTF-8 bytes, after JSON decoding) gets ``nack too_large``.
 MAX_BODY_BYTES: Final = 16 * 1024
 #: Ids (user, device, cmid, rid) are 1..64 characters of [A-Za-z0-9_.-].
@@ -21,6 +26,12 @@ MAX_GROUP_MEMBERS: Final = 256
 MIN_HISTORY_LIMIT: Final = 1
 MAX_HISTORY_LIMIT: Final = 200
 DEFAULT_HISTORY_LIMIT: Final = 50
+#: ``convs.limit`` bounds and default (rows per page).
+MIN_CONVS_LIMIT: Final = 1
+MAX_CONVS_LIMIT: Final = 500
+DEFAULT_CONVS_LIMIT: Final = 100
+#: A ``convs`` cursor is an opaque string of at most this many characters.
+MAX_CURSOR_LEN: Final = 256
 #: ``presence_sub``/``presence_unsub`` accept at most this many users in one frame.
 MAX_PRESENCE_USERS: Final = 256
 #: Conversation ids are opaque to clients but still bounded, so a hostile frame cannot make

@@ -237,8 +237,16 @@ def history_result(rid: str | None, messages: tuple[Msg, ...], more: bool) -> Re
     return Result(rid=rid, fields=(("messages", messages), ("more", more)))
 
 
-def convs_result(rid: str | None, rows: tuple[ConvRow, ...]) -> Result:
-    return Result(rid=rid, fields=(("convs", rows),))
+def convs_result(
+    rid: str | None, rows: tuple[ConvRow, ...], more: bool, cursor: str | None
+) -> Result:
+    """A page of ``convs``: ``more`` says further rows exist, fetched by sending ``cursor``
+    (None exactly when there are no more) back."""
+    if more != (cursor is not None):
+        raise LocalProtocolError(
+            ErrorCode.BAD_FRAME, "a convs result carries a cursor exactly when more is true"
+        )
+    return Result(rid=rid, fields=(("convs", rows), ("cursor", cursor), ("more", more)))
 
 
 def group_created_result(rid: str | None, conv: str) -> Result:

@@ -20,6 +20,7 @@ device back; liveness is checked when the world has converged or after ``HEAL_S`
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 
@@ -28,7 +29,7 @@ import trio
 
 from actors import Node as ActorNode
 from actors import NodeConfig
-from actors._auth import InvalidToken
+from actors._auth import Grant, InvalidToken
 from persistence import Store
 from persistence._memory import MemoryStore
 
@@ -113,10 +114,10 @@ class RunResult:
         return self.trace.digest()
 
 
-def _verify_token(token: str, _now_s: float) -> str:
+def _verify_token(token: str, _now_s: float) -> Grant:
     if not token.startswith("sim."):
         raise InvalidToken("not a simulator token")
-    return token[4:]
+    return Grant(user=token[4:], expires_s=math.inf)
 
 
 class World:

@@ -5,7 +5,8 @@ Cached per conversation, all bounded (:class:`BoundedCache`) and all hints:
 * a :class:`Head`: a chunk end and the membership valid through it, for the group commit;
 * the highest chunk end seen (the chunk after it, if any, has ``_id`` ``chunk_id(conv,
   end + 1)``), where every "last seq" read starts;
-* the chunks written since this instance last raised the stored ``end_hint``.
+* the chunks written since this instance last raised the stored ``end_hint``;
+* the time of the last message at a known end (the ``convs`` listing's "latest activity").
 
 A cached "member" is checked by the write itself (the chunk insert at end+1 fails if anybody,
 e.g. a membership change on another node, wrote after that end); a cached "not a member" is
@@ -74,6 +75,8 @@ class ChunkLog:
         self.heads: BoundedCache[str, Head] = BoundedCache(HEADS_MAX)
         self._ends: BoundedCache[str, int] = BoundedCache(ENDS_MAX)
         self._unhinted: BoundedCache[str, int] = BoundedCache(ENDS_MAX)
+        #: conv → (a chunk end, the ts of the message at that end).
+        self._tails: BoundedCache[str, tuple[int, int]] = BoundedCache(ENDS_MAX)
 
     # -- ends ------------------------------------------------------------------------------
 
@@ -164,6 +167,7 @@ class ChunkLog:
     def wrote(self, conv: str, messages: list[StoredMessage]) -> None:
         """Note that this instance appended ``messages`` (one commit's) to ``conv``."""
         self.note_end(conv, messages[-1].seq)
+        self._tails.put(conv, (messages[-1].seq, messages[-1].ts))
         chunks = (len(messages) + CHUNK_MAX - 1) // CHUNK_MAX
         self._unhinted.put(conv, (self._unhinted.get(conv) or 0) + chunks)
 
@@ -227,13 +231,32 @@ class ChunkLog:
         self, conv: str, lo: int, hi: int, session: ClientSession | None = None
     ) -> list[StoredMessage]:
         """The messages of ``conv`` with ``lo <= seq <= hi``, in seq order."""
+        chunks = self._covering(conv, lo, hi, session)
+        if chunks:
+            self.note_end(conv, int(chunks[-1]["last"]))
+        return [
+            decode_message(conv, m) for chunk in chunks for m in chunk["msgs"] if lo <= m["s"] <= hi
+        ]
+
+    def _covering(
+        self,
+        conv: str,
+        lo: int,
+        hi: int,
+        session: ClientSession | None = None,
+        projection: dict[str, int] | None = None,
+    ) -> list[Doc]:
+        """The chunks of ``conv`` holding seqs ``lo..hi``, by first seq (``projection``:
+        which fields, which must then include ``first`` and ``last``)."""
         lo = max(lo, 1)
         if hi < lo:
             return []
         near = max(1, lo - RANGE_LOOKBACK)
         chunks = list(
             self._db.chunks.find(
-                {"conv": conv, "first": {"$gte": near, "$lte": hi}}, session=session
+                {"conv": conv, "first": {"$gte": near, "$lte": hi}},
+                projection=projection,
+                session=session,
             )
         )
         if near > 1 and not any(c["first"] <= lo <= c["last"] for c in chunks):
@@ -242,16 +265,40 @@ class ChunkLog:
             chunks += [
                 c
                 for c in self._db.chunks.find(
-                    {"conv": conv, "first": {"$gte": far, "$lt": near}}, session=session
+                    {"conv": conv, "first": {"$gte": far, "$lt": near}},
+                    projection=projection,
+                    session=session,
                 )
                 if c["last"] >= lo
             ]
         chunks.sort(key=lambda c: int(c["first"]))
-        if chunks:
-            self.note_end(conv, int(chunks[-1]["last"]))
+        return chunks
+
+    def headers(self, conv: str, lo: int, hi: int) -> list[tuple[int, str, str, int]]:
+        """(seq, sender, kind, ts) of the messages of ``conv`` with ``lo <= seq <= hi``,
+        read without their bodies (counting unread messages, finding activity)."""
+        fields = {"first": 1, "last": 1, "msgs.s": 1, "msgs.u": 1, "msgs.k": 1, "msgs.t": 1}
         return [
-            decode_message(conv, m) for chunk in chunks for m in chunk["msgs"] if lo <= m["s"] <= hi
+            (int(m["s"]), m["u"], m["k"], int(m["t"]))
+            for chunk in self._covering(conv, lo, hi, projection=fields)
+            for m in chunk["msgs"]
+            if lo <= m["s"] <= hi
         ]
+
+    def last_ts(self, ends: dict[str, int]) -> dict[str, int]:
+        """The time of each conversation's message at ``ends[conv]`` (0 for an empty one):
+        from memory when this instance knows that end, else one bodiless read."""
+        out: dict[str, int] = {}
+        for conv, end in ends.items():
+            cached = self._tails.get(conv)
+            if cached is not None and cached[0] == end:
+                out[conv] = cached[1]
+                continue
+            found = self.headers(conv, end, end) if end > 0 else []
+            out[conv] = found[0][3] if found else 0
+            if found:
+                self._tails.put(conv, (end, out[conv]))
+        return out
 
     def lookup_key(self, key: str) -> StoredMessage | None:
         """The message stored under idempotency key ``key``, or ``None``."""

@@ -20,15 +20,23 @@ import time
 import attrs
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from .._errors import StoreError, Unavailable
-from .._rules import draft_error, no_such_conversation, not_member, replay
+from .._rules import draft_error, implicit_direct, no_such_conversation, not_member, replay
 from .._types import Conversation, Draft, StoredMessage
 from ._chunks import ChunkLog, Head
-from ._outbox import job_update
+from ._outbox import JobNote, JobRace, write_jobs
 from ._runner import Runner, is_write_conflict
-from ._schema import CHUNK_MAX, DUPLICATE_KEY, Doc, chunk_doc, key_id, new_message_id
+from ._schema import (
+    CHUNK_MAX,
+    DUPLICATE_KEY,
+    Doc,
+    chunk_doc,
+    direct_doc,
+    key_id,
+    new_message_id,
+)
 
 #: Rounds of "someone else took that seq / that key" before giving up on one append.
 MAX_ROUNDS = 64
@@ -69,20 +77,6 @@ class _Slot:
     result: StoredMessage | StoreError | None = None
     #: An earlier slot of the same commit with the same key: this one replays its result.
     same_as: _Slot | None = None
-
-
-@attrs.define(eq=False)
-class _JobNote:
-    """The offline-notification job a merged commit records for one user."""
-
-    conv: str
-    seq: int
-    ts: int
-    count: int
-
-
-class _JobRace(Exception):
-    """A concurrent writer opened a user's notification job inside our transaction."""
 
 
 class _Duplicates(Exception):
@@ -136,6 +130,13 @@ class GroupCommit:
         cached = {c: h for c in wanted if (h := self._chunks.heads.get(c)) is not None}
         cached.update(self._chunks.load_heads([c for c in wanted if c not in cached]))
         heads: dict[str, Head | None] = {c: cached.get(c) for c in wanted}
+        # Direct conversations not stored yet: their first message stores them (G7).
+        unstored: set[str] = set()
+        for conv_id in wanted:
+            implicit = implicit_direct(conv_id) if heads[conv_id] is None else None
+            if implicit is not None:
+                heads[conv_id] = Head(implicit, 0)
+                unstored.add(conv_id)
         per_request: list[list[_Slot] | StoreError] = []
         first_slot: dict[str, _Slot] = {}
         todo: dict[str, list[_Slot]] = {}
@@ -165,7 +166,10 @@ class GroupCommit:
                     # another node. (A cached "yes" is checked by the chunk insert itself.)
                     fresh.add(request.conv)
                     self._chunks.heads.pop(request.conv)
-                    head = self._chunks.load_heads([request.conv]).get(request.conv)
+                    reloaded = self._chunks.load_heads([request.conv]).get(request.conv)
+                    if reloaded is not None:
+                        head = reloaded
+                        unstored.discard(request.conv)
                     assert head is not None, "conversations are never deleted"
                     heads[request.conv] = head
                     # Slots judged on the old head are written at the new end: judge again.
@@ -174,7 +178,7 @@ class GroupCommit:
                     todo.setdefault(request.conv, []).append(slot)
                 else:
                     slot.result = self._refuse(head.conv, slot)
-        contended = self._write_rounds(heads, todo)
+        contended = self._write_rounds(heads, todo, unstored)
         outcomes: list[Outcome] = []
         for request, judged in zip(batch, per_request, strict=True):
             if isinstance(judged, StoreError):
@@ -211,10 +215,11 @@ class GroupCommit:
         return replay(original, conv.id, slot.draft)
 
     def _write_rounds(
-        self, heads: dict[str, Head | None], todo: dict[str, list[_Slot]]
+        self, heads: dict[str, Head | None], todo: dict[str, list[_Slot]], unstored: set[str]
     ) -> set[str]:
         """Write ``todo`` in one transaction, fixing conflicts per conversation; returns the
-        conversations given up on (too contended)."""
+        conversations given up on (too contended). ``unstored``: direct conversations whose
+        document the transaction writes with their first message."""
         todo = {conv: slots for conv, slots in todo.items() if slots}
         budget = MAX_ROUNDS + sum(len(s) for s in todo.values())
         conflicts = 0
@@ -240,14 +245,16 @@ class GroupCommit:
                     for n, slot in enumerate(slots, start=1)
                 ]
             jobs = self._plan_jobs(heads, todo, plan)
+            new_docs = [direct_doc(h.conv) for c in sorted(unstored & set(plan)) if (h := heads[c])]
             try:
-                self._runner.transaction(functools.partial(self._write_group, plan, jobs))
-            except _JobRace:
+                self._runner.transaction(functools.partial(self._write_group, plan, jobs, new_docs))
+            except JobRace:
                 # A concurrent writer opened the same user's job: the round is aborted whole
                 # (messages included); the next one coalesces into that job.
                 conflicts += 1
                 continue
             except _Duplicates as dup:
+                unstored.difference_update(dup.convs)  # stored by someone else meanwhile
                 self._replay_duplicates(heads, todo, dup)
                 todo = {conv: slots for conv, slots in todo.items() if slots}
                 continue
@@ -269,6 +276,7 @@ class GroupCommit:
                 moved = heads[conv_id] = Head(head.conv, messages[-1].seq)
                 self._chunks.heads.put(conv_id, moved)
                 self._chunks.wrote(conv_id, messages)
+            unstored.difference_update(plan)
             todo = {}
         self._chunks.raise_hints()
         return set()
@@ -299,11 +307,11 @@ class GroupCommit:
         heads: dict[str, Head | None],
         todo: dict[str, list[_Slot]],
         plan: dict[str, list[StoredMessage]],
-    ) -> dict[str, _JobNote]:
+    ) -> dict[str, JobNote]:
         """G8: the offline-notification job of each user named in ``notify`` by a request
         with a message in ``plan``, written by the same transaction: the first new message
         (conv, seq) of the commit, the number of new messages, the latest ts."""
-        jobs: dict[str, _JobNote] = {}
+        jobs: dict[str, JobNote] = {}
         for conv_id, slots in todo.items():
             head = heads[conv_id]
             assert head is not None
@@ -314,14 +322,18 @@ class GroupCommit:
                         continue
                     note = jobs.get(user)
                     if note is None:
-                        jobs[user] = _JobNote(conv_id, message.seq, message.ts, 1)
+                        jobs[user] = JobNote(conv_id, message.seq, message.ts, 1)
                     else:
                         note.count += 1
                         note.ts = max(note.ts, message.ts)
         return jobs
 
     def _write_group(
-        self, plan: dict[str, list[StoredMessage]], jobs: dict[str, _JobNote], s: ClientSession
+        self,
+        plan: dict[str, list[StoredMessage]],
+        jobs: dict[str, JobNote],
+        new_docs: list[Doc],
+        s: ClientSession,
     ) -> None:
         keys = [
             {
@@ -345,18 +357,13 @@ class GroupCommit:
             self._db.keys.insert_many(keys, ordered=False, session=s)
         except BulkWriteError as exc:
             raise _Duplicates.from_bulk(exc, [str(k["_id"]) for k in keys], None) from exc
+        if new_docs:
+            try:
+                self._db.convs.insert_many(new_docs, ordered=False, session=s)
+            except BulkWriteError as exc:
+                raise _Duplicates.from_bulk(exc, None, [str(d["_id"]) for d in new_docs]) from exc
         try:
             self._db.chunks.insert_many(chunks, ordered=False, session=s)
         except BulkWriteError as exc:
             raise _Duplicates.from_bulk(exc, None, [str(c["conv"]) for c in chunks]) from exc
-        for user in sorted(jobs):
-            note = jobs[user]
-            try:
-                self._db.jobs.update_one(
-                    {"user": user, "open": True},
-                    job_update(note.conv, note.seq, note.ts, note.count),
-                    upsert=True,
-                    session=s,
-                )
-            except DuplicateKeyError as exc:
-                raise _JobRace(user) from exc
+        write_jobs(self._db, jobs, s)

@@ -28,8 +28,16 @@ from pymongo import UpdateOne
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 
-from .._rules import clamp_mark, unread_count
-from .._types import Conversation, ConvRow, MemberMarks, ReadMark, RecvMark, StoredMessage
+from .._rules import clamp_mark, convs_page
+from .._types import (
+    BacklogRange,
+    Conversation,
+    ConvPage,
+    ConvRow,
+    MemberMarks,
+    ReadMark,
+    RecvMark,
+)
 from ._chunks import ChunkLog
 from ._runner import Runner
 from ._schema import (
@@ -48,7 +56,7 @@ FOLD_EVERY_S = 2.0
 #: Log documents this old belong to a store that stopped folding (it died): any store folds them.
 STALE_LOG_MS = 60_000
 
-Backlog = list[tuple[Conversation, list[StoredMessage]]]
+Backlog = list[BacklogRange]
 #: conversation -> "recv.<field>" / "read.<field>" -> seq
 Pending = dict[str, dict[str, int]]
 
@@ -72,7 +80,7 @@ class Marks:
         self._db = db
         self._chunks = chunks
         self._runner = runner
-        #: A direct conversation this store has seen (its cache), or None.
+        #: The direct conversation an id names (its membership never changes), or None.
         self._known_direct = known_direct
         # What this store logged and has not folded yet, and the log documents holding it.
         # Worker threads share them (a merge may run while a fold does), hence the lock.
@@ -141,7 +149,7 @@ class Marks:
         highest: dict[str, int] = {}
         for conv, seq in marks:
             highest[conv] = max(seq, highest.get(conv, 0))
-        # A direct conversation's membership never changes: one this store has seen needs
+        # A direct conversation's membership never changes (its id says it): it needs
         # no read. The others are read in a few $in queries.
         known: dict[str, Conversation] = {}
         starts: dict[str, int] = {}
@@ -215,38 +223,60 @@ class Marks:
         doc = self._docs([conv]).get(conv, {})
         return int(doc.get("recv", {}).get(recv_field(user, device), 0))
 
-    def conversations(self, user: str, device: str) -> list[ConvRow]:
-        """The ``convs`` listing of ``user`` as ``device`` sees it."""
-        rows = []
-        docs = list(self._db.convs.find({"member_ids": user}, sort=[("_id", 1)]))
-        lasts = self._chunks.last_seqs(docs)
-        mark_docs = self._docs(d["_id"] for d in docs)
+    def conversations(self, user: str, device: str, limit: int, cursor: str | None) -> ConvPage:
+        """A page of the ``convs`` listing of ``user`` as ``device`` sees it.
+
+        Every page reads the ids and ends of all the user's conversations (one indexed query
+        and the catch-up's ``$in`` rounds; the activity of each end from memory, or one small
+        bodiless read the first time), then only its own rows: their documents and marks in
+        ``$in`` batches, and their unread counts from bodiless reads.
+        """
+        ids = list(self._db.convs.find({"member_ids": user}, projection={"end_hint": 1}))
+        ends = self._chunks.last_seqs(ids)
+        stamps = self._chunks.last_ts(ends)
+        page, next_cursor = convs_page(((stamps[c], c) for c in ends), limit, cursor)
+        docs: dict[str, Doc] = {}
+        for k in range(0, len(page), PROBES_PER_QUERY):
+            batch = page[k : k + PROBES_PER_QUERY]
+            docs.update((d["_id"], d) for d in self._db.convs.find({"_id": {"$in": batch}}))
+        mark_docs = self._docs(page)
         field = recv_field(user, device)
-        for doc in docs:
-            conv = decode_conv(doc)
-            last = lasts[conv.id]
-            mark_doc = mark_docs.get(conv.id)
+        rows = []
+        for conv_id in page:
+            if conv_id not in docs:
+                continue  # gone between the two reads (conversations are never deleted)
+            conv = decode_conv(docs[conv_id])
+            last = ends[conv_id]
+            mark_doc = mark_docs.get(conv_id)
             marks = self._member_marks(conv, mark_doc)
-            read = marks[user].read
+            own_read = marks[user].read
+            unread = (
+                sum(
+                    1
+                    for seq, sender, kind, _ts in self._chunks.headers(conv_id, own_read + 1, last)
+                    if kind == "text" and sender != user and conv.can_see(user, seq)
+                )
+                if own_read < last  # read up to the end (the usual case): nothing to count
+                else 0
+            )
             rows.append(
                 ConvRow(
-                    conv=conv.id,
+                    conv=conv_id,
                     kind=conv.kind,
                     title=conv.title,
                     members=tuple(conv.members),
                     last_seq=last,
                     delivered=int((mark_doc or {}).get("recv", {}).get(field, 0)),
-                    read=read,
-                    unread=unread_count(
-                        conv, user, read, self._chunks.fetch(conv.id, read + 1, last)
-                    ),
+                    read=own_read,
+                    unread=unread,
                     others=tuple(marks[u] for u in conv.members if u != user),
                 )
             )
-        return rows
+        return ConvPage(rows=tuple(rows), cursor=next_cursor)
 
     def unsynced_many(self, wanted: list[tuple[str, str]]) -> list[Backlog]:
-        """The hello backlog of many (user, device) at once: a few commands for all of them."""
+        """Where the hello backlog of many (user, device) is, at once: a few commands for all
+        of them, and no message read (the node reads them with ``range``, page by page)."""
         users = sorted({u for u, _ in wanted})
         # Two indexed queries: SecantusDB answers an $or of them with a collection scan.
         docs = {d["_id"]: d for d in self._db.convs.find({"member_ids": {"$in": users}})}
@@ -273,7 +303,7 @@ class Marks:
         lasts: dict[str, int],
     ) -> Backlog:
         field = recv_field(user, device)
-        out = []
+        out: Backlog = []
         for doc in docs:
             conv = decode_conv(doc)
             span = conv.visible_range(user)
@@ -283,5 +313,5 @@ class Marks:
             last = lasts[conv.id]
             hi = last if span[1] is None else min(span[1], last)
             if lo <= hi:
-                out.append((conv, self._chunks.fetch(conv.id, lo, hi)))
+                out.append(BacklogRange(conv=conv.id, lo=lo, hi=hi))
         return out

@@ -8,13 +8,10 @@ try again, and a retried change that did commit before finds itself through ``la
 from __future__ import annotations
 
 import functools
-import time
 
-from pymongo import ReturnDocument
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import DuplicateKeyError, PyMongoError
-from pymongo.read_concern import ReadConcern
 
 from protocol import MemberEvent
 
@@ -23,12 +20,9 @@ from .._rules import apply_member_change, member_message, plan_member_change
 from .._types import Conversation, MemberOp, StoredMessage
 from ._chunks import ChunkLog, Head
 from ._commit import MAX_ROUNDS
+from ._outbox import JobNote, JobRace, write_jobs
 from ._runner import Runner, is_write_conflict
-from ._schema import Doc, chunk_doc, decode_conv, load_conv, membership_fields, new_message_id
-
-#: Pauses before each retry of the upsert of a new direct conversation after a lost race
-#: (the winner's insert becomes visible once it committed, a journal flush later).
-_DIRECT_RACE_PAUSES_S = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16)
+from ._schema import Doc, chunk_doc, load_conv, membership_fields, new_message_id
 
 
 class _Contended(Exception):
@@ -48,40 +42,11 @@ class Membership:
         self._chunks = chunks
         self._runner = runner
 
-    def direct(self, conv_id: str, a: str, b: str) -> Conversation:
-        # Read first: the durable upsert (a write on every call) only when it is missing.
-        found = self._db.convs.find_one({"_id": conv_id})
-        if found is not None:
-            return decode_conv(found)
-        conv = Conversation(id=conv_id, kind="direct", members={a: 1, b: 1})
-        fields = {"kind": "direct", "v": 0, **membership_fields(conv)}
-        for pause in _DIRECT_RACE_PAUSES_S:
-            time.sleep(pause)  # a worker thread: the event loop goes on
-            try:
-                doc = self._db.convs.find_one_and_update(
-                    {"_id": conv_id},
-                    {"$setOnInsert": fields},
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
-                )
-            except DuplicateKeyError:
-                doc = None
-            if doc is None:
-                # Two first messages raced to create it and the other one won, which is the
-                # point (SecantusDB may also answer the losing upsert with no document). The
-                # match may have read a majority snapshot older than the winner's insert: read
-                # the latest local data (a direct conversation's document is a function of its
-                # id, so any copy is the same), else try again after a pause.
-                doc = self._db.convs.with_options(read_concern=ReadConcern("local")).find_one(
-                    {"_id": conv_id}
-                )
-            if doc is not None:
-                return decode_conv(doc)
-        raise Unavailable("direct conversation creation kept racing; retry")
-
     def create_group(
-        self, conv: Conversation, event: StoredMessage
+        self, conv: Conversation, event: StoredMessage, notify: tuple[str, ...]
     ) -> tuple[Conversation, StoredMessage]:
+        """Write the group, its creation event and the jobs of ``notify`` in one transaction
+        (retried whole when a concurrent writer opened one of those jobs meanwhile)."""
         doc = {
             "_id": conv.id,
             "kind": "group",
@@ -94,12 +59,22 @@ class Membership:
         }
         chunk = chunk_doc(conv.id, [event])
 
+        notes = _job_notes(conv, notify, event)
+
         def body(s: ClientSession) -> None:
             self._db.convs.insert_one(doc, session=s)
             self._db.chunks.insert_one(chunk, session=s)
+            write_jobs(self._db, notes, s)
 
         try:
-            self._runner.transaction(body)
+            for _ in range(MAX_ROUNDS):
+                try:
+                    self._runner.transaction(body)
+                    break
+                except JobRace:
+                    continue
+            else:
+                raise Unavailable(f"could not record the notifications of group {conv.id!r}")
         except DuplicateKeyError:
             # Only our own earlier attempt can hold this random id (ambiguous failure).
             existing, _ = load_conv(self._db, conv.id)
@@ -119,18 +94,33 @@ class Membership:
         return found
 
     def change(
-        self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int, op_id: str
+        self,
+        conv_id: str,
+        op: MemberOp,
+        actor: str,
+        user: str,
+        ts: int,
+        op_id: str,
+        notify: tuple[str, ...] = (),
     ) -> StoredMessage | None:
-        """Apply one membership change (``op_id``: unique per change, for retries)."""
+        """Apply one membership change (``op_id``: unique per change, for retries); the
+        jobs of ``notify`` (the members among them) are written with the event."""
         try:
-            return self._change_rounds(conv_id, op, actor, user, ts, op_id)
+            return self._change_rounds(conv_id, op, actor, user, ts, op_id, notify)
         finally:
             # Not needed for correctness (a cached head is re-validated by the next chunk
             # insert), but our own change should not cost us a duplicate-key round.
             self._chunks.heads.pop(conv_id)
 
     def _change_rounds(
-        self, conv_id: str, op: MemberOp, actor: str, user: str, ts: int, op_id: str
+        self,
+        conv_id: str,
+        op: MemberOp,
+        actor: str,
+        user: str,
+        ts: int,
+        op_id: str,
+        notify: tuple[str, ...],
     ) -> StoredMessage | None:
         for _ in range(MAX_ROUNDS):
             conv, doc = load_conv(self._db, conv_id)
@@ -143,9 +133,11 @@ class Membership:
             kind, target = plan
             try:
                 return self._runner.transaction(
-                    functools.partial(self._write_event, conv, doc, kind, actor, target, ts, op_id)
+                    functools.partial(
+                        self._write_event, conv, doc, kind, actor, target, ts, op_id, notify
+                    )
                 )
-            except (DuplicateKeyError, _Contended):
+            except (DuplicateKeyError, _Contended, JobRace):
                 continue
             except PyMongoError as exc:
                 if is_write_conflict(exc):
@@ -162,6 +154,7 @@ class Membership:
         target: str,
         ts: int,
         op_id: str,
+        notify: tuple[str, ...],
         session: ClientSession,
     ) -> StoredMessage:
         seq = self._chunks.read_last_seq(conv.id, session, doc) + 1
@@ -184,4 +177,12 @@ class Membership:
         )
         if result.matched_count != 1:
             raise _Contended()
+        write_jobs(self._db, _job_notes(changed, notify, event), session)
         return event
+
+
+def _job_notes(
+    conv: Conversation, notify: tuple[str, ...], event: StoredMessage
+) -> dict[str, JobNote]:
+    """G8: the job a membership event owes each member of ``conv`` named in ``notify``."""
+    return {u: JobNote(conv.id, event.seq, event.ts, 1) for u in notify if conv.is_member(u)}

@@ -42,8 +42,9 @@ Collections (all in one database):
 * ``users``: ``_id`` the user id, ``last_seen`` (max-merged).
 * ``jobs``: the offline-notification outbox, one document per job: ``user``, ``conv``,
   ``seq``, ``count``, ``first_ts``, ``last_ts``, ``open`` (the user's current offline
-  period), ``done``, ``owner``, ``lease_until``. A partial unique index on ``user`` where
-  ``open`` makes "one open job per user" a database fact; ``(done, first_ts)`` for claims.
+  period), ``done``, ``owner``, ``lease_until``, ``due`` (claimable from; none once
+  delivered), ``claim`` (the claim that leased it). A partial unique index on ``user`` where
+  ``open`` makes "one open job per user" a database fact; ``due`` for claims (``_outbox``).
 
 The collections that several nodes share — ``leases``, ``sessions`` and ``ephemeral`` — are
 documented in :mod:`._cluster`.
@@ -64,7 +65,7 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.write_concern import WriteConcern
 
-from .._rules import no_such_conversation
+from .._rules import implicit_direct, no_such_conversation
 from .._types import Conversation, StoredMessage
 
 Doc = dict[str, Any]
@@ -190,11 +191,23 @@ def membership_fields(conv: Conversation) -> Doc:
 def load_conv(
     db: Database[Doc], conv: str, session: ClientSession | None = None
 ) -> tuple[Conversation, Doc]:
-    """Read ``conv`` (decoded, and its document); :class:`NotFound` if it does not exist."""
+    """Read ``conv`` (decoded, and its document); :class:`NotFound` if it does not exist.
+
+    A direct conversation not stored yet (no message) is its implicit self, with an empty
+    document (see :func:`persistence._rules.implicit_direct`).
+    """
     doc = db.convs.find_one({"_id": conv}, session=session)
     if doc is None:
-        raise no_such_conversation(conv)
+        implicit = implicit_direct(conv)
+        if implicit is None:
+            raise no_such_conversation(conv)
+        return implicit, {}
     return decode_conv(doc), doc
+
+
+def direct_doc(conv: Conversation) -> Doc:
+    """The ``convs`` document of a direct conversation, written with its first message."""
+    return {"_id": conv.id, "kind": "direct", "v": 0, **membership_fields(conv)}
 
 
 def create_indexes(db: Database[Doc]) -> None:
@@ -209,3 +222,4 @@ def create_indexes(db: Database[Doc]) -> None:
         "user", unique=True, name="one_open_job", partialFilterExpression={"open": True}
     )
     db.jobs.create_index([("done", 1), ("first_ts", 1)])
+    db.jobs.create_index("due")  # claims read windows of it (see _outbox)

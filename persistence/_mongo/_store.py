@@ -17,27 +17,31 @@ from typing import Any, TypeVar
 
 import trio
 from pymongo import MongoClient
+from pymongo.errors import ConfigurationError
 from pymongo.read_concern import ReadConcern
 
 from protocol import MemberEvent
 
 from .._contract import Store
-from .._errors import StoreError, Unavailable
+from .._errors import BadInput, StoreError, Unavailable
 from .._feed import ChangeFeed, DeviceSession, Ephemeral
 from .._rules import (
     GROUP_ID_HEX,
+    check_convs_limit,
     check_id,
     check_limit,
     check_title,
     direct_id,
     group_founders,
     history_bounds,
+    implicit_direct,
     member_message,
     new_group,
 )
 from .._types import (
+    BacklogRange,
     Conversation,
-    ConvRow,
+    ConvPage,
     Draft,
     MemberMarks,
     MemberOp,
@@ -46,7 +50,6 @@ from .._types import (
     RecvMark,
     StoredMessage,
 )
-from ._cache import BoundedCache
 from ._chunks import ChunkLog
 from ._cluster import Cluster, MongoFeed
 from ._coalescer import Coalescer
@@ -60,8 +63,6 @@ from ._schema import DURABLE, LIGHT, Doc, create_indexes, load_conv, new_message
 
 A = TypeVar("A")
 R = TypeVar("R")
-#: Direct conversations one store answers from memory (they never change).
-DIRECTS_MAX = 20_000
 
 
 class MongoStore(Store):
@@ -89,8 +90,8 @@ class MongoStore(Store):
         self._chunks = ChunkLog(self._db, light)
         self._commit = GroupCommit(self._db, self._chunks, self._runner, self._rng)
         self._membership = Membership(self._db, self._chunks, self._runner)
-        self._directs: BoundedCache[str, Conversation] = BoundedCache(DIRECTS_MAX)
-        self._marks = Marks(self._db, self._chunks, self._runner, self._directs.get)
+        # A direct conversation's membership is a function of its id (implicit_direct).
+        self._marks = Marks(self._db, self._chunks, self._runner, implicit_direct)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
         self._cluster = Cluster(light)
@@ -139,10 +140,17 @@ class MongoStore(Store):
 
     @classmethod
     async def connect(cls, uri: str, database: str = "messenger", **kwargs: Any) -> MongoStore:
-        """Connect to ``uri``, create the indexes (idempotently) and return the store."""
-        client: MongoClient[Doc] = MongoClient(
-            uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=30000
-        )
+        """Connect to ``uri``, create the indexes (idempotently) and return the store.
+
+        A malformed ``uri`` raises :class:`BadInput`; an unreachable server
+        :class:`Unavailable` (after the retries).
+        """
+        try:
+            client: MongoClient[Doc] = MongoClient(
+                uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=30000
+            )
+        except ConfigurationError as exc:  # InvalidURI included
+            raise BadInput(f"invalid MongoDB URI: {exc}") from None
         store = cls(client, database, **kwargs)
         store._uri = uri
         try:
@@ -159,18 +167,20 @@ class MongoStore(Store):
     # -- conversations -------------------------------------------------------------------
 
     async def direct_conversation(self, a: str, b: str) -> Conversation:
-        conv_id = direct_id(a, b)
-        # A direct conversation never changes (no adds, removes or leaves) and is never
-        # deleted, so once seen it is answered from memory.
-        known = self._directs.get(conv_id)
-        if known is not None:
-            return known
-        conv = await self._runner.call(self._membership.direct, conv_id, a, b)
-        self._directs.put(conv_id, conv)
+        # A direct conversation never changes (no adds, removes or leaves): it is what its
+        # id says, stored or not (the first message stores it).
+        conv = implicit_direct(direct_id(a, b))
+        assert conv is not None
         return conv
 
     async def create_group(
-        self, creator: str, title: str, members: Iterable[str], ts: int
+        self,
+        creator: str,
+        title: str,
+        members: Iterable[str],
+        ts: int,
+        *,
+        notify: Iterable[str] = (),
     ) -> tuple[Conversation, StoredMessage]:
         check_title(title)
         founders = group_founders(creator, members)
@@ -182,37 +192,45 @@ class MongoStore(Store):
         )
         creation = MemberEvent(op="create", by=creator, users=tuple(founders))
         event = member_message(conv.id, 1, new_message_id(), creation, ts)
-        return await self._runner.call(self._membership.create_group, conv, event)
+        notified = tuple(sorted(set(notify)))
+        return await self._runner.call(self._membership.create_group, conv, event, notified)
 
     async def get_conversation(self, conv: str) -> Conversation:
-        found = (await self._runner.call(load_conv, self._db, conv))[0]
-        if found.kind == "direct":
-            self._directs.put(conv, found)  # never changes: see direct_conversation
-        return found
+        return (await self._runner.call(load_conv, self._db, conv))[0]
 
     async def _member_change(
-        self, conv: str, op: MemberOp, actor: str, user: str, ts: int
+        self, conv: str, op: MemberOp, actor: str, user: str, ts: int, notify: Iterable[str]
     ) -> StoredMessage | None:
         op_id = uuid.uuid4().hex
-        return await self._runner.call(self._membership.change, conv, op, actor, user, ts, op_id)
+        notified = tuple(sorted(set(notify)))
+        return await self._runner.call(
+            self._membership.change, conv, op, actor, user, ts, op_id, notified
+        )
 
-    async def add_member(self, conv: str, actor: str, user: str, ts: int) -> StoredMessage | None:
-        return await self._member_change(conv, "add", actor, user, ts)
+    async def add_member(
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage | None:
+        return await self._member_change(conv, "add", actor, user, ts, notify)
 
     async def remove_member(
-        self, conv: str, actor: str, user: str, ts: int
+        self, conv: str, actor: str, user: str, ts: int, *, notify: Iterable[str] = ()
     ) -> StoredMessage | None:
-        return await self._member_change(conv, "remove", actor, user, ts)
+        return await self._member_change(conv, "remove", actor, user, ts, notify)
 
-    async def leave(self, conv: str, user: str, ts: int) -> StoredMessage:
-        event = await self._member_change(conv, "leave", user, user, ts)
+    async def leave(
+        self, conv: str, user: str, ts: int, *, notify: Iterable[str] = ()
+    ) -> StoredMessage:
+        event = await self._member_change(conv, "leave", user, user, ts, notify)
         assert event is not None, "a leave always records an event"
         return event
 
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
         check_id("user id", user)
         check_id("device id", device)
-        return await self._runner.call(self._marks.conversations, user, device)
+        check_convs_limit(limit)
+        return await self._runner.call(self._marks.conversations, user, device, limit, cursor)
 
     async def contacts(self, user: str) -> set[str]:
         return await self._runner.call(self._membership.contacts, user)
@@ -250,6 +268,12 @@ class MongoStore(Store):
     def _range_sync(self, conv: str, lo: int, hi: int) -> list[StoredMessage]:
         load_conv(self._db, conv)
         return self._chunks.fetch(conv, lo, hi)
+
+    async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
+        # One thread hop for all of them; each range is one index read of its chunks.
+        return await self._runner.call(
+            lambda: [m for s in spans for m in self._chunks.fetch(s.conv, s.lo, s.hi)]
+        )
 
     async def last_seq(self, conv: str) -> int:
         return await self._runner.call(self._last_seq_sync, conv)

@@ -50,8 +50,9 @@ def _flip(text: str, index: int) -> str:
 def test_round_trip(user: str, ttl: int) -> None:
     token = ISSUER.mint(user, ttl, NOW)
     assert token.startswith("v1.") and token.count(".") == 2
-    assert ISSUER.verify(token, NOW) == user
-    assert ISSUER.verify(token, NOW + ttl - 1) == user
+    assert ISSUER.verify(token, NOW).user == user
+    assert ISSUER.verify(token, NOW + ttl - 1).user == user
+    assert ISSUER.verify(token, NOW).expires_s == int(NOW) + ttl
 
 
 def test_payload_format() -> None:
@@ -62,7 +63,7 @@ def test_payload_format() -> None:
 
 def test_expiry() -> None:
     token = ISSUER.mint("alice", 60, NOW)
-    assert ISSUER.verify(token, NOW + 59.999) == "alice"
+    assert ISSUER.verify(token, NOW + 59.999).user == "alice"
     for later in (NOW + 60, NOW + 10**6):
         with pytest.raises(InvalidToken) as info:
             ISSUER.verify(token, later)

@@ -3,7 +3,7 @@ requests go in through ``submit``, frames come out on fake connection handles.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 import pytest
 import trio
@@ -13,7 +13,7 @@ from unit import FakeConnection, fake_connection, make_context
 from actors import SEQ_REUSE_AFTER_RESTART
 from actors._conversations import ConversationManager
 from actors._messages import MarkRequest, SendRequest
-from persistence import Conversation, ConvRow, MemoryStore, StoredMessage, Unavailable
+from persistence import Conversation, ConvPage, MemoryStore, StoredMessage, Unavailable
 from protocol import Ack, MemberEvent, Msg, Receipt
 
 
@@ -95,16 +95,24 @@ class AmbiguousStore(MemoryStore):
         self.listing_failures = listing_failures
 
     async def create_group(
-        self, creator: str, title: str, members: Sequence[str], ts: int
+        self,
+        creator: str,
+        title: str,
+        members: Iterable[str],
+        ts: int,
+        *,
+        notify: Iterable[str] = (),
     ) -> tuple[Conversation, StoredMessage]:
-        await super().create_group(creator, title, members, ts)
+        await super().create_group(creator, title, members, ts, notify=notify)
         raise Unavailable("the reply was lost")
 
-    async def conversations(self, user: str, device: str) -> list[ConvRow]:
+    async def conversations(
+        self, user: str, device: str, *, limit: int = 100, cursor: str | None = None
+    ) -> ConvPage:
         if self.listing_failures:
             self.listing_failures -= 1
             raise Unavailable("listing failed")
-        return await super().conversations(user, device)
+        return await super().conversations(user, device, limit=limit, cursor=cursor)
 
 
 async def test_an_ambiguous_group_create_is_found_through_retried_searches(

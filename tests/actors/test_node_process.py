@@ -6,15 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 import trio
 from trio_websocket import ConnectionClosed
-from wsclient import WsClient
+from wsclient import WsClient, slow_reader
 
 MESSENGER = [sys.executable, "-m", "messenger"]
 
@@ -105,3 +107,41 @@ async def test_killed_node_loses_nothing_acked(data_dir: Path, nursery: trio.Nur
     finally:
         assert await trio.to_thread.run_sync(second.terminate) == 0
     assert not (data_dir / "secantusd.pid").exists()
+
+
+@pytest.mark.slow
+async def test_sigterm_writes_what_each_connection_is_owed_then_1001(
+    data_dir: Path, nursery: trio.Nursery
+) -> None:
+    node = await trio.to_thread.run_sync(ServeProcess, data_dir)
+    ann_token, ben_token = tokens(data_dir, "ann", "ben")
+    ann, ann_socket = await slow_reader(nursery, node.port, ann_token)
+    ben = await WsClient.open(nursery, node.port)
+    await ben.hello(ben_token, "d1")
+    # About 1 MiB of pushes ann does not read: her connection's writer is stuck behind them.
+    for i in range(64):
+        await ben.send({"type": "send", "cmid": f"b{i}", "to": "ann", "body": "x" * 16384})
+        await ben.wait_for("ack", cmid=f"b{i}")
+    cmids = [f"c{i}" for i in range(50)]
+    for cmid in cmids:
+        await ann.send({"type": "send", "cmid": cmid, "to": "ben", "body": cmid})
+    await ben.wait_for("msg", cmid=cmids[-1])  # all stored; their acks queued for ann
+    exit_codes: list[int] = []
+
+    async def terminate() -> None:
+        exit_codes.append(await trio.to_thread.run_sync(node.terminate))
+
+    nursery.start_soon(terminate)
+    ann_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    acked: set[str] = set()
+    with trio.fail_after(30):
+        while True:
+            try:
+                frame = orjson.loads(await ann.ws.get_message())
+            except ConnectionClosed as exc:
+                reason = exc.reason
+                break
+            if frame["type"] == "ack":
+                acked.add(frame["cmid"])
+    assert reason is not None and reason.code == 1001
+    assert acked == set(cmids)

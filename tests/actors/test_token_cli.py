@@ -29,9 +29,9 @@ def test_prints_one_token_per_user_in_order(
     assert len(lines) == len(users)
     issuer = TokenIssuer(load_or_create_secret(tmp_path / "data"))
     now = time.time()
-    assert [issuer.verify(token, now) for token in lines] == users
+    assert [issuer.verify(token, now).user for token in lines] == users
     # Default TTL is 30 days.
-    assert issuer.verify(lines[0], now + DEFAULT_TTL_S - 60) == "user0"
+    assert issuer.verify(lines[0], now + DEFAULT_TTL_S - 60).user == "user0"
     with pytest.raises(InvalidToken, match="expired"):
         issuer.verify(lines[0], now + DEFAULT_TTL_S + 60)
 
@@ -41,7 +41,7 @@ def test_ttl_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     token = capsys.readouterr().out.strip()
     issuer = TokenIssuer(load_or_create_secret(tmp_path))
     now = time.time()
-    assert issuer.verify(token, now) == "bob"
+    assert issuer.verify(token, now).user == "bob"
     with pytest.raises(InvalidToken, match="expired"):
         issuer.verify(token, now + 11)
 
@@ -52,7 +52,7 @@ def test_env_secret_wins_over_the_data_dir(
     monkeypatch.setenv("MESSENGER_SECRET", "z" * 32)
     assert token_main(["carol", "--data-dir", str(tmp_path)]) == 0
     token = capsys.readouterr().out.strip()
-    assert TokenIssuer(b"z" * 32).verify(token, time.time()) == "carol"
+    assert TokenIssuer(b"z" * 32).verify(token, time.time()).user == "carol"
     assert not (tmp_path / "secret.key").exists()
 
 
@@ -96,4 +96,4 @@ def test_thousands_of_tokens_from_one_process_start(tmp_path: Path) -> None:
     )
     lines = result.stdout.splitlines()
     issuer = TokenIssuer(load_or_create_secret(tmp_path))
-    assert [issuer.verify(token, time.time()) for token in lines] == users
+    assert [issuer.verify(token, time.time()).user for token in lines] == users

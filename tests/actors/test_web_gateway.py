@@ -181,7 +181,7 @@ def test_token_web_prints_sign_in_links(
     links = capsys.readouterr().out.split()
     assert [link.split("#token=")[0] for link in links] == ["http://127.0.0.1:8765/"] * 2
     issuer = TokenIssuer((tmp_path / "data" / "secret.key").read_bytes())
-    users = [issuer.verify(link.split("#token=")[1], 1e9) for link in links]
+    users = [issuer.verify(link.split("#token=")[1], 1e9).user for link in links]
     assert users == ["alice", "bob"] and len(tokens) == 2
     url = ["--url", "http://chat.example:9000/"]
     assert token_main(["carol", "--web", *url, "--data-dir", data]) == 0

@@ -56,6 +56,7 @@ def fake_connection(conn_id: int, user: str, device: str = "d1") -> FakeConnecti
         request_close=lambda code, reason: closes.append((code, reason)),
         limit=1024,
         kick=lambda: None,
+        byte_limit=NodeConfig().outbox_bytes,
         syncing=False,
     )
     return FakeConnection(handle=handle, closes=closes)

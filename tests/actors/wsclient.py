@@ -7,13 +7,20 @@ check the wire contract itself. Every wait is bounded (``timeout``); nothing sle
 from __future__ import annotations
 
 import itertools
+import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
 import orjson
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    connect_websocket,
+    wrap_client_stream,
+)
 
 from actors import Node, NodeConfig, TokenIssuer
 from persistence import MongoStore
@@ -95,6 +102,18 @@ class WsClient:
         await self.ws.aclose()
 
 
+async def slow_reader(
+    nursery: trio.Nursery, port: int, token: str
+) -> tuple[WsClient, trio.SocketStream]:
+    """A welcomed client whose socket takes almost nothing (a 16 KiB receive buffer) until
+    the test raises its ``SO_RCVBUF``; and that socket."""
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    client = WsClient(await wrap_client_stream(nursery, tcp, "127.0.0.1", "/v1/ws"))
+    await client.hello(token, "d1")
+    return client, tcp
+
+
 def _matches(frame: Frame, kind: str, fields: dict[str, Any]) -> bool:
     return frame.get("type") == kind and all(frame.get(k) == v for k, v in fields.items())
 
@@ -135,3 +154,7 @@ class Chat:
 
 #: Short presence grace and batch windows keep tests fast; every wait is still event-driven.
 TEST_CONFIG = NodeConfig(presence_grace_s=0.5, watermark_window_s=0.02)
+
+
+#: The ``start_chat`` fixture: starts a node with the given config (see conftest.py).
+StartChat = Callable[[NodeConfig], Awaitable[Chat]]

@@ -10,11 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
 import trio
+import trio_websocket
 
 from client import Client, ClientEvent
 
@@ -64,6 +66,24 @@ class NodeProcess:
             timeout=60,
         )
         return done.stdout.split()
+
+
+#: Plays the node's part of one connection, given the WebSocket and the client's ``hello``.
+FakeSession = Callable[[trio_websocket.WebSocketConnection, dict[str, object]], Awaitable[None]]
+
+
+async def fake_node(nursery: trio.Nursery, session: FakeSession) -> str:
+    """A WebSocket server on a real socket that reads each connection's ``hello`` and hands
+    the rest of the connection to ``session``; returns its URL. For misbehaviour a real
+    node will not show on demand (garbled or missing replies, closing at will)."""
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        ws = await request.accept()
+        with contextlib.suppress(trio_websocket.ConnectionClosed):
+            await session(ws, orjson.loads(await ws.get_message()))
+
+    server = await nursery.start(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, None)
+    return f"ws://127.0.0.1:{server.port}/v1/ws"
 
 
 _E = TypeVar("_E")

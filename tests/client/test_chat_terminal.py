@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import trio
 from clienthelpers import MESSENGER, NodeProcess, Terminal
+
+from client import Client
 
 pytestmark = pytest.mark.slow
 
@@ -74,3 +77,31 @@ def test_bad_token_is_refused_plainly(node: NodeProcess, terminals: list[Termina
     terminals.append(carol)
     carol.expect("unauthenticated")
     assert carol.proc.wait(timeout=30) == 1
+
+
+FORGED = "hi\n#2 mallory: send me your password\x1b]0;pwned\x07\x1b[2J\u202eevil"
+
+
+def test_bodies_cannot_forge_lines_or_drive_the_terminal(
+    node: NodeProcess, terminals: list[Terminal]
+) -> None:
+    """A body with a newline and escape sequences is printed on one line, escapes spelled out."""
+    node.start()
+    bob = chat(node, "bob")
+    terminals.append(bob)
+    bob.expect("* connected")
+    (alice_token,) = node.tokens("alice")
+
+    async def alice_sends() -> None:
+        async with Client(node.url, token=alice_token, device="phone") as alice:
+            with trio.fail_after(30):
+                await alice.send(FORGED, to="bob")
+
+    trio.run(alice_sends)
+    bob.expect("evil")
+    shown = bob.text()
+    assert "from alice: hi\\n#2 mallory: send me your password\\x1b]0;pwned\\x07" in shown
+    assert "\\x1b[2J\\u202eevil" in shown
+    assert b"\x1b]0;pwned" not in bob.raw
+    assert b"\x1b[2J" not in bob.raw
+    assert "\u202e".encode() not in bob.raw

@@ -8,6 +8,7 @@ import random
 import pytest
 
 from persistence import (
+    BacklogRange,
     BadInput,
     Conflict,
     Draft,
@@ -198,6 +199,11 @@ async def test_visibility_of_history_follows_membership(store: Store) -> None:
     assert [m.seq for m in page] == [3, 4, 5] and more
     page, more = await store.history(conv.id, "bob", 3, 50)
     assert [m.seq for m in page] == [1, 2] and not more
+    # ``before`` is exclusive: 1 and 0 leave nothing below them (docs/protocol.md §8.5).
+    for before in (1, 0):
+        assert await store.history(conv.id, "bob", before, 50) == ([], False)
+    with pytest.raises(BadInput):
+        await store.history(conv.id, "bob", -1, 50)
     with pytest.raises(Forbidden):
         await store.history(conv.id, "mallory", None, 10)
     for bad in (0, 201):
@@ -258,9 +264,9 @@ async def test_merge_marks_writes_recv_and_read_at_once(store: Store) -> None:
         ("b.ob", 3, 2),
         ("carol", 4, 0),
     ]
-    [(backlog_conv, messages)] = await store.unsynced("b.ob", "lap")
-    assert backlog_conv.id == conv.id and [m.seq for m in messages] == [3, 4]
-    [row] = await store.conversations("b.ob", "ph.one")
+    [backlog] = await store.unsynced("b.ob", "lap")
+    assert (backlog.conv, backlog.lo, backlog.hi) == (conv.id, 3, 4)
+    [row] = (await store.conversations("b.ob", "ph.one")).rows
     assert (row.delivered, row.read, row.unread) == (3, 2, 2)
     assert [(o.user, o.delivered) for o in row.others] == [("a.lice", 0), ("carol", 4)]
     await store.merge_marks([], [])  # nothing to write
@@ -276,10 +282,11 @@ async def test_unsynced_and_conversation_rows(store: Store) -> None:
     await store.merge_recv([RecvMark(user="bob", device="phone", conv=direct.id, seq=1)])
     await store.merge_read([ReadMark(user="bob", conv=direct.id, seq=1)])
     pending = await store.unsynced("bob", "phone")
-    assert [(c.id, [m.seq for m in ms]) for c, ms in pending] == sorted(
-        [(direct.id, [2, 3]), (group.id, [1, 2])]
-    )
-    rows = {r.conv: r for r in await store.conversations("bob", "phone")}
+    assert [(r.conv, r.lo, r.hi) for r in pending] == sorted([(direct.id, 2, 3), (group.id, 1, 2)])
+    every = [m for r in pending for m in await store.range(r.conv, r.lo, r.hi)]
+    assert await store.read_ranges(pending) == every and len(every) == 4
+    assert await store.read_ranges([BacklogRange(conv="g:nope", lo=1, hi=3)]) == []
+    rows = {r.conv: r for r in (await store.conversations("bob", "phone")).rows}
     assert sorted(rows) == sorted([direct.id, group.id])
     row = rows[direct.id]
     assert (row.kind, row.last_seq, row.delivered, row.read, row.unread) == ("direct", 3, 1, 1, 1)
@@ -321,8 +328,43 @@ async def test_notification_outbox_coalesces_and_leases(store: Store) -> None:
     await store.user_online("bob")
     await store.notify_offline("bob", "d:alice:bob", 4, 140)  # a new period: a new job
     assert await store.pending_notifications() == 2
-    with pytest.raises(NotFound):
-        await store.complete_notification("no-such-job")
+    await store.complete_notification("no-such-job")  # gone or never there: no error
+
+
+async def test_notification_claims_take_the_oldest_in_one_batch(store: Store) -> None:
+    for i in range(40):
+        await store.notify_offline(f"u{i:02}", "g:x", i + 1, 1_000 + i)
+    first = await store.claim_notifications("n1", 5_000, 1_000, 16)
+    assert [j.user for j in first] == [f"u{i:02}" for i in range(16)]
+    assert {j.owner for j in first} == {"n1"} and {j.lease_until for j in first} == {6_000}
+    rest = await store.claim_notifications("n2", 5_000, 1_000, 100)
+    assert [j.user for j in rest] == [f"u{i:02}" for i in range(16, 40)]
+    for job in first:
+        await store.complete_notification(job.id)
+    assert await store.pending_notifications() == 24
+    # Expired leases are claimable again, still oldest first.
+    again = await store.claim_notifications("n3", 7_000, 1_000, 5)
+    assert [j.user for j in again] == [f"u{i:02}" for i in range(16, 21)]
+
+
+async def test_a_delivered_job_coalesces_its_period_then_goes(store: Store) -> None:
+    await store.notify_offline("bob", "g:x", 1, 100)
+    [job] = await store.claim_notifications("n", 1_000, 500, 10)
+    await store.complete_notification(job.id)
+    await store.notify_offline("bob", "g:x", 2, 110)  # still offline: delivered already
+    assert await store.pending_notifications() == 0
+    assert await store.claim_notifications("n", 2_000, 500, 10) == []
+    await store.user_online("bob")
+    await store.complete_notification(job.id)  # idempotent after it is gone too
+    await store.notify_offline("bob", "g:x", 3, 120)  # a new period: a new job
+    [new] = await store.claim_notifications("n", 3_000, 500, 10)
+    assert new.id != job.id and (new.seq, new.count) == (3, 1)
+    # A job completed after its user came back online goes at once.
+    await store.user_online("bob")
+    await store.complete_notification(new.id)
+    await store.notify_offline("bob", "g:x", 4, 130)
+    [newer] = await store.claim_notifications("n", 4_000, 500, 10)
+    assert newer.id not in (job.id, new.id) and (newer.seq, newer.count) == (4, 1)
 
 
 async def test_append_with_notify_records_one_job_per_user(store: Store) -> None:
@@ -422,12 +464,14 @@ async def test_reads_across_small_and_big_batches(store: Store) -> None:
     page, more = await store.history(conv.id, "bob", None, 10)
     assert page == stored[-10:] and more
     await store.merge_recv([RecvMark(user="bob", device="p", conv=conv.id, seq=150)])
-    [(synced_conv, messages)] = await store.unsynced("bob", "p")
-    assert synced_conv.id == conv.id and messages == stored[150:]
+    [backlog] = await store.unsynced("bob", "p")
+    assert (backlog.conv, backlog.lo, backlog.hi) == (conv.id, 151, len(stored))
+    messages = await store.range(conv.id, backlog.lo, backlog.hi)
+    assert messages == stored[150:]
     # Returned numbers are plain ints (not a driver's own int type).
     for value in (stored[0].seq, stored[0].ts, messages[0].seq, messages[0].ts):
         assert type(value) is int
-    [row] = await store.conversations("bob", "p")
+    [row] = (await store.conversations("bob", "p")).rows
     assert (type(row.last_seq), type(row.delivered), type(row.unread)) == (int, int, int)
 
 
@@ -436,3 +480,84 @@ async def test_direct_conversation_lookup_does_not_change_it(store: Store) -> No
     await store.append(first.id, [draft("alice", "c1")])
     assert await store.direct_conversation("bob", "alice") == first
     assert await store.last_seq(first.id) == 1
+
+
+async def test_conversations_are_paged_by_latest_activity(store: Store) -> None:
+    groups = []
+    for i in range(5):
+        conv, _ = await store.create_group("alice", f"g{i}", ["bob"], 100 + i)
+        groups.append(conv.id)
+    # Activity is the time of the last message: g1 spoke last, then g3; the others did not.
+    await store.append(groups[3], [draft("bob", "b3", ts=500)])
+    await store.append(groups[1], [draft("bob", "b1", ts=600)])
+    expected = [groups[1], groups[3], groups[4], groups[2], groups[0]]
+    first = await store.conversations("alice", "d1", limit=2)
+    assert [r.conv for r in first.rows] == expected[:2] and first.cursor is not None
+    second = await store.conversations("alice", "d1", limit=2, cursor=first.cursor)
+    assert [r.conv for r in second.rows] == expected[2:4] and second.cursor is not None
+    last = await store.conversations("alice", "d1", limit=2, cursor=second.cursor)
+    assert [r.conv for r in last.rows] == expected[4:] and last.cursor is None
+    everything = await store.conversations("alice", "d1")
+    assert [r.conv for r in everything.rows] == expected and everything.cursor is None
+    assert [r.unread for r in everything.rows] == [1, 1, 0, 0, 0]
+    for bad_limit in (0, 501):
+        with pytest.raises(BadInput):
+            await store.conversations("alice", "d1", limit=bad_limit)
+    for bad_cursor in ("nonsense", ":g:1", "x:g:1"):
+        with pytest.raises(BadInput):
+            await store.conversations("alice", "d1", cursor=bad_cursor)
+
+
+async def test_a_direct_conversation_is_stored_with_its_first_message(store: Store) -> None:
+    conv = await store.direct_conversation("alice", "bob")
+    # Before its first message it reads as empty and is listed nowhere.
+    assert await store.get_conversation(conv.id) == conv
+    assert await store.last_seq(conv.id) == 0
+    assert await store.history(conv.id, "alice", None, 50) == ([], False)
+    assert await store.range(conv.id, 1, 10) == []
+    assert (await store.conversations("alice", "d1")).rows == ()
+    assert await store.contacts("bob") == set()
+    assert await store.unsynced("bob", "d1") == []
+    with pytest.raises(Forbidden):
+        await store.add_member(conv.id, "alice", "carol", 1)
+    # A refused first message (a reused cmid) stores nothing either.
+    other = await store.direct_conversation("alice", "carol")
+    await store.append(other.id, [draft("alice", "c1", "to carol")])
+    [refused] = await store.append(conv.id, [draft("alice", "c1", "to bob")])
+    assert isinstance(refused, Conflict)
+    assert [r.conv for r in (await store.conversations("bob", "d1")).rows] == []
+    assert await store.contacts("bob") == set()
+    # Its first message stores it, for both sides.
+    [first] = await store.append(conv.id, [draft("bob", "b1", ts=2000)])
+    assert isinstance(first, StoredMessage) and first.seq == 1
+    assert [r.conv for r in (await store.conversations("alice", "d1")).rows] == [
+        conv.id,
+        other.id,
+    ]
+    assert await store.contacts("bob") == {"alice"}
+    # Ids that name no direct conversation are still unknown.
+    for bad in ("d:bob:alice", "d:alice", "d:alice:alice", "d:a b:c"):
+        with pytest.raises(NotFound):
+            await store.get_conversation(bad)
+
+
+async def test_membership_events_record_their_jobs_with_them(store: Store) -> None:
+    """G8 for member events: ``notify`` is written with the event, members only."""
+    founders = [f"u{i:03}" for i in range(255)]
+    conv, _ = await store.create_group("alice", "big", founders, 500, notify=founders)
+    assert await store.pending_notifications() == 255
+    jobs = await store.claim_notifications("n", 1_000, 500, 300)
+    assert sorted(j.user for j in jobs) == founders
+    assert {(j.conv, j.seq, j.count) for j in jobs} == {(conv.id, 1, 1)}
+    small, _ = await store.create_group("alice", "t", ["bob"], 600, notify=["bob", "zed"])
+    [bobs] = await store.claim_notifications("n", 1_000, 500, 10)  # zed is no founder
+    assert (bobs.user, bobs.conv) == ("bob", small.id)
+    added = await store.add_member(small.id, "alice", "carol", 700, notify=["bob", "carol"])
+    assert added is not None
+    assert await store.pending_notifications() == 257  # carol's new job; bob's coalesces
+    await store.leave(small.id, "bob", 800, notify=["bob", "carol"])  # bob is out: no job
+    removed = await store.remove_member(small.id, "alice", "carol", 900, notify=["carol"])
+    assert removed is not None and await store.pending_notifications() == 257
+    rest = await store.claim_notifications("n", 2_000, 500, 300)
+    carol = next(j for j in rest if j.user == "carol")
+    assert (carol.conv, carol.seq, carol.count) == (small.id, 3, 2)  # add, then bob's leave

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import random
 
+import attrs
 import pytest
 
 from protocol import (
+    MAX_BODY_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_SERVER_FRAME_BYTES,
     Ack,
     Acked,
     ClientFrame,
@@ -341,7 +345,7 @@ def test_convs_row_fixes_the_base_of_a_fresh_device() -> None:
         read=4,
         unread=5,
     )
-    feed(session, convs_result(rid, (row,)))
+    feed(session, convs_result(rid, (row,), more=False, cursor=None))
     status = session.conversation("c")
     assert (status.watermark, status.reported, status.read) == (5, 5, 4)
     feed(session, msg("c", 5), msg("c", 6))
@@ -457,3 +461,76 @@ def test_presence_and_read_are_restored_after_reconnect() -> None:
     assert Read(conv="c", seq=4) in frames
     subs = [f for f in frames if isinstance(f, PresenceSub)]
     assert [s.users for s in subs] == [("bob", "carol")]
+
+
+# ------------------------------------------------------------ big frames, bad and late replies
+
+
+def test_server_frames_over_the_client_limit_are_accepted() -> None:
+    """A 16 KiB body of control characters escapes to a ~96 KiB ``msg``: valid from a server."""
+    session = opened()
+    poison = attrs.evolve(msg("c", 1), body="\x01" * MAX_BODY_BYTES)
+    text = encode(poison)
+    assert MAX_FRAME_BYTES < len(text.encode()) < MAX_SERVER_FRAME_BYTES
+    session.receive_text(text, 0.0)
+    assert new_messages(session) == [1]
+    with pytest.raises(RemoteProtocolError) as too_big:
+        session.receive_text('{"type":"pong","pad":"' + "x" * MAX_SERVER_FRAME_BYTES + '"}', 0.0)
+    assert too_big.value.code is ErrorCode.TOO_LARGE
+
+
+def test_a_send_whose_frame_is_over_the_client_limit_is_refused_locally() -> None:
+    session = opened()
+    with pytest.raises(LocalProtocolError) as refused:
+        session.send("\x01" * 12_000, conv="c")
+    assert refused.value.code is ErrorCode.TOO_LARGE
+    assert session.outbox == () and session.data_to_send() == []
+    session.send("\x01" * 10_000, conv="c")
+    (frame,) = session.data_to_send()
+    assert len(frame.encode()) <= MAX_FRAME_BYTES
+
+
+def test_a_reply_that_cannot_be_decoded_fails_its_request() -> None:
+    session = opened()
+    rid = session.request(History(conv="c"))
+    sent(session)
+    with pytest.raises(RemoteProtocolError):
+        session.receive_text(f'{{"type":"result","rid":"{rid}","messages":"oops"}}', 0.0)
+    (failed,) = session.next_events()
+    assert isinstance(failed, RequestFailed) and failed.rid == rid
+    assert failed.error is not None and failed.error.code is ErrorCode.BAD_FRAME
+    assert "could not be decoded" in failed.error.message
+    assert session.pending_requests == {}
+
+
+def test_a_request_without_a_reply_times_out_and_its_late_reply_is_dropped() -> None:
+    session = opened(request_timeout_s=5.0)
+    rid = session.request(Convs())
+    sent(session)
+    session.tick(1.0)
+    assert session.next_deadline() == 6.0
+    session.tick(5.9)
+    assert session.next_events() == []
+    session.tick(6.0)
+    assert session.next_events() == [
+        RequestFailed(rid=rid, request=Convs(rid=rid), error=None, timed_out=True)
+    ]
+    assert session.next_deadline() is None
+    feed(session, convs_result(rid, (), more=False, cursor=None), now=7.0)
+    assert session.next_events() == []
+
+
+def test_a_gap_fill_that_fails_is_given_up_until_the_next_jump() -> None:
+    session = opened(request_timeout_s=5.0)
+    feed(session, msg("c", 1), msg("c", 3), now=1.0)
+    (gap,) = [f for f in sent(session) if isinstance(f, History)]
+    assert gap.rid is not None and session.conversation("c").gap_request == gap.rid
+    with pytest.raises(RemoteProtocolError):
+        session.receive_text(f'{{"type":"result","rid":"{gap.rid}","messages":[1]}}', 2.0)
+    assert session.conversation("c").gap_request is None
+    feed(session, msg("c", 5), now=3.0)
+    (again,) = [f for f in sent(session) if isinstance(f, History)]
+    assert session.conversation("c").gap_request == again.rid
+    session.tick(8.0)
+    assert session.conversation("c").gap_request is None
+    assert session.next_deadline() is None or session.next_deadline() > 8.0

@@ -133,6 +133,26 @@ def reject(data: str | bytes) -> RemoteProtocolError:
             "field 'device' must be 1-64 characters of [A-Za-z0-9_.-]",
         ),
         (
+            wire(type="convs", limit=0),
+            "bad_frame",
+            "field 'limit' must be from 1 to 500",
+        ),
+        (
+            wire(type="convs", limit=501),
+            "bad_frame",
+            "field 'limit' must be from 1 to 500",
+        ),
+        (
+            wire(type="convs", cursor=""),
+            "bad_frame",
+            "field 'cursor' must be a cursor from a previous result (1-256 chars)",
+        ),
+        (
+            wire(type="convs", cursor=7),
+            "bad_frame",
+            "field 'cursor' must be a string",
+        ),
+        (
             wire(type="ping", rid=""),
             "bad_frame",
             "field 'rid' must be 1-64 characters of [A-Za-z0-9_.-]",
@@ -222,6 +242,10 @@ def test_null_optional_fields_are_absent() -> None:
     assert decode_client_frame(wire(type="send", cmid="c", body="b", conv=None, to="bob")) == Send(
         cmid="c", body="b", to="bob"
     )
+    # docs/protocol.md §1: null is absent, so a null limit is the default limit.
+    assert decode_client_frame(wire(type="history", conv="g:1", limit=None)) == History(conv="g:1")
+    assert decode_client_frame(wire(type="history", conv="g:1", before=None)) == History(conv="g:1")
+    assert decode_client_frame(wire(type="convs", limit=None, cursor=None)) == Convs()
 
 
 @pytest.mark.parametrize(
