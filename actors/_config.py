@@ -84,6 +84,11 @@ class NodeConfig:
     drain_timeout_s: float = 3.0
     #: Bound on a graceful node shutdown before the rest is cancelled.
     shutdown_timeout_s: float = 10.0
+    #: This node's lease in the Store lasts this long (PROTOCOL.md: at most 30 s): a node
+    #: that stops renewing it is declared dead that long after its last renewal.
+    lease_s: float = attrs.field(default=15.0, validator=attrs.validators.le(30.0))
+    #: The lease is renewed (and expired leases of other nodes swept) this often.
+    lease_refresh_s: float = 3.0
     #: Serve ``GET /metrics`` (Prometheus) on the node's port; off so that it is not public.
     metrics: bool = False
     #: Origins (``scheme://host[:port]``, normalized) besides the node's own from which a

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from persistence import BacklogRange, StoreError, UnknownConversation
+from persistence import BacklogRange, DeviceSession, StoreError, UnknownConversation
 from persistence import ConvRow as StoredConvRow
 from protocol import (
     ClientFrame,
@@ -297,6 +297,7 @@ class ConnectionActor:
             session=ctx.token(),
             heartbeat_s=config.heartbeat_s,
             now=trio.current_time(),
+            node=ctx.name,
         )
         handle = ConnectionHandle(
             self._conn_id,
@@ -312,6 +313,10 @@ class ConnectionActor:
         replaced = ctx.router.register(handle)
         if replaced is not None:
             replaced.close(CloseCode.REPLACED, "replaced by a newer connection of this device")
+        # Several nodes: this node serves the device now (its session is recorded after the
+        # sync, see _sync).
+        handle.session, handle.since = welcome.session, ctx.wall_ms()
+        ctx.remote.end(user, device)
         ctx.metrics.connections.inc()
         ctx.keepalive.watch(self._conn_id, self)
         return handle
@@ -326,6 +331,9 @@ class ConnectionActor:
                 self._stop_writer(self._handle)
             handle = self._leave_router()
             if handle is not None:
+                self._ctx.sessions.close(
+                    handle.user, handle.device, handle.session, self._ctx.wall_ms()
+                )
                 for request in self._farewells(handle):
                     await self._presence.send(request)
             await self._transport.close(code, reason[:120])
@@ -475,6 +483,17 @@ class ConnectionActor:
             for frame in parked:
                 await self._enqueue(frame)
         handle.syncing = False
+        # Off the hello's path too: the record of this session, which makes a node still
+        # holding an older connection of the device close it with 4409.
+        self._ctx.sessions.open(
+            DeviceSession(
+                user=handle.user,
+                device=handle.device,
+                session=handle.session,
+                node=self._ctx.name,
+                since=handle.since,
+            )
+        )
         self._spawn(functools.partial(self._after_sync, handle.user, handle.device, ts))
         return True
 

@@ -46,6 +46,9 @@ Collections (all in one database):
   delivered), ``claim`` (the claim that leased it). A partial unique index on ``user`` where
   ``open`` makes "one open job per user" a database fact; ``due`` for claims (``_outbox``).
 
+The collections that several nodes share — ``leases``, ``sessions`` and ``ephemeral`` — are
+documented in :mod:`._cluster`.
+
 Write concerns: everything an acknowledgement or a receipt depends on is ``majority`` +
 ``j: true`` (:data:`DURABLE`): messages, keys, membership, jobs and watermarks (one
 ``marklog`` insert per batch of marks); presence facts, the device registry and hints use ``w: 1``
