@@ -84,6 +84,9 @@ class NodeConfig:
     #: Per-user token bucket shared by all the user's connections on this node.
     user_rate_per_s: float = 400.0
     user_rate_burst: int = 2000
+    #: Conversations a user may start per minute on this node (group creations, and first
+    #: messages of direct conversations): each costs offline-notification jobs (G8).
+    creations_per_minute: int = 30
     #: At most one ``typing`` relay per (user, conversation) per this many seconds.
     typing_interval_s: float = 1.0
     #: Requests queued for one conversation actor or the presence registry.
@@ -95,6 +98,11 @@ class NodeConfig:
     drain_timeout_s: float = 3.0
     #: Bound on a graceful node shutdown before the rest is cancelled.
     shutdown_timeout_s: float = 10.0
+    #: This node's lease in the Store lasts this long (PROTOCOL.md: at most 30 s): a node
+    #: that stops renewing it is declared dead that long after its last renewal.
+    lease_s: float = attrs.field(default=15.0, validator=attrs.validators.le(30.0))
+    #: The lease is renewed (and expired leases of other nodes swept) this often.
+    lease_refresh_s: float = 3.0
     #: Serve ``GET /metrics`` (Prometheus) on the node's port; off so that it is not public.
     metrics: bool = False
     #: Origins (``scheme://host[:port]``, normalized) besides the node's own from which a

@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from persistence import BacklogRange, StoreError, UnknownConversation
+from persistence import BacklogRange, DeviceSession, StoreError, UnknownConversation
 from persistence import ConvRow as StoredConvRow
 from protocol import (
     ClientFrame,
@@ -298,6 +298,7 @@ class ConnectionActor:
             session=ctx.token(),
             heartbeat_s=config.heartbeat_s,
             now=trio.current_time(),
+            node=ctx.name,
         )
         handle = ConnectionHandle(
             self._conn_id,
@@ -313,6 +314,10 @@ class ConnectionActor:
         replaced = ctx.router.register(handle)
         if replaced is not None:
             replaced.close(CloseCode.REPLACED, "replaced by a newer connection of this device")
+        # Several nodes: this node serves the device now (its session is recorded after the
+        # sync, see _sync).
+        handle.session, handle.since = welcome.session, ctx.wall_ms()
+        ctx.remote.end(user, device)
         ctx.metrics.connections.inc()
         ctx.keepalive.watch(self._conn_id, self)
         return handle
@@ -327,6 +332,9 @@ class ConnectionActor:
                 self._stop_writer(self._handle)
             handle = self._leave_router()
             if handle is not None:
+                self._ctx.sessions.close(
+                    handle.user, handle.device, handle.session, self._ctx.wall_ms()
+                )
                 for request in self._farewells(handle):
                     await self._presence.send(request)
             await self._transport.close(code, reason[:120])
@@ -476,6 +484,17 @@ class ConnectionActor:
             for frame in parked:
                 await self._enqueue(frame)
         handle.syncing = False
+        # Off the hello's path too: the record of this session, which makes a node still
+        # holding an older connection of the device close it with 4409.
+        self._ctx.sessions.open(
+            DeviceSession(
+                user=handle.user,
+                device=handle.device,
+                session=handle.session,
+                node=self._ctx.name,
+                since=handle.since,
+            )
+        )
         self._spawn(functools.partial(self._after_sync, handle.user, handle.device, ts))
         return True
 
@@ -670,6 +689,13 @@ class ConnectionActor:
         await self._reply(history_result(frame.rid, page, more))
 
     async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
+        if not self._ctx.creations.take(handle.user, trio.current_time()):
+            message = (
+                f"more than {self._ctx.config.creations_per_minute} new conversations "
+                "a minute; wait a little"
+            )
+            await self._refuse(frame, ErrorCode.RATE_LIMITED, message, True)
+            return
         # The manager also finds a group an ambiguous Store failure created after all, and
         # announces the creation itself (even if this connection drops meanwhile).
         conversation, _event = await self._conversations.create_group(

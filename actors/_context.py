@@ -10,19 +10,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import attrs
 import trio
 
-from persistence import Store, StoredMessage
+from persistence import Ephemeral, Store, StoredMessage
 from protocol import MemberEvent, Msg, RemoteProtocolError
 
 from ._config import NodeConfig
 from ._keepalive import KeepAlive
+from ._messages import PresenceRequest
 from ._metrics import NodeMetrics
 from ._ratelimit import UserBudgets
 from ._router import Router
+from ._sessions import RemoteSessions, SessionWriter
 
 log = logging.getLogger("actors")
 
@@ -46,6 +48,34 @@ class NodeContext:
     budgets: UserBudgets = attrs.field(
         default=attrs.Factory(
             lambda self: UserBudgets(self.config.user_rate_per_s, self.config.user_rate_burst),
+            takes_self=True,
+        )
+    )
+    #: Devices connected to the other nodes of the deployment (kept by the change feed).
+    remote: RemoteSessions = attrs.field(factory=RemoteSessions)
+    #: Writes this node's device sessions to the Store, in order, in the background.
+    sessions: SessionWriter = attrs.field(
+        default=attrs.Factory(lambda self: SessionWriter(self.store), takes_self=True)
+    )
+    #: The presence registry's mailbox (set by the node once the registry exists).
+    presence: trio.MemorySendChannel[PresenceRequest] | None = None
+    #: Announces a receipt or typing notice to the other nodes (never blocks).
+    publish: Callable[[Ephemeral], None] = attrs.field(default=lambda _event: None)
+
+    def connected_anywhere(self, user: str) -> bool:
+        """True if ``user`` has a device connected to this node or another (G6, G8)."""
+        return self.router.is_connected(user) or self.remote.has(user)
+
+    def elsewhere(self, users: Iterable[str]) -> bool:
+        """True if one of ``users`` has a device connected to another node."""
+        return any(self.remote.has(u) for u in users)
+
+    #: Per-user budgets of new conversations (``creations_per_minute``; ``rate_limited``).
+    creations: UserBudgets = attrs.field(
+        default=attrs.Factory(
+            lambda self: UserBudgets(
+                self.config.creations_per_minute / 60, self.config.creations_per_minute
+            ),
             takes_self=True,
         )
     )

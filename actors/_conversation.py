@@ -9,6 +9,13 @@ this node except the sending connection, in seq order (G4). Membership changes,
 ``recv``/``read`` marks and ``typing`` go through the same mailbox, so everything about one
 conversation happens in one order on this node.
 
+Several nodes (see :mod:`actors._cluster`): what other nodes stored, and the receipts and
+typing they announce, arrive in the same mailbox from the change feed (``Remote*``). They are
+pushed to this node's devices only, in seq order with this node's own writes (gaps filled from
+the Store). A membership event newer than the actor's snapshot makes it re-read the
+membership before it pushes anything after that event (G7), and receipts and typing it
+relays are announced to the other nodes when some member is connected there.
+
 Lifecycle (owned by :class:`~actors._conversations.ConversationManager`): started on demand,
 it loads its state from the Store before reporting ``started``; after ``conversation_idle_s``
 without work it retires (leaves the manager's table, closes its mailbox) and stops. When its
@@ -36,12 +43,15 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from persistence import Conversation, Draft, StoredMessage, StoreError
+from persistence import Conversation, Draft, FeedMarks, FeedTyping, StoredMessage, StoreError
 from protocol import (
     Ack,
     Error,
     ErrorCode,
+    MemberEvent,
     Nack,
+    Receipt,
+    RemoteProtocolError,
     TypingNotice,
     empty_result,
 )
@@ -64,6 +74,11 @@ from ._messages import (
     ConversationRequest,
     MarkRequest,
     MemberRequest,
+    Parted,
+    RemoteMarks,
+    RemoteMessages,
+    RemoteTyping,
+    Resync,
     SendRequest,
     TypingRequest,
 )
@@ -92,6 +107,7 @@ class ConversationActor:
         mark_writer: MarkWriter,
         stale_seq: int | None = None,
         announce: StoredMessage | None = None,
+        published_from: int | None = None,
     ) -> None:
         self._ctx = ctx
         self.conv = conv
@@ -99,6 +115,12 @@ class ConversationActor:
         self._retire_from_manager = retire
         self._stale_seq = stale_seq
         self._creation = announce
+        # Started by the change feed for messages from ``published_from + 1`` on: those are
+        # still to be pushed here (see _load).
+        self._published_from = published_from
+        # The membership snapshot covers every member event up to this seq (G7: a message
+        # above a member event newer than it is pushed only after a reload, see _publish).
+        self._membership_seq = 0
         self._conversation: Conversation | None = None
         self.last_seq = 0
         self._published = 0
@@ -154,10 +176,14 @@ class ConversationActor:
     async def _load(self) -> None:
         store = self._ctx.store
         with self._ctx.timed("load_conversation"):
-            self._conversation = await store.get_conversation(self.conv)
+            # The last seq first: the membership read after it covers every event up to it.
             self.last_seq = await store.last_seq(self.conv)
+            self._conversation = await store.get_conversation(self.conv)
             self._marks.load_users(await store.marks(self.conv))
+        self._membership_seq = self.last_seq
         self._published = self._loaded_seq = self.last_seq
+        if self._published_from is not None:
+            self._published = min(self._published, self._published_from)
         stale = self._stale_seq if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART) else None
         self._memory_seq = self.last_seq if stale is None else stale
 
@@ -215,7 +241,15 @@ class ConversationActor:
                 self._nack(origin, cmid, code, message, True, rid)
             case MemberRequest(origin=origin, rid=rid) | TypingRequest(origin=origin, rid=rid):
                 self._error(origin, code, message, rid)
-            case MarkRequest() | Announce():
+            case (
+                MarkRequest()
+                | Announce()
+                | RemoteMessages()
+                | RemoteMarks()
+                | RemoteTyping()
+                | Resync()
+            ):
+                # Nothing to answer; what the feed brought is read again by the resync.
                 pass
 
     # ------------------------------------------------------------------ dispatch
@@ -245,6 +279,14 @@ class ConversationActor:
                     self._typing(request)
                 case Announce(message=message):
                     await self._announce(message)
+                case RemoteMessages(messages=messages):
+                    await self._publish(messages, {})
+                case RemoteMarks(event=event):
+                    self._remote_marks(event)
+                case RemoteTyping(user=user):
+                    self._relay_typing(user)
+                case Resync():
+                    await self._resync()
         await self._commit(sends)
 
     # ------------------------------------------------------------------ sends (group commit)
@@ -253,6 +295,10 @@ class ConversationActor:
         if not sends:
             return
         ctx = self._ctx
+        if self.last_seq == 0 and self.conversation.kind == "direct":
+            sends = self._budget_first_messages(sends)
+            if not sends:
+                return
         ctx.metrics.batch_size.observe(len(sends))
         ts = ctx.wall_ms()
         drafts = [
@@ -262,7 +308,7 @@ class ConversationActor:
         acked_early = ctx.mutant(ACK_BEFORE_WRITE) and self._ack_early(sends, ts)
         # G8: members with no connected device are owed a notification job; the Store writes
         # it with the messages (one durable write), so a crash between the two cannot lose it.
-        notify = [u for u in sorted(self.conversation.members) if not ctx.router.devices(u)]
+        notify = [u for u in sorted(self.conversation.members) if not ctx.connected_anywhere(u)]
         if ctx.mutant(NO_OFFLINE_NOTIFICATION):
             notify = []
         try:
@@ -338,6 +384,27 @@ class ConversationActor:
         self._memory_seq += 1
         return self._memory_seq
 
+    def _budget_first_messages(self, sends: list[SendRequest]) -> list[SendRequest]:
+        """A direct conversation is stored with its first message: starting one takes from
+        the sender's creation budget (once per sender and batch); over it → ``rate_limited``."""
+        now, allowed, refused = trio.current_time(), [], set()
+        checked: set[str] = set()
+        for request in sends:
+            user = request.origin.user
+            if user not in checked:
+                checked.add(user)
+                if not self._ctx.creations.take(user, now):
+                    refused.add(user)
+            if user in refused:
+                limit = self._ctx.config.creations_per_minute
+                message = f"more than {limit} new conversations a minute; wait a little"
+                self._nack(
+                    request.origin, request.cmid, ErrorCode.RATE_LIMITED, message, True, request.rid
+                )
+            else:
+                allowed.append(request)
+        return allowed
+
     def _nack(
         self,
         origin: ConnectionHandle,
@@ -403,10 +470,45 @@ class ConversationActor:
                 return
             for m in found:
                 by_seq.setdefault(m.seq, m)
+        events = [m for m in by_seq.values() if m.kind == "member"]
+        if any(m.seq > self._membership_seq for m in events) and not await self._reload(top):
+            return
         self.last_seq = max(self.last_seq, top)
         for seq in sorted(by_seq, reverse=self._ctx.mutant(PUSH_OUT_OF_ORDER)):
             self._fan_out(by_seq[seq], origins.get(seq))
         self._published = top
+        await self._parted(events)
+
+    async def _reload(self, top: int) -> bool:
+        """Re-read the membership, which changed at or below ``top`` (another node changed it:
+        G7 wants it applied before anything after the change is pushed). False on failure
+        (the actor then resyncs before pushing anything more)."""
+        try:
+            with self._ctx.timed("load_conversation"):
+                self._conversation = await self._ctx.store.get_conversation(self.conv)
+        except StoreError as exc:
+            log.warning("conversation %s could not reload its membership: %s", self.conv, exc)
+            self._resync_at = trio.current_time()
+            return False
+        self._membership_seq = max(self._membership_seq, top)
+        return True
+
+    async def _parted(self, events: Sequence[StoredMessage]) -> None:
+        """G6: a removal or leave may end presence subscriptions between the parted users and
+        the others; the presence registry checks them."""
+        presence = self._ctx.presence
+        if presence is None:
+            return
+        parted: set[str] = set()
+        for message in events:
+            try:
+                event = MemberEvent.parse(message.body)
+            except RemoteProtocolError:
+                continue
+            if event.op in ("remove", "leave"):
+                parted.update(event.users)
+        if parted:
+            await presence.send(Parted(users=tuple(sorted(parted))))
 
     def _push_replay(
         self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
@@ -471,7 +573,7 @@ class ConversationActor:
         target = actor if request.op == "leave" else request.user
         # G8: the event's jobs are written with it; the Store keeps the members among these.
         candidates = {*self.conversation.members, target}
-        notify = [u for u in sorted(candidates) if not self._ctx.router.devices(u)]
+        notify = [u for u in sorted(candidates) if not self._ctx.connected_anywhere(u)]
         try:
             with self._ctx.timed("member_change"):
                 match request.op:
@@ -518,20 +620,23 @@ class ConversationActor:
         """
         store = self._ctx.store
 
-        async def load() -> tuple[Conversation, list[StoredMessage]]:
+        async def load() -> tuple[int, Conversation, list[StoredMessage]]:
             with self._ctx.timed("load_conversation"):
-                conversation = await store.get_conversation(self.conv)
+                # The last seq first: the membership read after it covers it (G7).
                 last_seq = await store.last_seq(self.conv)
+                conversation = await store.get_conversation(self.conv)
                 if last_seq <= self._published:
-                    return conversation, []
-                return conversation, await store.range(self.conv, self._published + 1, last_seq)
+                    return last_seq, conversation, []
+                missing = await store.range(self.conv, self._published + 1, last_seq)
+                return last_seq, conversation, missing
 
         try:
-            self._conversation, missing = await retry_store(load, RESYNC_BACKOFF_S)
+            last_seq, self._conversation, missing = await retry_store(load, RESYNC_BACKOFF_S)
         except StoreError as exc:
             log.warning("conversation %s is stale: %s", self.conv, exc)
             self._resync_at = trio.current_time() + RESYNC_RETRY_S
             return None
+        self._membership_seq = max(self._membership_seq, last_seq)
         self._resync_at = math.inf
         by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
         origins = {
@@ -595,18 +700,31 @@ class ConversationActor:
             return
         outs, self._held_receipts = self._held_receipts, []
         router = self._ctx.router
+        ctx = self._ctx
         members = sorted(self.conversation.members)
         recipients = members
-        if self._ctx.mutant(RECEIPTS_TO_REMOVED):
+        if ctx.mutant(RECEIPTS_TO_REMOVED):
             recipients = sorted({*members, *self.conversation.departed})
         for out in outs:
-            if out.receipt.user not in members and not self._ctx.mutant(RECEIPTS_FROM_DEPARTED):
+            if out.receipt.user not in members and not ctx.mutant(RECEIPTS_FROM_DEPARTED):
                 continue
             for member in recipients:
                 for handle in router.devices(member):
                     if member == out.receipt.user and handle.device in out.sources:
                         continue
                     handle.push(out.receipt)
+            if ctx.elsewhere(members):
+                receipt = out.receipt
+                ctx.publish(
+                    FeedMarks(
+                        conv=receipt.conv,
+                        user=receipt.user,
+                        delivered=receipt.delivered,
+                        read=receipt.read,
+                        sources=tuple(sorted(out.sources)),
+                        node=ctx.name,
+                    )
+                )
 
     def _typing(self, request: TypingRequest) -> None:
         user = request.origin.user
@@ -621,6 +739,15 @@ class ConversationActor:
         if now < self._typing_at.get(user, -math.inf) + self._ctx.config.typing_interval_s:
             return
         self._typing_at[user] = now
+        self._relay_typing(user)
+        others = [m for m in self.conversation.members if m != user]
+        if self._ctx.elsewhere(others):
+            self._ctx.publish(FeedTyping(conv=self.conv, user=user, node=self._ctx.name))
+
+    def _relay_typing(self, user: str) -> None:
+        """Tell the other members' devices on this node that ``user`` is typing."""
+        if not self.conversation.is_member(user) and not self._ctx.mutant(TYPING_FROM_DEPARTED):
+            return  # G7: nothing of a group reaches past the event that removed its user
         notice = TypingNotice(conv=self.conv, user=user)
         recipients = set(self.conversation.members)
         if self._ctx.mutant(TYPING_TO_REMOVED):
@@ -629,6 +756,19 @@ class ConversationActor:
             if member != user:
                 for handle in self._ctx.router.devices(member):
                     handle.push(notice)
+
+    def _remote_marks(self, event: FeedMarks) -> None:
+        """A receipt earned on another node: merged here (so a receipt sent from this node
+        never shows a lower mark), then pushed to the members' devices on this node."""
+        self._marks.merge_remote(event.user, event.delivered, event.read)
+        receipt = Receipt(
+            conv=self.conv, user=event.user, delivered=event.delivered, read=event.read
+        )
+        for member in sorted(self.conversation.members):
+            for handle in self._ctx.router.devices(member):
+                if member == event.user and handle.device in event.sources:
+                    continue
+                handle.push(receipt)
 
 
 def _is_change(message: StoredMessage, op: str, by: str, user: str, ts: int) -> bool:

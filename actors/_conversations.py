@@ -6,6 +6,10 @@ on demand: an actor that crashed or went idle is recreated, from the Store, by t
 request for its conversation). Cancelling :meth:`ConversationManager.run` cancels every actor;
 :meth:`stop` instead closes their mailboxes so they finish what is queued and write their
 watermarks (graceful shutdown).
+
+The change feed (:mod:`actors._cluster`) hands over what other nodes did through
+:meth:`ConversationManager.remote`: to the running actor, or to a new one only if a device
+connected here may see the conversation (a bounded cache of group viewers answers that).
 """
 
 from __future__ import annotations
@@ -22,7 +26,14 @@ from protocol import MAX_CONVS_LIMIT
 from ._config import SEQ_REUSE_AFTER_RESTART
 from ._context import NodeContext, member_event_of
 from ._conversation import ConversationActor
-from ._messages import Announce, ConversationRequest
+from ._messages import (
+    Announce,
+    ConversationRequest,
+    RemoteMarks,
+    RemoteMessages,
+    RemoteTyping,
+    Resync,
+)
 from ._retry import retry_store
 from ._watermarks import MarkWriter
 
@@ -33,6 +44,9 @@ Mailbox = trio.MemorySendChannel[ConversationRequest]
 ANNOUNCE_BACKOFF_S = (0.05, 0.2, 1.0)
 #: Pauses between the searches for a group whose creation failed ambiguously.
 FIND_GROUP_PAUSES_S = (0.05, 0.2)
+#: Bound on the cache of group viewers the change feed consults (cleared when full).
+_MAX_VIEWERS = 20_000
+RemoteRequest = RemoteMessages | RemoteMarks | RemoteTyping | Resync
 
 
 class ConversationManager:
@@ -51,6 +65,9 @@ class ConversationManager:
         self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_window_s, ctx.timed)
         # New group → its creation event, until an actor of the group has fanned it out.
         self._unannounced: dict[str, StoredMessage] = {}
+        # Group id → everyone who may see some of it (members and former members), for the
+        # change feed's "is this conversation seen on this node?"; dropped at member events.
+        self._viewers: dict[str, frozenset[str]] = {}
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -173,7 +190,7 @@ class ConversationManager:
         store, ts = self._ctx.store, self._ctx.wall_ms()
         # G8: the founders with no connected device get their jobs with the creation, in
         # one write however many they are (the Store keeps the founders among these).
-        notify = [u for u in sorted({user, *members}) if not self._ctx.router.devices(u)]
+        notify = [u for u in sorted({user, *members}) if not self._ctx.connected_anywhere(u)]
         try:
             with self._ctx.timed("create_group"):
                 created = await store.create_group(user, title, members, ts, notify=notify)
@@ -208,7 +225,7 @@ class ConversationManager:
         log.info("ambiguous group_create of %s found %s", user, found[0].id)
         return found
 
-    async def _mailbox(self, conv: str) -> Mailbox:
+    async def _mailbox(self, conv: str, published_from: int | None = None) -> Mailbox:
         while True:
             if self._stopping.is_set() or self._nursery is None:
                 raise Unavailable("the node is shutting down")
@@ -221,12 +238,14 @@ class ConversationManager:
                 continue
             self._starting[conv] = event = trio.Event()
             try:
-                return await self._start(conv, self._nursery)
+                return await self._start(conv, self._nursery, published_from)
             finally:
                 del self._starting[conv]
                 event.set()
 
-    async def _start(self, conv: str, nursery: trio.Nursery) -> Mailbox:
+    async def _start(
+        self, conv: str, nursery: trio.Nursery, published_from: int | None = None
+    ) -> Mailbox:
         send, receive = trio.open_memory_channel[ConversationRequest](self._ctx.config.mailbox_size)
         actor = ConversationActor(
             self._ctx,
@@ -236,6 +255,7 @@ class ConversationManager:
             mark_writer=self.mark_writer,
             stale_seq=self._first_seen_seq.get(conv),
             announce=(announce := self._unannounced.get(conv)),
+            published_from=published_from,
         )
         await nursery.start(actor.run)
         if announce is not None:
@@ -245,6 +265,85 @@ class ConversationManager:
             self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
         return send
+
+    # ------------------------------------------------------------------ the change feed
+
+    async def remote(self, conv: str, request: RemoteRequest) -> None:
+        """Hand what the change feed brought for ``conv`` to its actor.
+
+        With no actor running, one is started only if a device connected here may see the
+        conversation (for messages: pushing from the first of them). Waits while the actor's
+        mailbox is full (backpressure on the feed). A conversation that cannot be read now is
+        skipped: its devices here get what they missed at their next hello.
+        """
+        first = request.messages[0].seq if isinstance(request, RemoteMessages) else None
+        if isinstance(request, RemoteMessages) and any(
+            m.kind == "member" for m in request.messages
+        ):
+            self._viewers.pop(conv, None)  # the membership changed
+        while not self._stopping.is_set():
+            mailbox = self._actors.get(conv)
+            try:
+                if mailbox is None:
+                    if not await self._seen_here(conv):
+                        return
+                    mailbox = await self._mailbox(
+                        conv, published_from=None if first is None else first - 1
+                    )
+                await mailbox.send(request)
+                return
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                if mailbox is not None:
+                    self._forget(conv, mailbox)
+            except StoreError as exc:
+                log.warning("feed event for %s skipped: %s", conv, exc)
+                return
+
+    async def _seen_here(self, conv: str) -> bool:
+        """True if a user with a device connected to this node may see ``conv``."""
+        router = self._ctx.router
+        if conv.startswith("d:"):
+            return any(router.is_connected(u) for u in conv.split(":")[1:])
+        viewers = self._viewers.get(conv)
+        if viewers is None:
+            with self._ctx.timed("get_conversation"):
+                conversation = await self._ctx.store.get_conversation(conv)
+            viewers = frozenset([*conversation.members, *conversation.departed])
+            if len(self._viewers) >= _MAX_VIEWERS:
+                self._viewers.clear()
+            self._viewers[conv] = viewers
+        return any(router.is_connected(u) for u in viewers)
+
+    async def resync_all(self) -> None:
+        """The feed lost history: every running actor resyncs from the Store, and the
+        conversations of every device connected here with something above its recv mark get
+        an actor that pushes it (from that mark)."""
+        self._viewers.clear()
+        for conv in sorted(self._actors):
+            await self.remote(conv, Resync())
+        for handle in self._ctx.router.all():
+            cursor: str | None = None
+            while True:
+                try:
+                    page = await self._ctx.store.conversations(
+                        handle.user, handle.device, limit=500, cursor=cursor
+                    )
+                except StoreError as exc:
+                    log.warning("cannot resync the conversations of %s: %s", handle.user, exc)
+                    break
+                for row in page.rows:
+                    if row.last_seq > row.delivered and row.conv not in self._actors:
+                        await self._resync_from(row.conv, int(row.delivered))
+                if page.cursor is None:
+                    break
+                cursor = page.cursor
+
+    async def _resync_from(self, conv: str, delivered: int) -> None:
+        try:
+            mailbox = await self._mailbox(conv, published_from=delivered)
+            await mailbox.send(Resync())
+        except (StoreError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            log.warning("cannot resync %s: %s", conv, exc)
 
     def _forget(self, conv: str, mailbox: Mailbox) -> None:
         if self._actors.get(conv) is mailbox:

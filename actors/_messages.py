@@ -10,7 +10,7 @@ from typing import Literal
 
 import attrs
 
-from persistence import StoredMessage
+from persistence import FeedMarks, StoredMessage
 from protocol import MemberOp
 
 from ._router import ConnectionHandle
@@ -66,7 +66,43 @@ class Announce:
     message: StoredMessage
 
 
-ConversationRequest = SendRequest | MarkRequest | TypingRequest | MemberRequest | Announce
+@attrs.frozen(kw_only=True)
+class RemoteMessages:
+    """Messages another node (or this one) stored, from the change feed, in seq order."""
+
+    messages: tuple[StoredMessage, ...]
+
+
+@attrs.frozen(kw_only=True)
+class RemoteMarks:
+    """A receipt earned on another node: merge it and pass it on to the local devices."""
+
+    event: FeedMarks
+
+
+@attrs.frozen(kw_only=True)
+class RemoteTyping:
+    """``user`` is typing, through another node."""
+
+    user: str
+
+
+@attrs.frozen(kw_only=True)
+class Resync:
+    """The change feed lost history: reload from the Store and push what was missed."""
+
+
+ConversationRequest = (
+    SendRequest
+    | MarkRequest
+    | TypingRequest
+    | MemberRequest
+    | Announce
+    | RemoteMessages
+    | RemoteMarks
+    | RemoteTyping
+    | Resync
+)
 
 
 # ----------------------------------------------------------------- to the presence registry
@@ -108,4 +144,32 @@ class SubscriberGone:
     origin: ConnectionHandle
 
 
-PresenceRequest = DeviceConnected | DeviceDisconnected | Subscribe | Unsubscribe | SubscriberGone
+@attrs.frozen(kw_only=True)
+class RemoteChanged:
+    """``user``'s sessions on other nodes changed: had some ``before``, has some ``after``.
+
+    ``ts``: when (the disconnect time, for an end: ``last_seen``).
+    """
+
+    user: str
+    before: bool
+    after: bool
+    ts: int
+
+
+@attrs.frozen(kw_only=True)
+class Parted:
+    """``users`` left a conversation (removal or leave): their subscriptions may end (G6)."""
+
+    users: tuple[str, ...]
+
+
+PresenceRequest = (
+    DeviceConnected
+    | DeviceDisconnected
+    | Subscribe
+    | Unsubscribe
+    | SubscriberGone
+    | RemoteChanged
+    | Parted
+)

@@ -9,7 +9,8 @@ speaks HTTP/WebSocket (:meth:`Node.attach_stream`), or through TCP listeners
 
 Ownership: the node's nursery holds every connection actor and stream handler; its
 supervisor holds the presence registry, the conversation manager (which holds the
-conversation actors) and, when given, the notifier. :meth:`Node.crash` cancels all of it at
+conversation actors), the cluster link (lease, session writer, change feed: see
+:mod:`actors._cluster`) and, when given, the notifier. :meth:`Node.crash` cancels all of it at
 once (memory lost, the Store keeps what was acknowledged; a fresh ``Node`` on the same Store
 recovers). :meth:`Node.shutdown` is graceful: stop accepting, let conversation actors finish
 the writes queued to them and write their watermarks, close every connection with 1001,
@@ -32,6 +33,7 @@ from persistence import Store
 from protocol import CloseCode
 
 from ._admission import Gate, Ticket
+from ._cluster import ClusterLink
 from ._config import NodeConfig
 from ._connection import ConnectionActor, TokenVerifier
 from ._context import NodeContext
@@ -68,6 +70,7 @@ class Node:
         config: NodeConfig | None = None,
         notifier: NotifierLike | None = None,
         name: str = "node",
+        predecessors: Sequence[str] = (),
     ) -> None:
         self.config = config if config is not None else NodeConfig()
         self.metrics = NodeMetrics()
@@ -85,6 +88,15 @@ class Node:
         )
         self.conversations = ConversationManager(self.ctx)
         self.presence = PresenceRegistry(self.ctx)
+        self.ctx.presence = self.presence.mailbox
+        self.cluster = ClusterLink(
+            self.ctx,
+            self.conversations,
+            self._replaced_elsewhere,
+            self._drop_connections,
+            predecessors,
+        )
+        self.ctx.publish = self.cluster.publisher.submit
         self._verify_token = verify_token
         self._conn_ids = itertools.count(1)
         self._connections: dict[int, ConnectionActor] = {}
@@ -129,6 +141,8 @@ class Node:
             ChildSpec(
                 name="conversations", start=self._run_conversations, restart=Restart.TRANSIENT
             ),
+            # After the conversations: the change feed hands events to their actors.
+            ChildSpec(name="cluster", start=self.cluster.run),
         ]
         if self.notifier is not None:
             children.append(ChildSpec(name="notifier", start=self.notifier.run))
@@ -165,6 +179,24 @@ class Node:
                 )
             if self._connections:
                 await self._connections_gone.wait()
+            await self.cluster.leave()
+
+    # ------------------------------------------------------------------ several nodes
+
+    def _replaced_elsewhere(self, user: str, device: str, since: int) -> bool:
+        """A session of (user, device) started at ``since`` on another node: close this
+        node's connection of the device with 4409 unless it is the newer one (then False)."""
+        handle = self.router.get(user, device)
+        if handle is None:
+            return True
+        if handle.since > since:
+            return False
+        handle.close(CloseCode.REPLACED, "replaced by a newer connection of this device")
+        return True
+
+    def _drop_connections(self, code: int, reason: str) -> None:
+        for conn_id in sorted(self._connections):
+            self._connections[conn_id].request_close(code, reason)
 
     # ------------------------------------------------------------------ clients
 

@@ -77,6 +77,10 @@ class ConnectionHandle:
     outbox: list[ServerFrame] = attrs.field(factory=list)
     _parked: list[ServerFrame] = attrs.field(factory=list)
     _parked_bytes: int = 0
+    #: The connection's session id (``welcome.session``) and hello time (epoch ms): which of
+    #: two connections of one device on two nodes is the newer (4409 across nodes).
+    session: str = ""
+    since: int = 0
 
     @property
     def unsent(self) -> int:
@@ -158,6 +162,11 @@ class Router:
         del devices[handle.device]
         if not devices:
             del self._table[handle.user]
+
+    def get(self, user: str, device: str) -> ConnectionHandle | None:
+        """The connection serving (user, device) on this node, if any."""
+        devices = self._table.get(user)
+        return None if devices is None else devices.get(device)
 
     def devices(self, user: str) -> list[ConnectionHandle]:
         """The user's connected devices on this node, by device id."""

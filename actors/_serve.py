@@ -1,5 +1,10 @@
 """``messenger serve``: run one chat node on TCP with the embedded store (or MongoDB).
 
+With ``--workers N`` (N > 1) this process is instead the parent of N node processes on one
+port over one store (see :mod:`actors._workers`); a worker is this command with ``--worker``
+(it listens with ``SO_REUSEPORT`` and dies with its parent). Nodes on other hosts join the
+same deployment with ``--mongo-uri`` (see docs/cluster.md).
+
 Startup: resolve the token secret, start SecantusDB on ``--data-dir`` unless ``--mongo-uri``
 is given (``EmbeddedServer`` first reaps one a SIGKILLed earlier node left running on the
 same directory), connect the Store, start the node and its
@@ -24,7 +29,7 @@ from pathlib import Path
 import trio
 
 from persistence import EmbeddedServer, EmbeddedServerError, MongoStore, Store, StoreError
-from protocol import DEFAULT_HEARTBEAT_S
+from protocol import DEFAULT_HEARTBEAT_S, DEFAULT_PRESENCE_GRACE_S
 
 from ._auth import SecretError, TokenIssuer, resolve_secret
 from ._config import NodeConfig
@@ -32,6 +37,7 @@ from ._logging import configure_logging
 from ._node import Node
 from ._notifier import LogSink, Notifier, Sink, WebhookSink
 from ._web import normalize_origin
+from ._workers import die_with_parent, reuse_port_socket, run_workers
 
 log = logging.getLogger("actors.serve")
 
@@ -96,6 +102,33 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="connected devices per user on this node (default %(default)s)",
     )
+    parser.add_argument(
+        "--workers", type=_positive, default=1, help="node processes on this port (1)"
+    )
+    parser.add_argument(
+        "--lease",
+        type=_lease,
+        default=float(os.environ.get("MESSENGER_LEASE_S", "15")),
+        metavar="SECONDS",
+        help="node lease: a node silent this long is declared dead (<= 30; 15)",
+    )
+    parser.add_argument(
+        "--lease-refresh",
+        type=_positive_float,
+        default=float(os.environ.get("MESSENGER_LEASE_REFRESH_S", "3")),
+        metavar="SECONDS",
+        help="renew the lease and sweep dead nodes this often (3)",
+    )
+    parser.add_argument(
+        "--presence-grace",
+        type=_positive_float,
+        default=DEFAULT_PRESENCE_GRACE_S,
+        metavar="SECONDS",
+        help="offline is reported only after this grace (5)",
+    )
+    # Set by the --workers parent for its children.
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--predecessor", default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -109,9 +142,28 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _lease(text: str) -> float:
+    value = _positive_float(text)
+    if value > 30:
+        raise argparse.ArgumentTypeError("a lease expires after at most 30 seconds")
+    return value
+
+
 def serve_main(argv: list[str]) -> int:
     """Entry point of ``messenger serve``; returns the process exit status."""
     args = _parser().parse_args(argv)
+    if args.mongo_uri is None:
+        # How a --workers parent hands its store to its workers (not on their command line).
+        args.mongo_uri = os.environ.get("MESSENGER_MONGO_URI")
+    if args.worker:
+        die_with_parent()
     configure_logging(args.log_level)
     try:
         secret = resolve_secret(args.data_dir)
@@ -146,6 +198,9 @@ async def _serve(args: argparse.Namespace, issuer: TokenIssuer) -> None:
             embedded = await trio.to_thread.run_sync(_start_embedded, args.data_dir)
         try:
             uri = args.mongo_uri or (embedded.uri if embedded else "")
+            if args.workers > 1:
+                await run_workers(args, uri, signals)
+                return
             store = await MongoStore.connect(uri, args.database)
             try:
                 await _run_node(args, issuer, store, signals)
@@ -178,11 +233,20 @@ async def _run_node(
             max_connections=args.max_connections,
             max_pending_hellos=args.max_pending_hellos,
             max_devices_per_user=args.max_devices,
+            presence_grace_s=args.presence_grace,
+            lease_s=args.lease,
+            lease_refresh_s=args.lease_refresh,
         ),
         notifier=notifier,
         name=owner,
+        predecessors=() if args.predecessor is None else (args.predecessor,),
     )
-    listeners = await trio.open_tcp_listeners(args.port, host=args.host)
+    if args.worker:
+        sock = reuse_port_socket(args.host, args.port)
+        sock.listen(socket.SOMAXCONN)
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock))]
+    else:
+        listeners = await trio.open_tcp_listeners(args.port, host=args.host)
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)

@@ -59,6 +59,13 @@ class Watermarks:
         self._delivered = {u: m.delivered for u, m in marks.items()}
         self._read = {u: m.read for u, m in marks.items()}
 
+    def merge_remote(self, user: str, delivered: int | None, read: int | None) -> None:
+        """Max-merge ``user``'s marks as another node wrote them (nothing to write here)."""
+        if delivered is not None:
+            self._delivered[user] = max(self._delivered.get(user, 0), delivered)
+        if read is not None:
+            self._read[user] = max(self._read.get(user, 0), read)
+
     def knows_device(self, user: str, device: str) -> bool:
         return (user, device) in self._recv
 

@@ -353,10 +353,18 @@ class Client:
         return HistoryPage(messages=history_messages(result), more=bool(result.get("more")))
 
     async def convs(self) -> tuple[ConvRow, ...]:
-        """Our conversations with their watermarks and unread counts."""
-        result = await self._request(Convs(), retry=True)
-        rows = result.get("convs", ())
-        return tuple(row for row in rows if isinstance(row, ConvRow))
+        """All our conversations with their watermarks and unread counts, latest activity
+        first: the node's pages, followed by their cursors (each page its own request)."""
+        rows: list[ConvRow] = []
+        cursor: str | None = None
+        while True:
+            result = await self._request(Convs(cursor=cursor), retry=True)
+            page = result.get("convs", ())
+            rows += [row for row in page if isinstance(row, ConvRow)]
+            following = result.get("cursor")
+            if not result.get("more") or not isinstance(following, str) or not page:
+                return tuple(rows)
+            cursor = following
 
     async def group_create(self, title: str, members: list[str] | tuple[str, ...]) -> str:
         """Create a group; returns its conversation id. Not repeated after a drop

@@ -11,6 +11,16 @@ from ._errors import StoreError as StoreError
 from ._errors import TooLarge as TooLarge
 from ._errors import Unavailable as Unavailable
 from ._errors import UnknownConversation as UnknownConversation
+from ._feed import ChangeFeed as ChangeFeed
+from ._feed import DeviceSession as DeviceSession
+from ._feed import Ephemeral as Ephemeral
+from ._feed import FeedEvent as FeedEvent
+from ._feed import FeedLost as FeedLost
+from ._feed import FeedMarks as FeedMarks
+from ._feed import FeedMessages as FeedMessages
+from ._feed import FeedNodeDown as FeedNodeDown
+from ._feed import FeedSession as FeedSession
+from ._feed import FeedTyping as FeedTyping
 from ._memory import MemoryStore as MemoryStore
 from ._memory import StoreFaults as StoreFaults
 from ._mongo import MongoStore as MongoStore

@@ -26,6 +26,7 @@ import abc
 from collections.abc import Iterable, Sequence
 
 from ._errors import StoreError
+from ._feed import ChangeFeed, DeviceSession, Ephemeral
 from ._types import (
     BacklogRange,
     Conversation,
@@ -267,6 +268,64 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def devices(self, user: str) -> list[str]:
         """The devices ever registered for ``user``, sorted."""
+
+    # -- several nodes: leases, device sessions, the change feed (see persistence._feed) ---
+
+    @abc.abstractmethod
+    async def renew_lease(self, node: str, now_ms: int, ttl_ms: int) -> bool:
+        """Hold ``node``'s lease until ``now_ms + ttl_ms`` (creating it on first use).
+
+        False if the lease was swept meanwhile (the node was declared dead: its sessions are
+        gone, it must drop its connections); the lease then starts afresh.
+        """
+
+    @abc.abstractmethod
+    async def drop_lease(self, node: str) -> None:
+        """Forget ``node``'s lease (graceful shutdown, after its sessions ended)."""
+
+    @abc.abstractmethod
+    async def sweep_expired(self, now_ms: int, dead: Sequence[str] = ()) -> list[str]:
+        """Declare dead every node whose lease expired before ``now_ms``, and the nodes in
+        ``dead`` (known dead: a restarted node's predecessors) whatever their lease; their
+        ids, sorted.
+
+        For each: every session it held ends at its lease expiry, or ``now_ms`` if that is
+        earlier (``last_seen`` of their users is raised to that time), one
+        :class:`FeedNodeDown` is published, and the lease is marked swept. Safe to run on
+        several nodes at once: each dead node is swept once.
+        """
+
+    @abc.abstractmethod
+    async def open_session(self, session: DeviceSession) -> None:
+        """Record that ``session`` now serves its (user, device), replacing any earlier one
+        on any node (the node holding that one sees a :class:`FeedSession` and closes it with
+        4409)."""
+
+    @abc.abstractmethod
+    async def close_session(self, user: str, device: str, session: str, ts: int) -> bool:
+        """End ``session`` of (user, device) at ``ts`` if it is still the current one.
+
+        False (and nothing written) if a newer session replaced it or it was swept.
+        """
+
+    @abc.abstractmethod
+    async def sessions(self) -> list[DeviceSession]:
+        """Every current session of the deployment, by (user, device)."""
+
+    @abc.abstractmethod
+    async def publish(self, events: Sequence[Ephemeral]) -> None:
+        """Announce receipts and typing notices to every other node's feed, in one write.
+
+        Nothing is acknowledged on them: they are written lightly and forgotten after a
+        short while (they are never part of any answer but the feed's).
+        """
+
+    @abc.abstractmethod
+    async def watch(self, node: str, after: object | None = None) -> ChangeFeed:
+        """Open ``node``'s change feed from ``after`` (a :attr:`ChangeFeed.token`) or from now.
+
+        Raises :class:`FeedLost` when ``after`` is no longer in the Store's history.
+        """
 
     # -- notification outbox ---------------------------------------------------------------
 

@@ -307,7 +307,14 @@ class ServerSession:
     # ---------------------------------------------------------------- what the node decided
 
     def accept(
-        self, *, user: str, device: str, session: str, heartbeat_s: int, now: float
+        self,
+        *,
+        user: str,
+        device: str,
+        session: str,
+        heartbeat_s: int,
+        now: float,
+        node: str = "",
     ) -> Welcome:
         """The hello's token is good: returns the ``welcome`` to send next (it echoes the
         hello's ``rid``). From ``now`` on the keep-alive deadline applies."""
@@ -320,7 +327,12 @@ class ServerSession:
                 f"accepting device {device!r} but the hello named {hello.device!r}",
             )
         welcome = Welcome(
-            user=user, device=device, session=session, heartbeat_s=heartbeat_s, rid=hello.rid
+            user=user,
+            device=device,
+            session=session,
+            heartbeat_s=heartbeat_s,
+            node=node,
+            rid=hello.rid,
         )
         self._enter(transition)
         self.user, self.device, self.heartbeat_s = user, device, heartbeat_s

@@ -47,6 +47,8 @@ class Welcome:
     device: str = attrs.field(validator=_id)
     session: str = attrs.field(validator=_nonempty_str)
     heartbeat_s: int = attrs.field(validator=_heartbeat)
+    #: The chat node serving this connection (v1.1); empty from a server that did not say.
+    node: str = attrs.field(default="", validator=_str)
     rid: str | None = _rid()
 
 

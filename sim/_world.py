@@ -186,6 +186,8 @@ class World:
             wall_ms=self._wall_ms,
             config=self._node_config(),
             name=f"node{self.incarnation}",
+            # The crashed incarnations' device sessions end now, not at their lease expiry.
+            predecessors=tuple(f"node{i}" for i in range(1, self.incarnation)),
         )
         scope = trio.CancelScope()
         await self._nursery.start(self._run_node, node, scope, self.incarnation)

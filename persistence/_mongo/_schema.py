@@ -46,6 +46,9 @@ Collections (all in one database):
   delivered), ``claim`` (the claim that leased it). A partial unique index on ``user`` where
   ``open`` makes "one open job per user" a database fact; ``due`` for claims (``_outbox``).
 
+The collections that several nodes share — ``leases``, ``sessions`` and ``ephemeral`` — are
+documented in :mod:`._cluster`.
+
 Write concerns: everything an acknowledgement or a receipt depends on is ``majority`` +
 ``j: true`` (:data:`DURABLE`): messages, keys, membership, jobs and watermarks (one
 ``marklog`` insert per batch of marks); presence facts, the device registry and hints use ``w: 1``
@@ -54,12 +57,14 @@ Write concerns: everything an acknowledgement or a receipt depends on is ``major
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from pymongo.client_session import ClientSession
 from pymongo.database import Database
+from pymongo.errors import CollectionInvalid
 from pymongo.write_concern import WriteConcern
 
 from .._rules import implicit_direct, no_such_conversation
@@ -207,8 +212,22 @@ def direct_doc(conv: Conversation) -> Doc:
     return {"_id": conv.id, "kind": "direct", "v": 0, **membership_fields(conv)}
 
 
+#: Collections without a secondary index, created up front with the others (see below).
+_PLAIN_COLLECTIONS = ("keys", "marklog", "marks", "users")
+
+
 def create_indexes(db: Database[Doc]) -> None:
-    """Create every index of the schema (idempotent)."""
+    """Create every collection and index of the schema (idempotent).
+
+    Every collection exists before the first request: none is created implicitly by a write
+    in the middle of traffic, where a crash of the embedded server right after a creation
+    left a data directory it could not reopen (seen once in a kill-and-restart test).
+    """
+    existing = set(db.list_collection_names())
+    for name in _PLAIN_COLLECTIONS:
+        if name not in existing:
+            with contextlib.suppress(CollectionInvalid):  # another store created it meanwhile
+                db.create_collection(name)
     # One entry per chunk (not per message): every read of messages and every "last seq"
     # goes through it, because SecantusDB answers ``_id`` ranges with a collection scan.
     db.chunks.create_index([("conv", 1), ("first", 1)], name="conv_first")

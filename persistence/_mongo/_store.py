@@ -23,7 +23,8 @@ from pymongo.read_concern import ReadConcern
 from protocol import MemberEvent
 
 from .._contract import Store
-from .._errors import BadInput, StoreError
+from .._errors import BadInput, StoreError, Unavailable
+from .._feed import ChangeFeed, DeviceSession, Ephemeral
 from .._rules import (
     GROUP_ID_HEX,
     check_convs_limit,
@@ -50,6 +51,7 @@ from .._types import (
     StoredMessage,
 )
 from ._chunks import ChunkLog
+from ._cluster import Cluster, MongoFeed
 from ._coalescer import Coalescer
 from ._commit import MERGE_MAX_DRAFTS, CommitStats, GroupCommit, Outcome, Request
 from ._devices import Devices
@@ -92,6 +94,10 @@ class MongoStore(Store):
         self._marks = Marks(self._db, self._chunks, self._runner, implicit_direct)
         self._devices = Devices(self._db, light)
         self._outbox = Outbox(self._db, light)
+        self._cluster = Cluster(light)
+        # Where the change feed connects its own client (see watch); set by connect().
+        self._uri: str | None = None
+        self._database_name = database
         # Appends (one merged commit at a time) and watermark batches get threads of their
         # own, so neither waits behind a burst of the other or of hello reads.
         self._marks_limiter = trio.CapacityLimiter(2)
@@ -146,8 +152,10 @@ class MongoStore(Store):
         except ConfigurationError as exc:  # InvalidURI included
             raise BadInput(f"invalid MongoDB URI: {exc}") from None
         store = cls(client, database, **kwargs)
+        store._uri = uri
         try:
             await store._runner.call(create_indexes, store._db)
+            await store._runner.call(store._cluster.create_indexes)
         except BaseException:
             client.close()
             raise
@@ -319,6 +327,37 @@ class MongoStore(Store):
 
     async def devices(self, user: str) -> list[str]:
         return await self._runner.call(self._devices.devices, user)
+
+    # -- several nodes (see ._cluster) ---------------------------------------------------
+
+    async def renew_lease(self, node: str, now_ms: int, ttl_ms: int) -> bool:
+        return await self._runner.call(self._cluster.renew, node, now_ms + ttl_ms)
+
+    async def drop_lease(self, node: str) -> None:
+        await self._runner.call(self._cluster.drop, node)
+
+    async def sweep_expired(self, now_ms: int, dead: Sequence[str] = ()) -> list[str]:
+        return await self._runner.call(self._cluster.sweep, now_ms, list(dead))
+
+    async def open_session(self, session: DeviceSession) -> None:
+        check_id("user id", session.user)
+        check_id("device id", session.device)
+        await self._runner.call(self._cluster.open_session, session)
+
+    async def close_session(self, user: str, device: str, session: str, ts: int) -> bool:
+        return await self._runner.call(self._cluster.close_session, user, device, session, ts)
+
+    async def sessions(self) -> list[DeviceSession]:
+        return await self._runner.call(self._cluster.sessions)
+
+    async def publish(self, events: Sequence[Ephemeral]) -> None:
+        if events:
+            await self._runner.call(self._cluster.publish, list(events))
+
+    async def watch(self, node: str, after: object | None = None) -> ChangeFeed:
+        if self._uri is None:
+            raise Unavailable("a change feed needs a store made by MongoStore.connect")
+        return await MongoFeed.open(self._uri, self._database_name, node, after)
 
     # -- notification outbox -------------------------------------------------------------
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from wsclient import Chat, wall_ms
+import random
+from collections.abc import AsyncIterator
+
+import attrs
+import orjson
+import pytest
+import trio
+from wsclient import SECRET, TEST_CONFIG, Chat, wall_ms
+
+from actors import Node, TokenIssuer
+from persistence import MongoStore
+from protocol import MAX_RESULT_BYTES
 
 
 async def test_group_create_records_every_offline_founders_job_with_the_group(
@@ -26,3 +37,79 @@ async def test_group_create_records_every_offline_founders_job_with_the_group(
         if j.user == "zed"
     ]
     assert (zeds.conv, zeds.seq) == (created["conv"], 2)
+
+
+@pytest.mark.slow
+async def test_convs_pages_stay_under_the_result_limit(chat: Chat) -> None:
+    """Rows of big groups (255 long member ids each, ~40 KiB a row): a page is cut to fit in
+    512 KiB, and its cursor continues right after the last row sent."""
+    ann = await chat.connect("ann")
+    members = [f"{'m' * 58}{i:03}" for i in range(255)]
+    groups = set()
+    for g in range(14):
+        created = await ann.request(
+            {"type": "group_create", "title": f"g{g}", "members": members, "rid": f"g{g}"},
+            within=60,
+        )
+        groups.add(created["conv"])
+    seen: list[str] = []
+    cursor = None
+    for page in range(14):
+        frame: dict[str, object] = {"type": "convs", "limit": 500, "rid": f"c{page}"}
+        if cursor is not None:
+            frame["cursor"] = cursor
+        await ann.send(frame)
+        reply = await ann.wait_for("result", 60, rid=f"c{page}")
+        assert len(orjson.dumps(reply)) <= MAX_RESULT_BYTES
+        seen += [row["conv"] for row in reply["convs"]]
+        cursor = reply.get("cursor")
+        if not reply["more"]:
+            break
+        assert page == 0 or reply["convs"], "every page makes progress"
+    assert page >= 1  # the first page was cut
+    assert sorted(seen) == sorted(groups) and len(seen) == len(set(seen))
+
+
+@pytest.fixture
+async def strict_chat(
+    mongo_uri: str, mongo_db_name: str, nursery: trio.Nursery
+) -> AsyncIterator[Chat]:
+    """A node that lets a user start two conversations a minute."""
+    store = await MongoStore.connect(mongo_uri, mongo_db_name)
+    issuer = TokenIssuer(SECRET)
+    config = attrs.evolve(TEST_CONFIG, creations_per_minute=2)
+    node = Node(
+        store=store,
+        verify_token=issuer.verify,
+        rng=random.Random(7),
+        wall_ms=wall_ms,
+        config=config,
+    )
+    await nursery.start(node.run)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(node.serve_listeners, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    yield Chat(node=node, store=store, port=port, nursery=nursery, issuer=issuer)
+    await node.shutdown()
+    await store.aclose()
+
+
+async def test_starting_conversations_is_rate_limited_per_user(strict_chat: Chat) -> None:
+    """Each new conversation costs offline members' jobs: a user's starts are budgeted."""
+    ann = await strict_chat.connect("ann")
+    first = await ann.request({"type": "group_create", "title": "a", "members": ["u1"], "rid": "1"})
+    await ann.send({"type": "send", "cmid": "d1", "to": "u2", "body": "hi"})
+    assert (await ann.wait_for("ack", cmid="d1"))["seq"] == 1
+    refused = await ann.request(
+        {"type": "group_create", "title": "b", "members": ["u3"], "rid": "2"}, kind="error"
+    )
+    assert refused["code"] == "rate_limited"
+    await ann.send({"type": "send", "cmid": "d2", "to": "u4", "body": "hi"})
+    nack = await ann.wait_for("nack", cmid="d2")
+    assert (nack["code"], nack["retry"]) == ("rate_limited", True)
+    # Conversations that exist take nothing from the budget.
+    await ann.send({"type": "send", "cmid": "g1", "conv": first["conv"], "body": "still here"})
+    assert (await ann.wait_for("ack", cmid="g1"))["seq"] == 2
+    await ann.send({"type": "send", "cmid": "d3", "to": "u2", "body": "again"})
+    assert (await ann.wait_for("ack", cmid="d3"))["seq"] == 2
+    assert [r.conv for r in (await strict_chat.store.conversations("u4", "d")).rows] == []

@@ -93,6 +93,7 @@ CLIENT_SAMPLES: list[Frame] = [
 
 SERVER_SAMPLES: list[Frame] = [
     Welcome(user="alice", device="phone-1", session="s-1", heartbeat_s=30),
+    Welcome(user="alice", device="phone-1", session="s-1", heartbeat_s=30, node="host-1"),
     Welcome(user="alice", device="phone-1", session="s-1", heartbeat_s=10, rid="h"),
     TEXT_MSG,
     MEMBER_MSG,
