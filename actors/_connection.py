@@ -36,7 +36,13 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from persistence import BacklogRange, DeviceSession, StoreError, UnknownConversation
+from persistence import (
+    BacklogRange,
+    DeviceSession,
+    StoredMessage,
+    StoreError,
+    UnknownConversation,
+)
 from persistence import ConvRow as StoredConvRow
 from protocol import (
     ClientFrame,
@@ -51,6 +57,7 @@ from protocol import (
     GroupRemove,
     Hello,
     History,
+    MemberEvent,
     MemberMarks,
     Nack,
     Ping,
@@ -89,7 +96,7 @@ from ._messages import (
     Unsubscribe,
 )
 from ._ratelimit import TokenBucket
-from ._router import ConnectionHandle, frame_bytes
+from ._router import ConnectionHandle, SyncedBacklog, frame_bytes
 from ._transport import Transport, TransportClosed, send_batch
 
 log = logging.getLogger("actors.connection")
@@ -470,7 +477,7 @@ class ConnectionActor:
         """
         ts = self._ctx.wall_ms()
         try:
-            synced_up_to = await self._push_backlog(handle)
+            synced = await self._push_backlog(handle)
         except StoreError as exc:
             error = Error(code=exc.code, message=f"cannot sync: {exc.message}")
             self._count(error)
@@ -480,7 +487,7 @@ class ConnectionActor:
             self.request_close(CloseCode.TRY_AGAIN_LATER, "storage unavailable")
             return False
         await self._enqueue(Synced())
-        while parked := handle.take_parked(synced_up_to):
+        while parked := handle.take_parked(synced):
             for frame in parked:
                 await self._enqueue(frame)
         handle.syncing = False
@@ -498,16 +505,16 @@ class ConnectionActor:
         self._spawn(functools.partial(self._after_sync, handle.user, handle.device, ts))
         return True
 
-    async def _push_backlog(self, handle: ConnectionHandle) -> dict[str, int]:
+    async def _push_backlog(self, handle: ConnectionHandle) -> SyncedBacklog:
         """Stream the backlog: where it is (one Store call), then its messages a page of
         ``backlog_page`` at a time, each page read only once the outbox holds less than
         ``backlog_window_bytes`` — so its memory is bounded however long it is, and one
         user's long backlog is many short Store calls that other requests interleave with.
-        Returns the seq pushed up to, per conversation."""
+        Returns what it pushed (see :class:`~actors._router.SyncedBacklog`)."""
         store, config = self._ctx.store, self._ctx.config
         with self._ctx.timed("sync"):
             ranges = await store.unsynced(handle.user, handle.device)
-        synced_up_to: dict[str, int] = {}
+        synced = SyncedBacklog()
         # Pages of about backlog_page messages: a long range is split, short ones (a user in
         # many conversations with a little each) go several to a Store call.
         page: list[BacklogRange] = []
@@ -518,14 +525,14 @@ class ConnectionActor:
                 page.append(BacklogRange(conv=span.conv, lo=lo, hi=hi))
                 size += hi - lo + 1
                 if size >= config.backlog_page:
-                    await self._push_page(handle, page, synced_up_to)
+                    await self._push_page(handle, page, synced)
                     page, size = [], 0
         if page:
-            await self._push_page(handle, page, synced_up_to)
-        return synced_up_to
+            await self._push_page(handle, page, synced)
+        return synced
 
     async def _push_page(
-        self, handle: ConnectionHandle, page: list[BacklogRange], synced_up_to: dict[str, int]
+        self, handle: ConnectionHandle, page: list[BacklogRange], synced: SyncedBacklog
     ) -> None:
         """Read one page of the backlog once the outbox has room for it, and queue it."""
         await self._wait_for_room(handle, self._ctx.config.backlog_window_bytes)
@@ -533,9 +540,11 @@ class ConnectionActor:
             messages = await self._ctx.store.read_ranges(page)
         for message in messages:
             await self._enqueue(msg_frame(message))
+            if message.kind == "member":
+                _note_departure(synced, message, handle.user)
         self._ctx.metrics.messages_out.inc(len(messages))
         for span in page:
-            synced_up_to[span.conv] = span.hi
+            synced.up_to[span.conv] = span.hi
 
     async def _wait_for_room(self, handle: ConnectionHandle, room_bytes: int) -> None:
         """Wait until the outbox holds less than ``room_bytes``."""
@@ -729,3 +738,18 @@ def _conv_row(row: StoredConvRow) -> ConvRow:
             for m in row.others
         ),
     )
+
+
+def _note_departure(synced: SyncedBacklog, message: StoredMessage, user: str) -> None:
+    """Track whether the backlog's last member event about ``user`` in a conversation is
+    their departure (a later add in the same backlog is a rejoin)."""
+    try:
+        event = MemberEvent.parse(message.body)
+    except RemoteProtocolError:
+        return
+    if user not in event.users:
+        return
+    if event.op in ("remove", "leave"):
+        synced.departed.add(message.conv)
+    else:
+        synced.departed.discard(message.conv)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import attrs
 
-from protocol import CloseCode, Msg, Result, ServerFrame
+from protocol import CloseCode, Msg, Receipt, Result, ServerFrame, TypingNotice
 
 log = logging.getLogger("actors.router")
 
@@ -130,15 +130,31 @@ class ConnectionHandle:
         """Ask the connection actor to close with ``code`` (idempotent, never blocks)."""
         self._request_close(code, reason)
 
-    def take_parked(self, synced_up_to: dict[str, int]) -> list[ServerFrame]:
-        """Parked pushes minus messages at or below what the backlog pushed per conversation."""
+    def take_parked(self, synced: SyncedBacklog) -> list[ServerFrame]:
+        """Parked pushes minus messages at or below what the backlog pushed per conversation,
+        and minus receipts and typing of conversations whose pushed backlog ended with this
+        user's departure (G7: nothing of a group follows the event that removed its user,
+        although they were pushed while the user was still a member)."""
         parked, self._parked = self._parked, []
         self._parked_bytes = 0
-        return [
-            frame
-            for frame in parked
-            if not (isinstance(frame, Msg) and frame.seq <= synced_up_to.get(frame.conv, 0))
-        ]
+        return [frame for frame in parked if not synced.covers(frame)]
+
+
+@attrs.define
+class SyncedBacklog:
+    """What a hello's backlog pushed: the seq it reached per conversation, and the
+    conversations where the last member event it carried about the user is their departure."""
+
+    up_to: dict[str, int] = attrs.field(factory=dict)
+    departed: set[str] = attrs.field(factory=set)
+
+    def covers(self, frame: ServerFrame) -> bool:
+        """True if ``frame``, parked during the backlog, must not follow it."""
+        if isinstance(frame, Msg):
+            return frame.seq <= self.up_to.get(frame.conv, 0)
+        if isinstance(frame, Receipt | TypingNotice):
+            return frame.conv in self.departed
+        return False
 
 
 @attrs.define

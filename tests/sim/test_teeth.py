@@ -62,8 +62,10 @@ def test_the_real_node_passes_under_every_fault(seed: int) -> None:
 #: other members' connected devices never got it), 48 (receipts went to a member whose hello
 #: backlog already carried its removal while the actor was still applying it), 83 and 189
 #: (checker and workload: a re-add before a late answer; a departed device's lying recv), 105
-#: (checker: an offline decision written late to one slow subscriber, with token expiry).
-REGRESSION_SEEDS = (48, 83, 94, 105, 120, 189, 273, 363, 500672)
+#: (checker: an offline decision written late to one slow subscriber, with token expiry), 172
+#: (receipts parked for a device during its hello, pushed while its user was a member, went
+#: out after a backlog that carried the user's leave).
+REGRESSION_SEEDS = (48, 83, 94, 105, 120, 172, 189, 273, 363, 500672)
 
 
 @pytest.mark.parametrize("seed", REGRESSION_SEEDS)
