@@ -76,13 +76,15 @@ class SimStream(trio.abc.Stream):
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._closed:
             raise trio.ClosedResourceError("this end of the link is closed")
+        # The writer wrote now; the latency is the network's, not the writer's.
+        written_at = trio.current_time()
         if self._link.latency > 0:
             await trio.sleep(self._link.latency)
         else:
             await trio.lowlevel.checkpoint()
         if self._link.is_cut or self._outbound.eof:
             raise trio.BrokenResourceError("connection reset")
-        self._link._on_write(self._role, bytes(data), self._outbound)
+        self._link._on_write(self._role, bytes(data), self._outbound, written_at)
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -105,7 +107,23 @@ FaultCallback = Callable[[str, str], None]
 #: First byte of a final WebSocket close frame (FIN bit + opcode 8); masking leaves it alone.
 _CLOSE_FRAME = b"\x88"
 #: First byte of a final, unfragmented text frame (the node never fragments).
-_TEXT_FRAME = b"\x81"
+_TEXT_FRAME = 0x81
+
+
+def _text_frames(data: bytes) -> int:
+    """How many text frames start in ``data``, a run of whole unmasked server frames."""
+    count, at = 0, 0
+    while at + 2 <= len(data):
+        length, header = data[at + 1] & 0x7F, 2
+        if length == 126:
+            length, header = int.from_bytes(data[at + 2 : at + 4], "big"), 4
+        elif length == 127:
+            length, header = int.from_bytes(data[at + 2 : at + 10], "big"), 10
+        if data[at + 1] & 0x80:
+            header += 4  # a masking key (never from the node, but parse it right)
+        count += data[at] == _TEXT_FRAME
+        at += header + length
+    return count
 
 
 @attrs.define(eq=False)
@@ -181,13 +199,15 @@ class Link:
     def _on_close(self, role: str) -> None:
         self._going_down(role)
 
-    def _on_write(self, role: str, data: bytes, pipe: _Pipe) -> None:
+    def _on_write(self, role: str, data: bytes, pipe: _Pipe, written_at: float) -> None:
         if data[:1] == _CLOSE_FRAME:
             # The session ends for the writer now, even if the close handshake takes a while.
             self._going_down(role)
         armed = self.armed
         if armed is Arm.MID_FRAME and len(data) >= 2:
             cut_at = min(self.arm_prefix, len(data) - 1)
+            if role == "server":
+                self.server_texts.extend([written_at] * _text_frames(data[:cut_at]))
             pipe.write(data[:cut_at])
             self._fire(armed, f"{self.name} {role} frame cut after {cut_at}/{len(data)} bytes")
             return
@@ -206,12 +226,14 @@ class Link:
                 self.arm_after -= 1
             elif b'"type":"synced"' in data:
                 self._in_sync = False
+        if role == "server":
+            # One timestamp per text frame: the node writes a batch of frames with one write.
+            self.server_texts.extend([written_at] * _text_frames(data))
         pipe.write(data)
-        if role == "server" and data[:1] == _TEXT_FRAME:
-            self.server_texts.append(trio.current_time())
 
     def sent_at(self) -> float:
-        """When the node wrote the text frame the client is reading now."""
+        """When the node wrote the text frame the client is reading now (the start of its
+        write: a slow link delays the frame's arrival, not the node's decision to send it)."""
         return self.server_texts.popleft() if self.server_texts else trio.current_time()
 
     def _fire(self, armed: Arm, detail: str) -> None:
