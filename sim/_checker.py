@@ -100,6 +100,7 @@ class _Session:
     session: int
     opened: float
     closed: float | None = None
+    node: str = ""
 
 
 @attrs.define
@@ -134,7 +135,7 @@ class Checker:
     # receipts and watermarks
     _recv_sent: dict[tuple[str, str], int] = attrs.Factory(dict)  # (user, conv) -> max recv
     _read_sent: dict[tuple[str, str], int] = attrs.Factory(dict)
-    _receipt_seen: dict[tuple[str, str, str, str, str], int] = attrs.Factory(dict)
+    _receipt_seen: dict[tuple[str, str, str, str, str, str], int] = attrs.Factory(dict)
     _pending_receipts: list[ReceiptSeen] = attrs.Factory(list)
     _store_recv: dict[tuple[str, str, str], int] = attrs.Factory(dict)
     _store_read: dict[tuple[str, str], int] = attrs.Factory(dict)
@@ -172,6 +173,10 @@ class Checker:
     _offline_sent: dict[tuple[str, int | None], float] = attrs.Factory(dict)
     # user -> when a device of theirs first wrote ``hello`` (nobody is online before)
     _first_hello: dict[str, float] = attrs.Factory(dict)
+    # node -> when the world crashed it; when a survivor swept its expired lease (from then
+    # on the deployment counts its devices as disconnected, PROTOCOL "Several nodes")
+    _crashed_at: dict[str, float] = attrs.Factory(dict)
+    _swept_at: dict[str, float] = attrs.Factory(dict)
 
     # ------------------------------------------------------------------ public
 
@@ -304,22 +309,20 @@ class Checker:
                 self._on_notice(event)
             case PresenceSeen():
                 self._on_presence(event)
-            case SessionOpened(user=user, device=device, session=session, at=at):
+            case SessionOpened(user=user, device=device, session=session, at=at, node=node):
                 # The link may already be down: the SDK reads a welcome the node wrote just
                 # before a reset, so "opened" can follow "closed" for the same session.
                 closed = self._closed_at.get((user, device, session))
                 self._sessions[(user, device, session)] = _Session(
-                    user, device, session, at if closed is None else min(at, closed), closed
+                    user, device, session, at if closed is None else min(at, closed), closed, node
                 )
             case SessionClosed(user=user, device=device, session=session, at=at):
                 self._closed_at.setdefault((user, device, session), at)
                 found = self._sessions.get((user, device, session))
                 if found is not None and found.closed is None:
                     found.closed = at
-            case NodeEvent(what="started", at=at):
-                self._node_starts.append(at)
-            case NodeEvent(what="died", detail=detail, incarnation=inc):
-                self.report.add("uncontained", f"node #{inc} died by itself: {detail}")
+            case NodeEvent():
+                self._on_node(event)
             case SendResolved():
                 self._on_resolved(event)
             case _:
@@ -328,6 +331,17 @@ class Checker:
             self.report.add(
                 "uncontained", f"{event.user}/{event.device} got error internal: {event.message}"
             )
+
+    def _on_node(self, event: NodeEvent) -> None:
+        match event.what:
+            case "started":
+                self._node_starts.append(event.at)
+            case "crashed":
+                self._crashed_at[event.node] = event.at
+            case "swept":
+                self._swept_at.setdefault(event.node, event.at)
+            case "died":
+                self.report.add("uncontained", f"node {event.node} died by itself: {event.detail}")
 
     def _on_presence(self, event: PresenceSeen) -> None:
         self._pending_presence.append(event)
@@ -752,7 +766,9 @@ class Checker:
                     f"{who} told {receipt.of_user} {field}={value} in {receipt.conv} at "
                     f"{receipt.at:.3f}, but {receipt.of_user}'s devices reported only {sent}",
                 )
-            key = (receipt.user, receipt.device, receipt.conv, receipt.of_user, field)
+            # Per sending node: a node whose change feed lags may repeat an older mark to a
+            # device that reconnected to it from a node that was ahead.
+            key = (receipt.user, receipt.device, receipt.conv, receipt.of_user, field, receipt.node)
             before = self._receipt_seen.get(key, 0)
             if value < before:
                 self.report.add(
@@ -792,7 +808,10 @@ class Checker:
                 s
                 for s in sessions
                 if s.opened <= sent
-                and (s.closed is None or s.closed > sent - self.grace_s + TOLERANCE_S)
+                and (
+                    (end := self._claimed_until(s)) is None
+                    or end > sent - self.grace_s + TOLERANCE_S
+                )
             ]
             if open_then:
                 s = open_then[0]
@@ -812,11 +831,31 @@ class Checker:
                 f"{who} told {seen.of_user} online at {seen.at:.3f} before any hello",
             )
 
+    def _claimed_until(self, s: _Session) -> float | None:
+        """When the deployment stopped counting session ``s`` as connected (None: it still
+        does): its close, or the sweep of its node's lease if that came first (a node
+        declared dead while alive keeps its connections until it learns so)."""
+        swept = self._swept_at.get(s.node)
+        if swept is not None and s.opened <= swept and (s.closed is None or swept < s.closed):
+            return swept
+        return s.closed
+
     # ------------------------------------------------------------------ G8 notifications
+
+    def _counted_until(self, s: _Session) -> float | None:
+        """When the deployment stopped counting ``s`` as connected, for G8: a session its
+        node's crash ended counts until that node's lease was swept (None: not yet)."""
+        crashed = self._crashed_at.get(s.node)
+        if s.closed is not None and crashed is not None and s.closed >= crashed - TOLERANCE_S:
+            return self._swept_at.get(s.node)
+        return s.closed
 
     def _offline_throughout(self, user: str, lo: float, hi: float) -> bool:
         for s in self._sessions.values():
-            if s.user == user and s.opened <= hi and (s.closed is None or s.closed >= lo):
+            if s.user != user or s.opened > hi:
+                continue
+            until = self._counted_until(s)
+            if until is None or until >= lo:
                 return False
         return True
 

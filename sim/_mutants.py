@@ -28,12 +28,20 @@ class Mutant:
     #: Report categories one of which must appear for the mutant to count as caught.
     caught_as: frozenset[str]
     switch: Literal["node", "config", "store"] = "node"
+    #: Nodes a run needs for the slip to matter (``score`` runs it with at least these).
+    nodes: int = 1
 
 
 def _m(
-    name: str, breaks: str, *caught_as: str, switch: Literal["node", "config", "store"] = "node"
+    name: str,
+    breaks: str,
+    *caught_as: str,
+    switch: Literal["node", "config", "store"] = "node",
+    nodes: int = 1,
 ) -> Mutant:
-    return Mutant(name=name, breaks=breaks, caught_as=frozenset(caught_as), switch=switch)
+    return Mutant(
+        name=name, breaks=breaks, caught_as=frozenset(caught_as), switch=switch, nodes=nodes
+    )
 
 
 #: Every mutant, by name (in the order ``score`` prints them).
