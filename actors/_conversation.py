@@ -60,6 +60,7 @@ from ._config import (
     ACK_BEFORE_WRITE,
     DELIVER_TO_REMOVED,
     NO_OFFLINE_NOTIFICATION,
+    PUSH_BEFORE_MEMBERSHIP,
     PUSH_OUT_OF_ORDER,
     RECEIPTS_FROM_DEPARTED,
     RECEIPTS_TO_REMOVED,
@@ -127,6 +128,8 @@ class ConversationActor:
         # The last seq when this actor loaded: whether those messages were ever fanned out
         # (by an earlier actor, before an ambiguous write or a crash) is unknown here.
         self._loaded_seq = 0
+        #: The last message _push_late fanned out (each at most once).
+        self._late_seq = 0
         self._memory_seq = 0
         self._marks = Watermarks(conv, backwards=ctx.mutant(WATERMARK_BACKWARDS))
         self._flush_at = math.inf
@@ -280,6 +283,7 @@ class ConversationActor:
                 case Announce(message=message):
                     await self._announce(message)
                 case RemoteMessages(messages=messages):
+                    self._push_late(messages)
                     await self._publish(messages, {})
                 case RemoteMarks(event=event):
                     self._remote_marks(event)
@@ -471,7 +475,8 @@ class ConversationActor:
             for m in found:
                 by_seq.setdefault(m.seq, m)
         events = [m for m in by_seq.values() if m.kind == "member"]
-        if any(m.seq > self._membership_seq for m in events) and not await self._reload(top):
+        changed = any(m.seq > self._membership_seq for m in events)
+        if changed and not self._ctx.mutant(PUSH_BEFORE_MEMBERSHIP) and not await self._reload(top):
             return
         self.last_seq = max(self.last_seq, top)
         for seq in sorted(by_seq, reverse=self._ctx.mutant(PUSH_OUT_OF_ORDER)):
@@ -510,6 +515,18 @@ class ConversationActor:
         if parted:
             await presence.send(Parted(users=tuple(sorted(parted))))
 
+    def _push_late(self, messages: Sequence[StoredMessage]) -> None:
+        """Fan out what another node stored before this actor loaded but the change feed
+        brings only now (it lagged): nobody here pushed it (the feed brings each message
+        once), and a device connected before it was stored has no other way to get it live.
+        Not once something later was pushed (G4 order: the gap shows, the client fills it)."""
+        if self._published != self._loaded_seq:
+            return
+        for message in sorted(messages, key=lambda m: m.seq):
+            if self._late_seq < message.seq <= self._loaded_seq:
+                self._late_seq = message.seq
+                self._fan_out(message, None)
+
     def _push_replay(
         self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
     ) -> None:
@@ -527,6 +544,7 @@ class ConversationActor:
             return
         replayed = next((m for m in stored if m.seq == top), None)
         if replayed is not None:
+            self._late_seq = top  # nothing older may follow it (_push_late)
             self._fan_out(replayed, origins[top])
 
     async def _announce(self, message: StoredMessage) -> None:
@@ -538,6 +556,7 @@ class ConversationActor:
         """
         if self._published > message.seq:
             return
+        self._late_seq = max(self._late_seq, message.seq)
         self._fan_out(message, None)
 
     def _viewers(self, seq: int) -> list[str]:

@@ -532,6 +532,9 @@ class MemoryStore(Store):
         check_id("user id", session.user)
         check_id("device id", session.device)
         await self._enter()
+        current = self._sessions.get((session.user, session.device))
+        if current is not None and current.since > session.since:
+            return  # an older session recorded late: the newer one stands
         self._sessions[(session.user, session.device)] = session
         self._emit(
             FeedSession(

@@ -53,12 +53,19 @@ CATEGORIES: dict[str, str] = {
     "untruthful_receipts": "G5: receipts ahead of the recipient's recv/read, or going back",
     "presence_mismatches": "G6: offline reported without grace or while connected",
     "authorization_leaks": "G7: messages, receipts, history or presence outside visibility",
-    "notification_misses": "G8: a member with no connection got no notification job",
+    "notification_misses": "G8: a member with no connection got no notification job, or "
+    "one connected all along got one",
     "uncontained": "G9: the node died, answered 'internal', or ignored a bad frame",
 }
 
 #: Virtual seconds of slack for comparisons between client-side and node-side moments.
 TOLERANCE_S = 0.002
+#: How long a session opened on one node may take to reach the others (it is recorded after
+#: the hello's backlog, retried after a failed write, and travels through their feeds).
+PROPAGATION_S = 2.0
+#: A session known to every node: open this long (covers a node cut off from the store, which
+#: cannot record its sessions, and a stalled change feed).
+JOB_SLACK_S = 15.0
 
 
 @attrs.define
@@ -176,7 +183,9 @@ class Checker:
     # node -> when the world crashed it; when a survivor swept its expired lease (from then
     # on the deployment counts its devices as disconnected, PROTOCOL "Several nodes")
     _crashed_at: dict[str, float] = attrs.Factory(dict)
-    _swept_at: dict[str, float] = attrs.Factory(dict)
+    _swept_at: dict[str, list[float]] = attrs.Factory(lambda: defaultdict(list))
+    # node -> [(from, to)] while it could not learn from its feed or write to the store
+    _lags: dict[str, list[tuple[float, float]]] = attrs.Factory(lambda: defaultdict(list))
 
     # ------------------------------------------------------------------ public
 
@@ -219,7 +228,24 @@ class Checker:
                     )
         self.check_notifications(truth)
         self._check_garbage_answered()
+        self._check_claims_released()
         return self.report
+
+    def _check_claims_released(self) -> None:
+        """Several nodes: a node declared dead while alive must close the connections it had
+        (its devices count as disconnected everywhere; they must reconnect and be recorded
+        anew), at the latest once it reaches the store again -- so none is left by now."""
+        for s in self._sessions.values():
+            if s.closed is not None:
+                continue
+            swept = [t for t in self._swept_at.get(s.node, ()) if t >= s.opened]
+            if swept:
+                self.report.add(
+                    "presence_mismatches",
+                    f"{s.user}/{s.device} session {s.session} is still connected to {s.node}, "
+                    f"which was declared dead at {swept[0]:.3f} (it must close its "
+                    "connections once it learns so)",
+                )
 
     def _check_garbage_answered(self) -> None:
         """G9: a bad frame on a connection that is still up (so nothing stalled or cut it
@@ -339,7 +365,13 @@ class Checker:
             case "crashed":
                 self._crashed_at[event.node] = event.at
             case "swept":
-                self._swept_at.setdefault(event.node, event.at)
+                self._swept_at[event.node].append(event.at)
+            case "lagging":
+                self._lags[event.node].append((event.at, math.inf))
+            case "caught up":
+                lags = self._lags[event.node]
+                if lags and lags[-1][1] == math.inf:
+                    lags[-1] = (lags[-1][0], event.at)
             case "died":
                 self.report.add("uncontained", f"node {event.node} died by itself: {event.detail}")
 
@@ -812,6 +844,7 @@ class Checker:
                     (end := self._claimed_until(s)) is None
                     or end > sent - self.grace_s + TOLERANCE_S
                 )
+                and not self._unknown_to(seen.node, s, sent)
             ]
             if open_then:
                 s = open_then[0]
@@ -835,10 +868,22 @@ class Checker:
         """When the deployment stopped counting session ``s`` as connected (None: it still
         does): its close, or the sweep of its node's lease if that came first (a node
         declared dead while alive keeps its connections until it learns so)."""
-        swept = self._swept_at.get(s.node)
-        if swept is not None and s.opened <= swept and (s.closed is None or swept < s.closed):
-            return swept
+        for swept in self._swept_at.get(s.node, ()):
+            if s.opened <= swept and (s.closed is None or swept < s.closed):
+                return swept
         return s.closed
+
+    def _unknown_to(self, node: str, s: _Session, at: float) -> bool:
+        """True if ``node`` could not know by ``at`` that session ``s`` (on another node) was
+        open: it opened less than ``PROPAGATION_S`` before, or one of the two nodes lagged
+        (stalled feed, store cut off) since it opened."""
+        if not node or s.node == node:
+            return False
+        if s.opened > at - PROPAGATION_S:
+            return True
+        return any(
+            lo <= at and hi >= s.opened for n in (node, s.node) for lo, hi in self._lags.get(n, ())
+        )
 
     # ------------------------------------------------------------------ G8 notifications
 
@@ -847,8 +892,25 @@ class Checker:
         node's crash ended counts until that node's lease was swept (None: not yet)."""
         crashed = self._crashed_at.get(s.node)
         if s.closed is not None and crashed is not None and s.closed >= crashed - TOLERANCE_S:
-            return self._swept_at.get(s.node)
+            return next((t for t in self._swept_at.get(s.node, ()) if t >= crashed), None)
         return s.closed
+
+    def _check_job_needed(self, user: str, conv: str, first_ts: int) -> None:
+        """G8 the other way: a job is opened only for a member with no connected device, so
+        not for one whose session was open (and known everywhere: ``JOB_SLACK_S``) around it."""
+        at = (first_ts - self.epoch_ms) / 1000
+        for s in self._sessions.values():
+            if s.user != user or s.opened > at - JOB_SLACK_S:
+                continue
+            until = self._claimed_until(s)
+            if until is None or until > at + 1.0:
+                self.report.add(
+                    "notification_misses",
+                    f"a notification job for {user} was opened at {at:.3f} ({conv}), but "
+                    f"{s.device} session {s.session} was connected to {s.node} since "
+                    f"{s.opened:.3f}",
+                )
+                return
 
     def _offline_throughout(self, user: str, lo: float, hi: float) -> bool:
         for s in self._sessions.values():
@@ -864,6 +926,7 @@ class Checker:
         jobs_by_user: dict[str, list[int]] = defaultdict(list)
         for job in truth.jobs:
             jobs_by_user[job.user].append(job.last_ts)
+            self._check_job_needed(job.user, job.conv, job.first_ts)
         for conv_id, conv in truth.convs.items():
             for message in conv.messages:
                 if message.kind != "text":

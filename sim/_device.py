@@ -469,6 +469,7 @@ class SimDevice:
                         status=frame.status,
                         last_seen=frame.last_seen,
                         sent_at=sent_at,
+                        node=node,
                     )
                 )
             case Error():

@@ -158,6 +158,8 @@ class PresenceSeen:
     last_seen: int | None
     #: When the node wrote the frame (``at`` is when the device read it).
     sent_at: float = 0.0
+    #: The node that wrote it.
+    node: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -212,8 +214,9 @@ class SessionClosed:
 
 @attrs.frozen(kw_only=True)
 class NodeEvent:
-    """A node started (``started``), was crashed by the world (``crashed``), died, or was
-    declared dead by a survivor's sweep of its expired lease (``swept``)."""
+    """A node started (``started``), was crashed by the world (``crashed``), died, was
+    declared dead by a survivor's sweep of its expired lease (``swept``), or stopped
+    (``lagging``) and resumed (``caught up``) learning from its change feed and the store."""
 
     at: float
     what: str

@@ -47,6 +47,15 @@ class Injector:
                 continue
             self._inject(kind, self._rng)
 
+    def heal(self) -> None:
+        """Every fault off: the nodes' dials, armed cuts."""
+        cluster = self._world.cluster
+        for slot in cluster.slots:
+            if slot.faults.cut or slot.faults.feed_stalled:
+                cluster.note_lag(slot, False)
+        cluster.heal()
+        self.arm_next.clear()
+
     def armed_for(self, name: str, link: Link) -> None:
         armed = self.arm_next.pop(name, None)
         if armed is not None:
@@ -138,12 +147,14 @@ class Injector:
             hang = rng.random() < 0.5
             seconds = rng.uniform(0.5, 2 * LEASE_S)
             slot.faults.cut_off(hang)
+            self._world.cluster.note_lag(slot, True)
             how = "hang" if hang else "fail"
             self._fired(kind, f"{slot.name} cut off from the store for {seconds:.1f} s ({how})")
             self._start(self._reconnect_after, slot, seconds)
         elif kind == "feed_stall" and not slot.faults.feed_stalled:
             seconds = rng.uniform(0.5, 8.0)
             slot.faults.stall_feed(True)
+            self._world.cluster.note_lag(slot, True)
             self._fired(kind, f"{slot.name}'s change feed stalls for {seconds:.1f} s")
             self._start(self._resume_feed_after, slot, seconds)
         elif kind == "feed_cursor_lost":
@@ -175,11 +186,15 @@ class Injector:
 
     async def _reconnect_after(self, slot: NodeSlot, seconds: float) -> None:
         await trio.sleep(seconds)
-        slot.faults.reconnect()
+        if slot.faults.cut:
+            slot.faults.reconnect()
+            self._world.cluster.note_lag(slot, False)
 
     async def _resume_feed_after(self, slot: NodeSlot, seconds: float) -> None:
         await trio.sleep(seconds)
-        slot.faults.stall_feed(False)
+        if slot.faults.feed_stalled:
+            slot.faults.stall_feed(False)
+            self._world.cluster.note_lag(slot, False)
 
     async def _lease_back_after(self, slot: NodeSlot, seconds: float) -> None:
         await trio.sleep(seconds)

@@ -183,6 +183,14 @@ class Cluster:
         await self._nursery.start(self._run, slot, node, slot.incarnation)
         slot.node = node
         self._node_event(slot, "started")
+        if slot.faults.cut or slot.faults.feed_stalled:
+            self.note_lag(slot, True)  # the slot's dial is still faulty
+
+    def note_lag(self, slot: NodeSlot, lagging: bool) -> None:
+        """Tell the checker a node cannot learn (or write) what other nodes see -- a stalled
+        feed, a cut-off store -- or can again: what it decides meanwhile is judged by what it
+        could know."""
+        self._node_event(slot, "lagging" if lagging else "caught up")
 
     def _node_event(self, slot: NodeSlot, what: str, detail: str = "") -> None:
         self._history.record(

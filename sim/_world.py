@@ -37,7 +37,7 @@ from ._device import SimDevice
 from ._faults import FaultPlan
 from ._inject import Injector
 from ._network import Link
-from ._nodes import GRACE_S, Cluster
+from ._nodes import GRACE_S, LEASE_REFRESH_S, Cluster
 from ._store import EarlyHistoryStore, ForgetfulStore
 from ._trace import Trace
 from ._truth import Truth, TruthCache
@@ -277,7 +277,7 @@ class World:
 
     async def _heal(self) -> None:
         self.trace.add("world", "heal: faults off, every node up, every device back")
-        self.cluster.heal()
+        self.injector.heal()
         for slot in self.cluster.slots:
             if slot.node is None:
                 await self.cluster.start(slot)
@@ -285,9 +285,11 @@ class World:
                 link.stall(False)
                 link.latency = 0.0
                 link.armed = None
-        self.injector.arm_next.clear()
         for device in self.devices:
             device.set_wanted(True)
+        if self.cluster.several:
+            # A node declared dead while alive learns so at its next lease renewal.
+            await trio.sleep(2 * LEASE_REFRESH_S)
         deadline = trio.current_time() + HEAL_S
         while trio.current_time() < deadline:
             await trio.sleep(0.5)

@@ -41,7 +41,15 @@ def test_mutant_list_matches_the_node() -> None:
 def test_each_mutant_is_caught_within_a_few_seeds(mutant: str) -> None:
     seen: Counter[str] = Counter()
     for seed in range(BUDGET):
-        config = build_config(seed, users=4, devices=2, steps=80, mutant=mutant, keep_going=True)
+        config = build_config(
+            seed,
+            users=4,
+            devices=2,
+            steps=80,
+            mutant=mutant,
+            keep_going=True,
+            nodes=MUTANTS[mutant].nodes,
+        )
         result = simulate(config)
         seen.update(c for c, n in result.report.counts().items() if n)
         if seen.keys() & MUTANTS[mutant].caught_as:
