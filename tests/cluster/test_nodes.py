@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from clusterhelpers import GRACE_S, TIMINGS, Serve, connect_on, serving, tokens
+from clusterhelpers import GRACE_S, TIMINGS, connect_on, tokens
+from nodeprocess import Serve, serving
 from test_notifier import WebhookServer
 
 pytestmark = pytest.mark.slow
