@@ -9,7 +9,7 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -53,6 +53,17 @@ class NodeProcess:
 
     def tokens(self, *users: str) -> list[str]:
         return mint_tokens(self.data_dir, *users)
+
+
+@contextlib.contextmanager
+def running_node(data_dir: Path) -> Iterator[NodeProcess]:
+    """A started :class:`NodeProcess`, stopped (its store too) at the end."""
+    node = NodeProcess(data_dir)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 #: Plays the node's part of one connection, given the WebSocket and the client's ``hello``.

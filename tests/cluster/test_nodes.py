@@ -3,7 +3,6 @@ WebSockets: everything made through one node reaches the devices on the other.""
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -36,14 +35,8 @@ class Webhook(WebhookServer):
 
 @pytest.fixture
 async def webhook() -> AsyncIterator[Webhook]:
-    server = Webhook()
-    async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(
-            functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1")
-        )
-        server.port = listener.socket.getsockname()[1]
+    async with Webhook().listening() as server:
         yield server
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from clienthelpers import NodeProcess
+from clienthelpers import NodeProcess, running_node
 from webhelpers import Browsers
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -59,23 +59,15 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def shared_node(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One node for the module's tests (each test uses users of its own)."""
-    node = NodeProcess(tmp_path_factory.mktemp("web-node") / "node")
-    node.start()
-    try:
+    with running_node(tmp_path_factory.mktemp("web-node") / "node") as node:
         yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture
 def own_node(browser: Any, tmp_path: Path) -> Iterator[NodeProcess]:
     """A node of this test's own (started), for tests that kill and restart it."""
-    node = NodeProcess(tmp_path / "node")
-    node.start()
-    try:
+    with running_node(tmp_path / "node") as node:
         yield node
-    finally:
-        node.stop()
 
 
 @pytest.fixture
