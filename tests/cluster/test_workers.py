@@ -3,6 +3,8 @@ cross-worker delivery, and a worker SIGKILLed mid-traffic."""
 
 from __future__ import annotations
 
+import os
+import select
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +98,19 @@ async def test_a_killed_worker_is_restarted_and_loses_nothing_acked(
     last = max(acked, key=acked.__getitem__)
     await alice.send({"type": "send", "cmid": last, "to": "bob", "body": f"#{last[1:]}"})
     assert (await alice.wait_for("ack", cmid=last))["seq"] == acked[last]
+
+
+def test_workers_stop_when_their_parent_is_killed(parent: Serve) -> None:
+    """A worker notices its parent's death by the end of its stdin (not PR_SET_PDEATHSIG,
+    which fired when trio's forking thread idled out, 10 s after each start)."""
+    pids = [int(node.rsplit("-", 1)[1]) for node in parent.workers().values()]
+    exits = [os.pidfd_open(pid) for pid in pids]  # readable once that process has ended
+    try:
+        kill(parent.proc.pid)
+        parent.proc.wait(timeout=30)
+        for fd in exits:
+            readable, _, _ = select.select([fd], [], [], 30)
+            assert readable, "a worker outlived its killed parent"
+    finally:
+        for fd in exits:
+            os.close(fd)
