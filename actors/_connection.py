@@ -58,7 +58,13 @@ from ._auth import Grant, InvalidToken
 from ._backlog import after_sync, push_backlog
 from ._context import NodeContext
 from ._conversations import ConversationManager
-from ._messages import DeviceConnected, DeviceDisconnected, PresenceRequest, SubscriberGone
+from ._messages import (
+    DeviceConnected,
+    DeviceDisconnected,
+    PresenceRequest,
+    Resync,
+    SubscriberGone,
+)
 from ._ratelimit import TokenBucket
 from ._requests import RequestHandler, refusal
 from ._router import ConnectionHandle, frame_bytes
@@ -376,6 +382,11 @@ class ConnectionActor:
                 await self._writer.enqueue(handle, frame)
         handle.backlog_up_to = synced.up_to
         handle.syncing = False
+        for conv in sorted(synced.departed):
+            # The backlog (read from the Store) carried this user's departure; the actor
+            # here may not have applied it yet (another node wrote it, this node's feed
+            # lags): it re-reads the membership before sending anything more (G7).
+            await self._requests.conversations.remote(conv, Resync())
         # Off the hello's path too: the record of this session, which makes a node still
         # holding an older connection of the device close it with 4409.
         self._ctx.sessions.open(

@@ -82,6 +82,10 @@ class RequestHandler:
         self._conversations = conversations
         self._presence = presence
 
+    @property
+    def conversations(self) -> ConversationManager:
+        return self._conversations
+
     async def handle(self, handle: ConnectionHandle, frame: ClientFrame, reply: Reply) -> None:
         """Handle ``frame`` of the connection ``handle``; Store errors propagate."""
         submit = self._conversations.submit

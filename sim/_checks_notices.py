@@ -10,7 +10,7 @@ from ._history import (
     PresenceSeen,
     ReceiptSeen,
 )
-from ._report import JOB_SLACK_S, TOLERANCE_S, Report
+from ._report import JOB_SLACK_S, PROPAGATION_S, TOLERANCE_S, Report
 from ._truth import Truth
 
 
@@ -264,6 +264,24 @@ class NoticeChecks(StoreChecks):
                 )
                 return
 
+    def _disconnect_unknown(self, user: str, at: float) -> bool:
+        """True if some node lagged (stalled feed, store cut off) between ``user``'s last
+        disconnect before ``at`` and ``at``: the node that stored the message may not have
+        known ``user`` was gone (it counts them connected elsewhere, so no job)."""
+        ends = [
+            until
+            for s in self._sessions.values()
+            if s.user == user and s.opened <= at and (until := self._counted_until(s)) is not None
+        ]
+        if not ends:
+            return False
+        end = max(e for e in ends if e <= at) if any(e <= at for e in ends) else at
+        return any(
+            lo <= at and hi + PROPAGATION_S >= end
+            for lags in self._lags.values()
+            for lo, hi in lags
+        )
+
     def check_notifications(self, truth: Truth) -> Report:
         """G8: every message stored while a member was surely offline has a job for them."""
         jobs_by_user: dict[str, list[int]] = defaultdict(list)
@@ -279,6 +297,8 @@ class NoticeChecks(StoreChecks):
                     if user == message.sender or not conv.can_see(user, message.seq):
                         continue
                     if not self._offline_throughout(user, at - 1.0, at + 1.0):
+                        continue
+                    if self._disconnect_unknown(user, at):
                         continue
                     if not any(ts >= message.ts for ts in jobs_by_user.get(user, [])):
                         self.report.add(
