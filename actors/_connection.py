@@ -471,11 +471,10 @@ class ConnectionActor:
     async def _sync(self, handle: ConnectionHandle) -> bool:
         """Push the unacknowledged backlog, ``synced``, then the pushes parked meanwhile.
 
-        Only the backlog read is on the hello's path. Registering the device and ending the
-        user's offline period are written afterwards, in the background (see
-        :meth:`_after_sync`): nothing the client is sent depends on them.
+        Only the backlog read is on the hello's path. Ending the user's offline period is
+        written afterwards, in the background (see :meth:`_after_sync`): nothing the client
+        is sent depends on it.
         """
-        ts = self._ctx.wall_ms()
         try:
             synced = await self._push_backlog(handle)
         except StoreError as exc:
@@ -502,7 +501,7 @@ class ConnectionActor:
                 since=handle.since,
             )
         )
-        self._spawn(functools.partial(self._after_sync, handle.user, handle.device, ts))
+        self._spawn(functools.partial(self._after_sync, handle.user, handle.device))
         return True
 
     async def _push_backlog(self, handle: ConnectionHandle) -> SyncedBacklog:
@@ -553,19 +552,16 @@ class ConnectionActor:
                 self._space = trio.Event()
             await self._space.wait()
 
-    async def _after_sync(self, user: str, device: str, ts: int) -> None:
-        """Record the device and end the user's offline period (G8: the next message stored
-        while they are offline opens a new notification job).
+    async def _after_sync(self, user: str, device: str) -> None:
+        """End the user's offline period (G8: the next message stored while they are
+        offline opens a new notification job).
 
-        Off the hello's path: the device registry only answers "which devices ever
-        connected", and a message stored before this ran finds the user in the router, so
-        it opens no job either. A failure (the Store retried already) is logged; the next
-        hello of the device writes both again.
+        Off the hello's path: a message stored before this ran finds the user in the
+        router, so it opens no job either. A failure (the Store retried already) is logged;
+        the next hello of the device writes it again.
         """
         store = self._ctx.store
         try:
-            with self._ctx.timed("register_device"):
-                await store.register_device(user, device, ts)
             with self._ctx.timed("user_online"):
                 await store.user_online(user)
         except StoreError as exc:

@@ -37,8 +37,6 @@ Collections (all in one database):
   Schema change (2026-12-02): ``marklog`` + ``marks`` replace the per-mark collections
   ``recv`` (``user|device|conv``) and ``read`` (``user|conv``) of earlier versions, which are
   no longer read (their marks are lost on upgrade: at worst a redundant push).
-* ``devices``: ``_id = device_id(user, device)``, ``u``/``d``, ``ts`` of the latest connect
-  registered. Index ``u``.
 * ``users``: ``_id`` the user id, ``last_seen`` (max-merged).
 * ``jobs``: the offline-notification outbox, one document per job: ``user``, ``conv``,
   ``seq``, ``count``, ``first_ts``, ``last_ts``, ``open`` (the user's current offline
@@ -51,7 +49,7 @@ documented in :mod:`._cluster`.
 
 Write concerns: everything an acknowledgement or a receipt depends on is ``majority`` +
 ``j: true`` (:data:`DURABLE`): messages, keys, membership, jobs and watermarks (one
-``marklog`` insert per batch of marks); presence facts, the device registry and hints use ``w: 1``
+``marklog`` insert per batch of marks); presence facts and hints use ``w: 1``
 (:data:`LIGHT`).
 """
 
@@ -114,7 +112,7 @@ def read_field(user: str) -> str:
 
 
 def device_id(user: str, device: str) -> str:
-    """The ``devices`` ``_id`` of a user's device."""
+    """The id of a user's device in the collections keyed by device (``sessions``)."""
     return f"{user}|{device}"
 
 
@@ -233,7 +231,6 @@ def create_indexes(db: Database[Doc]) -> None:
     db.chunks.create_index([("conv", 1), ("first", 1)], name="conv_first")
     db.convs.create_index("member_ids")
     db.convs.create_index("past_ids")
-    db.devices.create_index("u")
     db.jobs.create_index(
         "user", unique=True, name="one_open_job", partialFilterExpression={"open": True}
     )
