@@ -267,7 +267,7 @@ class MongoStore(Store):
         return self._chunks.fetch(conv, lo, hi)
 
     async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
-        # One thread hop for all of them; each range is one index read of its chunks.
+        # One thread hop for all of them; each range is a page or a few of _id probes.
         return await self._runner.call(
             lambda: [m for s in spans for m in self._chunks.fetch(s.conv, s.lo, s.hi)]
         )
