@@ -1,8 +1,10 @@
 """The connection actor: one client session over one :class:`~actors._transport.Transport`.
 
 Owns the transport, the sans-IO :class:`protocol.ServerSession`, its outbox (a bounded list
-on its :class:`~actors._router.ConnectionHandle`, written by a writer task that exists only
-while there is something to write) and its rate-limit bucket. Keep-alive is the node-wide
+on its :class:`~actors._router.ConnectionHandle`, written by an
+:class:`~actors._writer.OutboxWriter` whose task exists only while there is something to
+write) and its rate-limit bucket. The hello's backlog is :mod:`actors._backlog`'s, the
+frames after it are handled by :mod:`actors._requests`. Keep-alive is the node-wide
 :class:`~actors._keepalive.KeepAlive` timer's job, so an idle connection is one task (this
 actor) plus trio-websocket's reader, ~19 KiB in all. Other actors reach it only
 through its :class:`~actors._router.ConnectionHandle` (push a frame without blocking, or ask
@@ -32,79 +34,41 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import trio
 
-from persistence import (
-    BacklogRange,
-    DeviceSession,
-    StoredMessage,
-    StoreError,
-    UnknownConversation,
-)
-from persistence import ConvRow as StoredConvRow
+from persistence import DeviceSession, StoreError, UnknownConversation
 from protocol import (
     ClientFrame,
     CloseCode,
-    ConvRow,
-    Convs,
     Error,
     ErrorCode,
-    GroupAdd,
-    GroupCreate,
-    GroupLeave,
-    GroupRemove,
     Hello,
-    History,
-    MemberEvent,
-    MemberMarks,
     Nack,
     Ping,
-    Pong,
-    PresenceSub,
-    PresenceUnsub,
-    Read,
-    Recv,
     RemoteProtocolError,
-    Send,
     ServerFrame,
     ServerSession,
     Synced,
-    Typing,
-    convs_result,
-    count_within,
-    group_created_result,
-    history_result,
 )
 
 from ._admission import Ticket
 from ._auth import Grant, InvalidToken
-from ._config import HISTORY_FOR_DEPARTED
-from ._context import NodeContext, msg_frame
+from ._backlog import after_sync, push_backlog
+from ._context import NodeContext
 from ._conversations import ConversationManager
-from ._messages import (
-    DeviceConnected,
-    DeviceDisconnected,
-    MarkRequest,
-    MemberRequest,
-    PresenceRequest,
-    SendRequest,
-    Subscribe,
-    SubscriberGone,
-    TypingRequest,
-    Unsubscribe,
-)
+from ._messages import DeviceConnected, DeviceDisconnected, PresenceRequest, SubscriberGone
 from ._ratelimit import TokenBucket
-from ._router import ConnectionHandle, SyncedBacklog, frame_bytes
-from ._transport import Transport, TransportClosed, send_batch
+from ._requests import RequestHandler, refusal
+from ._router import ConnectionHandle, frame_bytes
+from ._transport import Transport, TransportClosed
+from ._writer import OutboxWriter, Spawn
 
 log = logging.getLogger("actors.connection")
 
 #: ``verify(token, now_s) -> grant``, raising :class:`~actors._auth.InvalidToken`.
 TokenVerifier = Callable[[str, float], Grant]
-#: Starts a task in the node's nursery (``nursery.start_soon``).
-Spawn = Callable[[Callable[[], Awaitable[None]]], None]
 
 
 class ConnectionActor:
@@ -114,21 +78,19 @@ class ConnectionActor:
         "_bucket",
         "_close",
         "_conn_id",
-        "_conversations",
         "_ctx",
         "_drain",
         "_expires_at",
         "_handle",
         "_presence",
+        "_requests",
         "_scope",
         "_session",
-        "_space",
         "_spawn",
         "_ticket",
         "_transport",
         "_verify_token",
-        "_writer_scope",
-        "_writing",
+        "_writer",
     )
 
     def __init__(
@@ -145,7 +107,6 @@ class ConnectionActor:
         accepted_at: float,
     ) -> None:
         self._ctx = ctx
-        self._conversations = conversations
         self._presence = presence
         self._verify_token = verify_token
         self._transport = transport
@@ -162,13 +123,9 @@ class ConnectionActor:
             ctx.config.rate_per_s, ctx.config.rate_burst, trio.current_time()
         )
         self._handle: ConnectionHandle | None = None
-        # The writer runs (spawned in the node's nursery) only while there is something to
-        # write, inside ``_writer_scope`` so the session's end can stop it. ``_space`` is set
-        # when a full outbox drained (created only when someone waits for it).
         self._spawn = spawn
-        self._writing = False
-        self._writer_scope: trio.CancelScope | None = None
-        self._space: trio.Event | None = None
+        self._writer = OutboxWriter(conn_id, transport, self._session, spawn, self.request_close)
+        self._requests = RequestHandler(ctx, conversations, presence)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -233,13 +190,8 @@ class ConnectionActor:
                 del frame
         finally:
             if not self._drain:
-                self._stop_writer(handle)
+                self._writer.stop(handle)
             self._ctx.keepalive.unwatch(self._conn_id)
-
-    def _stop_writer(self, handle: ConnectionHandle) -> None:
-        handle.closed = True
-        if self._writer_scope is not None:
-            self._writer_scope.cancel()
 
     async def _authenticate(self) -> tuple[str, Grant] | None:
         """Wait for ``hello`` and verify its token: (device, grant), or None (closing)."""
@@ -313,11 +265,12 @@ class ConnectionActor:
             device,
             self.request_close,
             config.outbox_size,
-            self._kick,
+            self._writer.kick,
             config.outbox_bytes,
         )
         handle.queue(welcome, frame_bytes(welcome))
         self._handle = handle
+        self._writer.attach(handle)
         replaced = ctx.router.register(handle)
         if replaced is not None:
             replaced.close(CloseCode.REPLACED, "replaced by a newer connection of this device")
@@ -335,8 +288,8 @@ class ConnectionActor:
         config = self._ctx.config
         with trio.move_on_after(config.close_timeout_s + config.drain_timeout_s, shield=True):
             if self._drain and self._handle is not None:
-                await self._drain_outbox(config.drain_timeout_s)
-                self._stop_writer(self._handle)
+                await self._writer.drain(self._handle, config.drain_timeout_s)
+                self._writer.stop(self._handle)
             handle = self._leave_router()
             if handle is not None:
                 self._ctx.sessions.close(
@@ -359,6 +312,7 @@ class ConnectionActor:
 
     def _leave_router(self) -> ConnectionHandle | None:
         handle, self._handle = self._handle, None
+        self._writer.detach()
         if handle is not None:
             self._ctx.router.unregister(handle)
             self._ctx.metrics.connections.dec()
@@ -373,51 +327,7 @@ class ConnectionActor:
             SubscriberGone(origin=handle),
         ]
 
-    # ------------------------------------------------------------------ tasks
-
-    def _kick(self) -> None:
-        """Start the writer unless it runs (it drains the outbox, then ends)."""
-        handle = self._handle
-        if not self._writing and handle is not None and not handle.closed:
-            self._writing = True
-            self._spawn(self._writer)
-
-    async def _writer(self) -> None:
-        """Write the outbox, a whole batch at a time (one send for a WebSocket), until it is
-        empty; then end (the next push starts a new writer).
-
-        It runs in the node's nursery, not in a nursery of the connection's own (that would
-        cost a nursery and a cancel scope per idle connection), so it contains its failures
-        the way the connection actor does: logged, then close 1011.
-        """
-        handle = self._handle
-        if handle is None:  # the connection left the router before this task got to run
-            self._writing = False
-            return
-        try:
-            with trio.CancelScope() as self._writer_scope:
-                while handle.outbox and not handle.closed:
-                    frames = handle.take()
-                    texts = [self._session.send(frame) for frame in frames]
-                    del frames
-                    try:
-                        await send_batch(self._transport, texts)
-                    except TransportClosed:
-                        handle.closed = True
-                        self.request_close(CloseCode.NORMAL, "peer went away")
-                        return
-                    del texts
-                    handle.written()
-                    if self._space is not None:
-                        self._space.set()
-                        self._space = None
-        except Exception:
-            log.exception("connection %d: writer failed", self._conn_id)
-            handle.closed = True
-            self.request_close(CloseCode.INTERNAL_ERROR, "internal error")
-        finally:
-            self._writer_scope = None
-            self._writing = False
+    # ------------------------------------------------------------------ keep-alive
 
     def keepalive_deadline(self) -> float:
         """For the node's :class:`~actors._keepalive.KeepAlive` timer: the keep-alive
@@ -433,7 +343,7 @@ class ConnectionActor:
             self._count(error)
             # Behind whatever is queued (even during the hello sync), then the close.
             handle.queue(error, frame_bytes(error))
-            self._kick()
+            self._writer.kick()
             self.request_close(CloseCode.UNAUTHENTICATED, "token expired", drain=True)
             return True
         code = self._session.expired(now)
@@ -442,53 +352,27 @@ class ConnectionActor:
         self.request_close(code, f"nothing heard for {2 * self._ctx.config.heartbeat_s} s")
         return True
 
-    async def _drain_outbox(self, timeout_s: float) -> None:
-        """Wait until the writer wrote everything queued (for at most ``timeout_s``)."""
-        handle = self._handle
-        assert handle is not None
-        with trio.move_on_after(timeout_s):
-            while handle.unsent and not handle.closed:
-                if self._space is None:
-                    self._space = trio.Event()
-                await self._space.wait()
-
-    async def _enqueue(self, frame: ServerFrame) -> None:
-        """Queue one of the connection's own frames, waiting while the outbox is full (in
-        frames or in bytes). An outbox emptier than its byte limit takes any frame, however
-        large, so that every frame fits eventually."""
-        handle = self._handle
-        assert handle is not None
-        size = frame_bytes(frame)
-        while handle.unsent >= handle.limit or (
-            handle.unsent and handle.unsent_bytes + size > handle.byte_limit
-        ):
-            if self._space is None:
-                self._space = trio.Event()
-            await self._space.wait()
-        handle.queue(frame, size)
-        self._kick()
-
     async def _sync(self, handle: ConnectionHandle) -> bool:
         """Push the unacknowledged backlog, ``synced``, then the pushes parked meanwhile.
 
         Only the backlog read is on the hello's path. Ending the user's offline period is
-        written afterwards, in the background (see :meth:`_after_sync`): nothing the client
-        is sent depends on it.
+        written afterwards, in the background (see :func:`~actors._backlog.after_sync`):
+        nothing the client is sent depends on it.
         """
         try:
-            synced = await self._push_backlog(handle)
+            synced = await push_backlog(self._ctx, handle, self._writer)
         except StoreError as exc:
             error = Error(code=exc.code, message=f"cannot sync: {exc.message}")
             self._count(error)
-            await self._enqueue(error)
+            await self._writer.enqueue(handle, error)
             # welcome + error out before the close cancels the writer
-            await self._drain_outbox(self._ctx.config.close_timeout_s)
+            await self._writer.drain(handle, self._ctx.config.close_timeout_s)
             self.request_close(CloseCode.TRY_AGAIN_LATER, "storage unavailable")
             return False
-        await self._enqueue(Synced())
+        await self._writer.enqueue(handle, Synced())
         while parked := handle.take_parked(synced):
             for frame in parked:
-                await self._enqueue(frame)
+                await self._writer.enqueue(handle, frame)
         handle.syncing = False
         # Off the hello's path too: the record of this session, which makes a node still
         # holding an older connection of the device close it with 4409.
@@ -501,91 +385,22 @@ class ConnectionActor:
                 since=handle.since,
             )
         )
-        self._spawn(functools.partial(self._after_sync, handle.user, handle.device))
+        self._spawn(functools.partial(after_sync, self._ctx, handle.user, handle.device))
         return True
-
-    async def _push_backlog(self, handle: ConnectionHandle) -> SyncedBacklog:
-        """Stream the backlog: where it is (one Store call), then its messages a page of
-        ``backlog_page`` at a time, each page read only once the outbox holds less than
-        ``backlog_window_bytes`` — so its memory is bounded however long it is, and one
-        user's long backlog is many short Store calls that other requests interleave with.
-        Returns what it pushed (see :class:`~actors._router.SyncedBacklog`)."""
-        store, config = self._ctx.store, self._ctx.config
-        with self._ctx.timed("sync"):
-            ranges = await store.unsynced(handle.user, handle.device)
-        synced = SyncedBacklog()
-        # Pages of about backlog_page messages: a long range is split, short ones (a user in
-        # many conversations with a little each) go several to a Store call.
-        page: list[BacklogRange] = []
-        size = 0
-        for span in ranges:
-            for lo in range(span.lo, span.hi + 1, config.backlog_page):
-                hi = min(span.hi, lo + config.backlog_page - 1)
-                page.append(BacklogRange(conv=span.conv, lo=lo, hi=hi))
-                size += hi - lo + 1
-                if size >= config.backlog_page:
-                    await self._push_page(handle, page, synced)
-                    page, size = [], 0
-        if page:
-            await self._push_page(handle, page, synced)
-        return synced
-
-    async def _push_page(
-        self, handle: ConnectionHandle, page: list[BacklogRange], synced: SyncedBacklog
-    ) -> None:
-        """Read one page of the backlog once the outbox has room for it, and queue it."""
-        await self._wait_for_room(handle, self._ctx.config.backlog_window_bytes)
-        with self._ctx.timed("sync_page"):
-            messages = await self._ctx.store.read_ranges(page)
-        for message in messages:
-            await self._enqueue(msg_frame(message))
-            if message.kind == "member":
-                _note_departure(synced, message, handle.user)
-        self._ctx.metrics.messages_out.inc(len(messages))
-        for span in page:
-            synced.up_to[span.conv] = span.hi
-
-    async def _wait_for_room(self, handle: ConnectionHandle, room_bytes: int) -> None:
-        """Wait until the outbox holds less than ``room_bytes``."""
-        while handle.unsent_bytes >= room_bytes and not handle.closed:
-            if self._space is None:
-                self._space = trio.Event()
-            await self._space.wait()
-
-    async def _after_sync(self, user: str, device: str) -> None:
-        """End the user's offline period (G8: the next message stored while they are
-        offline opens a new notification job).
-
-        Off the hello's path: a message stored before this ran finds the user in the
-        router, so it opens no job either. A failure (the Store retried already) is logged;
-        the next hello of the device writes it again.
-        """
-        store = self._ctx.store
-        try:
-            with self._ctx.timed("user_online"):
-                await store.user_online(user)
-        except StoreError as exc:
-            log.warning("could not record the connection of %s/%s: %s", user, device, exc)
 
     # ------------------------------------------------------------------ requests
 
     async def _reply(self, frame: ServerFrame) -> None:
+        handle = self._handle
+        assert handle is not None
         self._count(frame)
-        await self._enqueue(frame)
+        await self._writer.enqueue(handle, frame)
 
     def _count(self, frame: ServerFrame) -> None:
         if isinstance(frame, Error):
             self._ctx.metrics.errors.labels(frame.code.value).inc()
         elif isinstance(frame, Nack):
             self._ctx.metrics.nacks.labels(frame.code.value).inc()
-
-    async def _refuse(self, frame: ClientFrame, code: ErrorCode, message: str, retry: bool) -> None:
-        if isinstance(frame, Send):
-            await self._reply(
-                Nack(cmid=frame.cmid, code=code, message=message, retry=retry, rid=frame.rid)
-            )
-        else:
-            await self._reply(Error(code=code, message=message, rid=frame.rid))
 
     async def _dispatch(self, frame: ClientFrame) -> None:
         if not isinstance(frame, Ping):
@@ -598,154 +413,20 @@ class ConnectionActor:
             else:
                 message = None
             if message is not None:
-                await self._refuse(frame, ErrorCode.RATE_LIMITED, message, True)
+                await self._reply(refusal(frame, ErrorCode.RATE_LIMITED, message, True))
                 return
+        handle = self._handle
+        assert handle is not None
         try:
-            await self._handle_frame(frame)
+            await self._requests.handle(handle, frame, self._reply)
         except UnknownConversation as exc:
             # Authorization before existence: nobody is a member of a conversation that does
             # not exist, and answering not_found would let anyone probe which ids exist.
             message = f"you are not a member of conversation {exc.conv!r}"
-            await self._refuse(frame, ErrorCode.FORBIDDEN, message, False)
+            await self._reply(refusal(frame, ErrorCode.FORBIDDEN, message, False))
         except StoreError as exc:
-            await self._refuse(frame, exc.code, exc.message, exc.retryable)
+            await self._reply(refusal(frame, exc.code, exc.message, exc.retryable))
         except Exception:
             log.exception("internal error handling a %r frame", frame.TYPE)
-            await self._refuse(
-                frame, ErrorCode.INTERNAL, f"internal error handling {frame.TYPE!r}", False
-            )
-
-    async def _handle_frame(self, frame: ClientFrame) -> None:
-        handle = self._handle
-        assert handle is not None
-        submit = self._conversations.submit
-        match frame:
-            case Send():
-                await self._send(handle, frame)
-            case Recv(conv=conv, seq=seq, rid=rid):
-                await submit(conv, MarkRequest(origin=handle, kind="recv", seq=seq, rid=rid))
-            case Read(conv=conv, seq=seq, rid=rid):
-                await submit(conv, MarkRequest(origin=handle, kind="read", seq=seq, rid=rid))
-            case History():
-                await self._history(handle, frame)
-            case Convs(limit=limit, cursor=cursor, rid=rid):
-                with self._ctx.timed("convs"):
-                    page = await self._ctx.store.conversations(
-                        handle.user, handle.device, limit=limit, cursor=cursor
-                    )
-                    rows = tuple(_conv_row(r) for r in page.rows)
-                    kept = count_within(rows)
-                    if kept < len(rows):
-                        # Over the result limit: the newest rows that fit, with the cursor
-                        # that continues right after them (the store knows their activity).
-                        page = await self._ctx.store.conversations(
-                            handle.user, handle.device, limit=kept, cursor=cursor
-                        )
-                        rows = tuple(_conv_row(r) for r in page.rows)
-                await self._reply(convs_result(rid, rows, page.cursor is not None, page.cursor))
-            case GroupCreate():
-                await self._group_create(handle, frame)
-            case GroupAdd(conv=conv, user=user, rid=rid):
-                await submit(conv, MemberRequest(origin=handle, op="add", user=user, rid=rid))
-            case GroupRemove(conv=conv, user=user, rid=rid):
-                await submit(conv, MemberRequest(origin=handle, op="remove", user=user, rid=rid))
-            case GroupLeave(conv=conv, rid=rid):
-                await submit(
-                    conv, MemberRequest(origin=handle, op="leave", user=handle.user, rid=rid)
-                )
-            case PresenceSub():
-                await self._presence_sub(handle, frame)
-            case PresenceUnsub(users=users):
-                await self._presence.send(Unsubscribe(origin=handle, users=users))
-            case Typing(conv=conv, rid=rid):
-                await submit(conv, TypingRequest(origin=handle, rid=rid))
-            case Ping(rid=rid):
-                await self._reply(Pong(rid=rid))
-            case Hello():
-                raise AssertionError("the session rejects a second hello")
-
-    async def _send(self, handle: ConnectionHandle, frame: Send) -> None:
-        if frame.to is not None:
-            conv = await self._conversations.direct_conversation(handle.user, frame.to)
-        else:
-            assert frame.conv is not None
-            conv = frame.conv
-        request = SendRequest(origin=handle, cmid=frame.cmid, body=frame.body, rid=frame.rid)
-        await self._conversations.submit(conv, request)
-
-    async def _history(self, handle: ConnectionHandle, frame: History) -> None:
-        store = self._ctx.store
-        with self._ctx.timed("history"):
-            conversation = await store.get_conversation(frame.conv)
-            departed_ok = (
-                self._ctx.mutant(HISTORY_FOR_DEPARTED) and handle.user in conversation.departed
-            )
-            if not conversation.is_member(handle.user) and not departed_ok:
-                await self._refuse(
-                    frame, ErrorCode.FORBIDDEN, f"not a member of {frame.conv}", False
-                )
-                return
-            messages, more = await store.history(frame.conv, handle.user, frame.before, frame.limit)
-        page = tuple(msg_frame(m) for m in messages)
-        # Under the result limit: the newest messages that fit; ``more`` says older ones exist.
-        kept = count_within(page[::-1])
-        if kept < len(page):
-            page, more = page[len(page) - kept :], True
-        await self._reply(history_result(frame.rid, page, more))
-
-    async def _group_create(self, handle: ConnectionHandle, frame: GroupCreate) -> None:
-        if not self._ctx.creations.take(handle.user, trio.current_time()):
-            message = (
-                f"more than {self._ctx.config.creations_per_minute} new conversations "
-                "a minute; wait a little"
-            )
-            await self._refuse(frame, ErrorCode.RATE_LIMITED, message, True)
-            return
-        # The manager also finds a group an ambiguous Store failure created after all, and
-        # announces the creation itself (even if this connection drops meanwhile).
-        conversation, _event = await self._conversations.create_group(
-            handle.user, handle.device, frame.title, frame.members
-        )
-        await self._reply(group_created_result(frame.rid, conversation.id))
-
-    async def _presence_sub(self, handle: ConnectionHandle, frame: PresenceSub) -> None:
-        users = list(dict.fromkeys(frame.users))
-        with self._ctx.timed("contacts"):
-            contacts = await self._ctx.store.contacts(handle.user)
-        allowed = tuple(u for u in users if u == handle.user or u in contacts)
-        denied = tuple(u for u in users if u not in allowed)
-        await self._presence.send(
-            Subscribe(origin=handle, allowed=allowed, denied=denied, rid=frame.rid)
-        )
-
-
-def _conv_row(row: StoredConvRow) -> ConvRow:
-    return ConvRow(
-        conv=row.conv,
-        kind=row.kind,
-        title=row.title,
-        members=row.members,
-        last_seq=int(row.last_seq),
-        delivered=int(row.delivered),
-        read=int(row.read),
-        unread=int(row.unread),
-        others=tuple(
-            MemberMarks(user=m.user, delivered=int(m.delivered), read=int(m.read))
-            for m in row.others
-        ),
-    )
-
-
-def _note_departure(synced: SyncedBacklog, message: StoredMessage, user: str) -> None:
-    """Track whether the backlog's last member event about ``user`` in a conversation is
-    their departure (a later add in the same backlog is a rejoin)."""
-    try:
-        event = MemberEvent.parse(message.body)
-    except RemoteProtocolError:
-        return
-    if user not in event.users:
-        return
-    if event.op in ("remove", "leave"):
-        synced.departed.add(message.conv)
-    else:
-        synced.departed.discard(message.conv)
+            message = f"internal error handling {frame.TYPE!r}"
+            await self._reply(refusal(frame, ErrorCode.INTERNAL, message, False))

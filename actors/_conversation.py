@@ -16,6 +16,11 @@ the Store). A membership event newer than the actor's snapshot makes it re-read 
 membership before it pushes anything after that event (G7), and receipts and typing it
 relays are announced to the other nodes when some member is connected there.
 
+The actor is built by concern: its state (:mod:`actors._conversation_state`), its fan-out
+(:mod:`actors._conversation_fanout`), its marks, receipts and typing
+(:mod:`actors._conversation_marks`); this module has its lifecycle, the sends (group commit),
+the membership changes and the resyncs.
+
 Lifecycle (owned by :class:`~actors._conversations.ConversationManager`): started on demand,
 it loads its state from the Store before reporting ``started``; after ``conversation_idle_s``
 without work it retires (leaves the manager's table, closes its mailbox) and stops. When its
@@ -39,42 +44,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import trio
 
-from persistence import Conversation, Draft, FeedMarks, FeedTyping, StoredMessage, StoreError
-from protocol import (
-    Ack,
-    Error,
-    ErrorCode,
-    MemberEvent,
-    Nack,
-    Receipt,
-    RemoteProtocolError,
-    TypingNotice,
-    empty_result,
-)
+from persistence import Conversation, Draft, StoredMessage, StoreError
+from protocol import Ack, ErrorCode, empty_result
 
-from ._config import (
-    ACK_BEFORE_WRITE,
-    DELIVER_TO_REMOVED,
-    NO_OFFLINE_NOTIFICATION,
-    PUSH_OUT_OF_ORDER,
-    RECEIPTS_FROM_DEPARTED,
-    RECEIPTS_TO_REMOVED,
-    SEQ_REUSE_AFTER_RESTART,
-    TYPING_FROM_DEPARTED,
-    TYPING_TO_REMOVED,
-    WATERMARK_BACKWARDS,
-)
-from ._context import NodeContext, member_event_of, msg_frame
+from ._config import ACK_BEFORE_WRITE, NO_OFFLINE_NOTIFICATION, SEQ_REUSE_AFTER_RESTART
+from ._context import member_event_of
+from ._conversation_fanout import ConversationFanOut
+from ._conversation_marks import ConversationMarks
 from ._messages import (
     Announce,
     ConversationRequest,
     MarkRequest,
     MemberRequest,
-    Parted,
     RemoteMarks,
     RemoteMessages,
     RemoteTyping,
@@ -84,7 +69,6 @@ from ._messages import (
 )
 from ._retry import retry_store
 from ._router import ConnectionHandle
-from ._watermarks import MarkWriter, ReceiptOut, Watermarks
 
 log = logging.getLogger("actors.conversation")
 
@@ -94,62 +78,8 @@ RESYNC_BACKOFF_S = (0.05, 0.2)
 RESYNC_RETRY_S = 1.0
 
 
-class ConversationActor:
+class ConversationActor(ConversationFanOut, ConversationMarks):
     """The actor of conversation ``conv`` (see the module docstring)."""
-
-    def __init__(
-        self,
-        ctx: NodeContext,
-        conv: str,
-        mailbox: trio.MemoryReceiveChannel[ConversationRequest],
-        *,
-        retire: Callable[[], None],
-        mark_writer: MarkWriter,
-        stale_seq: int | None = None,
-        announce: StoredMessage | None = None,
-        published_from: int | None = None,
-    ) -> None:
-        self._ctx = ctx
-        self.conv = conv
-        self._mailbox = mailbox
-        self._retire_from_manager = retire
-        self._stale_seq = stale_seq
-        self._creation = announce
-        # Started by the change feed for messages from ``published_from + 1`` on: those are
-        # still to be pushed here (see _load).
-        self._published_from = published_from
-        # The membership snapshot covers every member event up to this seq (G7: a message
-        # above a member event newer than it is pushed only after a reload, see _publish).
-        self._membership_seq = 0
-        self._conversation: Conversation | None = None
-        self.last_seq = 0
-        self._published = 0
-        # The last seq when this actor loaded: whether those messages were ever fanned out
-        # (by an earlier actor, before an ambiguous write or a crash) is unknown here.
-        self._loaded_seq = 0
-        self._memory_seq = 0
-        self._marks = Watermarks(conv, backwards=ctx.mutant(WATERMARK_BACKWARDS))
-        self._flush_at = math.inf
-        self._mark_writer = mark_writer
-        # When a stale actor next tries to resync (inf: not stale); see the module docstring.
-        self._resync_at = math.inf
-        # Devices whose recv mark here is only a lower bound: the Store read of their mark
-        # failed (see _device_recv); it is read again at the next need.
-        self._recv_unloaded: set[tuple[str, str]] = set()
-        # Receipt batches handed to the mark writer and not sent yet: the actor does not
-        # retire before they are, so they go out under its (current) membership.
-        self._receipts_owed = 0
-        # Receipts of written marks waiting for a membership change in flight (see
-        # _send_receipts), and whether one is.
-        self._held_receipts: list[ReceiptOut] = []
-        self._changing = False
-        # user → when their last typing notice was relayed (the v1.1 throttle); members only.
-        self._typing_at: dict[str, float] = {}
-
-    @property
-    def conversation(self) -> Conversation:
-        assert self._conversation is not None, "used before _load()"
-        return self._conversation
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -405,158 +335,6 @@ class ConversationActor:
                 allowed.append(request)
         return allowed
 
-    def _nack(
-        self,
-        origin: ConnectionHandle,
-        cmid: str,
-        code: ErrorCode,
-        message: str,
-        retry: bool,
-        rid: str | None,
-    ) -> None:
-        self._ctx.metrics.nacks.labels(code.value).inc()
-        origin.push(Nack(cmid=cmid, code=code, message=message, retry=retry, rid=rid))
-
-    def _error(
-        self, origin: ConnectionHandle, code: ErrorCode, message: str, rid: str | None
-    ) -> None:
-        self._ctx.metrics.errors.labels(code.value).inc()
-        origin.push(Error(code=code, message=message, rid=rid))
-
-    async def _sender_holds(self, origin: ConnectionHandle, seq: int) -> None:
-        """G4: the ack moves the sending device's recv mark to ``seq`` only from ``seq - 1``."""
-        if await self._device_recv(origin.user, origin.device) == seq - 1:
-            self._marks.raise_recv(origin.user, origin.device, seq)
-            self._schedule_flush()
-
-    async def _device_recv(self, user: str, device: str) -> int | None:
-        """The device's recv mark, read from the Store the first time; ``None`` if that read
-        failed (a Store error must not crash the actor and lose the batch it is handling)."""
-        key = (user, device)
-        if not self._marks.knows_device(user, device) or key in self._recv_unloaded:
-            try:
-                with self._ctx.timed("device_recv"):
-                    stored = await self._ctx.store.device_recv(user, device, self.conv)
-            except StoreError as exc:
-                log.warning("could not read the recv mark of %s/%s: %s", user, device, exc)
-                return None
-            self._marks.load_device(user, device, stored)
-            self._recv_unloaded.discard(key)
-        return self._marks.device_recv(user, device)
-
-    # ------------------------------------------------------------------ fan-out
-
-    async def _publish(
-        self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
-    ) -> None:
-        """Push every message above what this actor already fanned out, in seq order.
-
-        Seqs this actor did not see stored (written by an ambiguous write nobody resent, or by
-        another node) are read back so the pushes stay gap-free.
-        """
-        by_seq = {m.seq: m for m in stored if m.seq > self._published}
-        if not by_seq:
-            return
-        top = max(by_seq)
-        missing = [s for s in range(self._published + 1, top) if s not in by_seq]
-        if missing:
-            try:
-                with self._ctx.timed("range"):
-                    found = await self._ctx.store.range(self.conv, missing[0], missing[-1])
-            except StoreError as exc:
-                # Pushing around the gap would break seq order: resync at the next chance.
-                log.warning("conversation %s could not read seqs back: %s", self.conv, exc)
-                self._resync_at = trio.current_time()
-                return
-            for m in found:
-                by_seq.setdefault(m.seq, m)
-        events = [m for m in by_seq.values() if m.kind == "member"]
-        if any(m.seq > self._membership_seq for m in events) and not await self._reload(top):
-            return
-        self.last_seq = max(self.last_seq, top)
-        for seq in sorted(by_seq, reverse=self._ctx.mutant(PUSH_OUT_OF_ORDER)):
-            self._fan_out(by_seq[seq], origins.get(seq))
-        self._published = top
-        await self._parted(events)
-
-    async def _reload(self, top: int) -> bool:
-        """Re-read the membership, which changed at or below ``top`` (another node changed it:
-        G7 wants it applied before anything after the change is pushed). False on failure
-        (the actor then resyncs before pushing anything more)."""
-        try:
-            with self._ctx.timed("load_conversation"):
-                self._conversation = await self._ctx.store.get_conversation(self.conv)
-        except StoreError as exc:
-            log.warning("conversation %s could not reload its membership: %s", self.conv, exc)
-            self._resync_at = trio.current_time()
-            return False
-        self._membership_seq = max(self._membership_seq, top)
-        return True
-
-    async def _parted(self, events: Sequence[StoredMessage]) -> None:
-        """G6: a removal or leave may end presence subscriptions between the parted users and
-        the others; the presence registry checks them."""
-        presence = self._ctx.presence
-        if presence is None:
-            return
-        parted: set[str] = set()
-        for message in events:
-            try:
-                event = MemberEvent.parse(message.body)
-            except RemoteProtocolError:
-                continue
-            if event.op in ("remove", "leave"):
-                parted.update(event.users)
-        if parted:
-            await presence.send(Parted(users=tuple(sorted(parted))))
-
-    def _push_replay(
-        self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
-    ) -> None:
-        """Fan out again a replayed send that an earlier actor may never have pushed.
-
-        A resend of a cmid whose first write was ambiguous finds its message stored (a
-        replay). When that message is this conversation's newest and this actor found it
-        already stored at its start, nobody may have pushed it: push it now. Being the
-        newest, it cannot come after a later seq on any connection (G4 order); a device that
-        had it already drops the duplicate by (conv, seq). Older replays need nothing: a
-        device that lacks one sees the gap below a later push and fills it with ``history``.
-        """
-        top = self._published
-        if top == 0 or top != self._loaded_seq or top not in origins:
-            return
-        replayed = next((m for m in stored if m.seq == top), None)
-        if replayed is not None:
-            self._fan_out(replayed, origins[top])
-
-    async def _announce(self, message: StoredMessage) -> None:
-        """Fan out a message the actor found already stored when it loaded (a creation).
-
-        Not if a later seq was pushed already (an actor a founder started while an ambiguous
-        creation was being searched for): that would break seq order (G4); devices that got
-        the later seqs fill the gap with ``history``, the others get it at their ``hello``.
-        """
-        if self._published > message.seq:
-            return
-        self._fan_out(message, None)
-
-    def _viewers(self, seq: int) -> list[str]:
-        conv = self.conversation
-        everyone = sorted({*conv.members, *conv.departed})
-        deliver_to_removed = self._ctx.mutant(DELIVER_TO_REMOVED)
-        return [u for u in everyone if conv.can_see(u, seq) or deliver_to_removed]
-
-    def _fan_out(self, message: StoredMessage, origin: ConnectionHandle | None) -> None:
-        """Push ``message`` to its viewers' devices here. Offline members are not this
-        method's business: every write of a message carries their jobs (G8: ``notify`` of
-        ``append``, ``create_group`` and the membership changes)."""
-        frame = msg_frame(message)
-        router = self._ctx.router
-        for user in self._viewers(message.seq):
-            for handle in router.devices(user):
-                if handle is not origin and handle.push(frame):
-                    self._ctx.metrics.messages_out.inc()
-
     # ------------------------------------------------------------------ membership
 
     async def _member_change(self, request: MemberRequest) -> None:
@@ -647,128 +425,6 @@ class ConversationActor:
         await self._publish(missing, origins)
         self._send_receipts()
         return missing
-
-    # ------------------------------------------------------------------ marks and typing
-
-    async def _mark(self, request: MarkRequest) -> None:
-        origin = request.origin
-        span = self.conversation.visible_range(origin.user)
-        if span is None:
-            self._error(origin, ErrorCode.FORBIDDEN, f"not a member of {self.conv}", request.rid)
-            return
-        last_visible = span[1] if span[1] is not None else self.last_seq
-        seq = min(request.seq, last_visible)
-        if request.kind == "recv":
-            if await self._device_recv(origin.user, origin.device) is None:
-                # Raise from what is known here (the Store max-merges); the mark held here is
-                # then only a lower bound, read again before an ack relies on it (G4).
-                self._recv_unloaded.add((origin.user, origin.device))
-            self._marks.raise_recv(origin.user, origin.device, seq)
-        else:
-            self._marks.raise_read(origin.user, origin.device, seq)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if self._marks.dirty and self._flush_at == math.inf:
-            self._flush_at = trio.current_time() + self._ctx.config.watermark_window_s
-
-    def _flush_marks(self) -> None:
-        """Hand the coalesced marks to the node's writer; it sends the receipts they earn
-        once they are written (one write for every conversation's marks of a window)."""
-        self._flush_at = math.inf
-        if not self._marks.dirty:
-            return
-        recv, read = self._marks.pending()
-        outs = self._marks.written()
-        self._receipts_owed += 1
-
-        def written() -> None:
-            self._receipts_owed -= 1
-            self._held_receipts.extend(outs)
-            self._send_receipts()
-
-        self._mark_writer.submit(recv, read, written)
-
-    def _send_receipts(self) -> None:
-        """Send the receipts of written marks, unless a membership change is in flight or
-        unsure (the Store may hold a removal this actor has not applied yet): they wait for
-        it. G7: under the current membership (the actor stays up while receipts are owed),
-        so receipts stop with the event that removed a member, both to them and about them
-        (a departed member's later marks are clamped and stored, but tell nobody anything).
-        """
-        if self._changing or self._resync_at < math.inf or not self._held_receipts:
-            return
-        outs, self._held_receipts = self._held_receipts, []
-        router = self._ctx.router
-        ctx = self._ctx
-        members = sorted(self.conversation.members)
-        recipients = members
-        if ctx.mutant(RECEIPTS_TO_REMOVED):
-            recipients = sorted({*members, *self.conversation.departed})
-        for out in outs:
-            if out.receipt.user not in members and not ctx.mutant(RECEIPTS_FROM_DEPARTED):
-                continue
-            for member in recipients:
-                for handle in router.devices(member):
-                    if member == out.receipt.user and handle.device in out.sources:
-                        continue
-                    handle.push(out.receipt)
-            if ctx.elsewhere(members):
-                receipt = out.receipt
-                ctx.publish(
-                    FeedMarks(
-                        conv=receipt.conv,
-                        user=receipt.user,
-                        delivered=receipt.delivered,
-                        read=receipt.read,
-                        sources=tuple(sorted(out.sources)),
-                        node=ctx.name,
-                    )
-                )
-
-    def _typing(self, request: TypingRequest) -> None:
-        user = request.origin.user
-        if not self.conversation.is_member(user) and not self._ctx.mutant(TYPING_FROM_DEPARTED):
-            self._error(
-                request.origin, ErrorCode.FORBIDDEN, f"not a member of {self.conv}", request.rid
-            )
-            return
-        # At most one relay per (user, conversation) per typing_interval_s; extras are
-        # dropped silently (PROTOCOL.md v1.1).
-        now = trio.current_time()
-        if now < self._typing_at.get(user, -math.inf) + self._ctx.config.typing_interval_s:
-            return
-        self._typing_at[user] = now
-        self._relay_typing(user)
-        others = [m for m in self.conversation.members if m != user]
-        if self._ctx.elsewhere(others):
-            self._ctx.publish(FeedTyping(conv=self.conv, user=user, node=self._ctx.name))
-
-    def _relay_typing(self, user: str) -> None:
-        """Tell the other members' devices on this node that ``user`` is typing."""
-        if not self.conversation.is_member(user) and not self._ctx.mutant(TYPING_FROM_DEPARTED):
-            return  # G7: nothing of a group reaches past the event that removed its user
-        notice = TypingNotice(conv=self.conv, user=user)
-        recipients = set(self.conversation.members)
-        if self._ctx.mutant(TYPING_TO_REMOVED):
-            recipients.update(self.conversation.departed)
-        for member in sorted(recipients):
-            if member != user:
-                for handle in self._ctx.router.devices(member):
-                    handle.push(notice)
-
-    def _remote_marks(self, event: FeedMarks) -> None:
-        """A receipt earned on another node: merged here (so a receipt sent from this node
-        never shows a lower mark), then pushed to the members' devices on this node."""
-        self._marks.merge_remote(event.user, event.delivered, event.read)
-        receipt = Receipt(
-            conv=self.conv, user=event.user, delivered=event.delivered, read=event.read
-        )
-        for member in sorted(self.conversation.members):
-            for handle in self._ctx.router.devices(member):
-                if member == event.user and handle.device in event.sources:
-                    continue
-                handle.push(receipt)
 
 
 def _is_change(message: StoredMessage, op: str, by: str, user: str, ts: int) -> bool:
