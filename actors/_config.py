@@ -66,6 +66,9 @@ class NodeConfig:
     #: Per-connection token bucket: sustained frames per second and burst size.
     rate_per_s: float = 200.0
     rate_burst: int = 1000
+    #: A connection's writer task waits this long for the next push before it ends (a busy
+    #: connection keeps one writer instead of starting one per write).
+    writer_linger_s: float = 1.0
     #: Frames queued for one connection before it counts as a slow consumer and is dropped.
     outbox_size: int = 4096
     #: Bytes (estimated, see ``actors._router.frame_bytes``) queued for one connection
