@@ -57,8 +57,13 @@ class NodeConfig:
     hello_timeout_s: float = HELLO_TIMEOUT_S
     #: A user's going offline is reported only after this grace period.
     presence_grace_s: float = DEFAULT_PRESENCE_GRACE_S
-    #: recv/read watermarks are coalesced for up to this long before one batched write.
-    watermark_window_s: float = 0.05
+    #: A conversation actor hands its recv/read watermarks to the node's writer this long
+    #: after the first unwritten one; 0: at the end of the batch that raised them (the
+    #: writer merges everything handed over while its previous write is in flight, so the
+    #: writes never outnumber the writer's round trips either way).
+    watermark_window_s: float = 0.0
+    #: A failed watermark write is retried (with what arrived meanwhile) after this long.
+    watermark_retry_s: float = 0.05
     #: A conversation actor with nothing to do for this long stops (recreated on demand).
     conversation_idle_s: float = 60.0
     #: At most this many queued requests go into one group commit.

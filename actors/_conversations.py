@@ -62,7 +62,7 @@ class ConversationManager:
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
         #: Writes every actor's watermarks, merged node-wide (see MarkWriter).
-        self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_window_s, ctx.timed)
+        self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_retry_s, ctx.timed)
         # New group → its creation event, until an actor of the group has fanned it out.
         self._unannounced: dict[str, StoredMessage] = {}
         # Group id → everyone who may see some of it (members and former members), for the
