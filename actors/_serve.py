@@ -37,7 +37,7 @@ from ._logging import configure_logging
 from ._node import Node
 from ._notifier import LogSink, Notifier, Sink, WebhookSink
 from ._web import normalize_origin
-from ._workers import die_with_parent, reuse_port_socket, run_workers
+from ._workers import exit_with_parent, reuse_port_socket, run_workers
 
 log = logging.getLogger("actors.serve")
 
@@ -162,8 +162,6 @@ def serve_main(argv: list[str]) -> int:
     if args.mongo_uri is None:
         # How a --workers parent hands its store to its workers (not on their command line).
         args.mongo_uri = os.environ.get("MESSENGER_MONGO_URI")
-    if args.worker:
-        die_with_parent()
     configure_logging(args.log_level)
     try:
         secret = resolve_secret(args.data_dir)
@@ -249,6 +247,8 @@ async def _run_node(
         listeners = await trio.open_tcp_listeners(args.port, host=args.host)
     port = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
+        if args.worker:
+            await nursery.start(exit_with_parent)
         await nursery.start(node.run)
         await nursery.start(node.serve_listeners, listeners)
         print(f"messenger listening on ws://{args.host}:{port}/v1/ws", flush=True)

@@ -11,8 +11,11 @@ the parent is not stopping is restarted after a backoff (0.1 s, doubling to 5 s,
 worker ran for 30 s), its replacement told its predecessor's node id so the dead node's
 device sessions end at once instead of at its lease expiry. SIGINT/SIGTERM: forwarded to every
 worker (each shuts down gracefully), waited for (bounded by ``STOP_TIMEOUT_S``, then SIGKILL),
-then the embedded store stops and the parent exits. Workers die with the parent (Linux
-``PR_SET_PDEATHSIG``), so a SIGKILLed parent leaves no node behind.
+then the embedded store stops and the parent exits. Workers stop with the parent: each one's
+stdin is a pipe whose only writer is the parent, so its end of file means the parent is gone
+(even SIGKILLed) and the worker stops as on SIGTERM (:func:`exit_with_parent`). Not Linux's
+``PR_SET_PDEATHSIG``: that fires when the *thread* that forked exits, and trio forks from a
+worker thread that its thread cache ends after 10 idle seconds.
 
 The parent prints ``messenger listening on ws://HOST:PORT/v1/ws`` once every worker listens,
 and ``messenger worker N node ID`` for each worker start (operators and tests read them).
@@ -59,15 +62,16 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM this process when its parent dies (a worker of ``--workers``)."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+async def exit_with_parent(
+    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """In a worker: wait for the end of stdin (the parent is gone), then stop as on SIGTERM."""
+    async with trio.lowlevel.FdStream(os.dup(0)) as stdin:
+        task_status.started()
+        while await stdin.receive_some(4096):
+            pass
+    log.error("the parent of this worker is gone; stopping")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 @attrs.define(eq=False)
@@ -151,6 +155,7 @@ class WorkerSupervisor:
             env = {**os.environ, "MESSENGER_MONGO_URI": self._uri}
             process = await trio.lowlevel.open_process(
                 self._argv(predecessor),
+                stdin=subprocess.PIPE,  # held open until the worker ends: exit_with_parent
                 stdout=subprocess.PIPE,
                 env=env,
                 # Signals reach the workers only through the parent (which forwards them).
@@ -164,6 +169,8 @@ class WorkerSupervisor:
                 first = False
                 task_status.started()
             code = await process.wait()
+            assert process.stdin is not None
+            await process.stdin.aclose()
             worker.process = None
             if self._stopping:
                 return

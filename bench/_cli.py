@@ -13,7 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._conns import PER_PROC, ConnsConfig, conns_text, run_conns
-from ._load import PLACEMENTS, LoadConfig, run_sweep
+from ._load import LoadConfig, run_sweep
+from ._load_plan import PLACEMENTS
 from ._node import BenchSetupError
 from ._report import plot_sweep, sweep_text, to_json
 from ._store import run_store, store_parser
@@ -144,7 +145,8 @@ def load_parser() -> argparse.ArgumentParser:
         "--placement",
         choices=PLACEMENTS,
         default="mixed",
-        help="with several --url: members on the same node, on different nodes, or half each",
+        help="with several --url or --workers: members on the same node, on different nodes, "
+        "or half each (default mixed)",
     )
     parser.add_argument(
         "--procs", type=_positive_int, default=None, help="load-generator processes"

@@ -10,8 +10,11 @@ time of the node processes and the store process at the edges of the measured wi
 turns what the generators measured into a :class:`SweepResult`.
 
 With several ``--url``s the members of a conversation are placed on the same node or on
-different nodes (``--placement``), and delivery latency is reported for both apart; a
-client's node is the one ``welcome`` names when the node names itself, else the URL.
+different nodes (``--placement``) by the URL each dials; with one URL served by ``serve
+--workers N`` (the benchmark's own ``--workers``), each generator regroups its clients once
+they are connected, by the node each one's ``welcome`` named. Delivery latency is reported
+for same-node and cross-node deliveries apart; a client's node is the one ``welcome`` names
+when the node names itself, else the URL.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import attrs
 
-from ._load_worker import (
+from ._load_plan import (
     Done,
     LoadPlan,
     Ready,
@@ -36,8 +39,10 @@ from ._load_worker import (
     Tick,
     Totals,
     WorkerResult,
-    load_worker,
+    conversations,
+    place,
 )
+from ._load_worker import load_worker
 from ._node import (
     BenchSetupError,
     CpuSeconds,
@@ -59,7 +64,6 @@ START_DELAY_S = 1.0
 GRACE_S = 60.0
 #: The knee's latency limit: delivery p99 below this many ms.
 KNEE_P99_MS = 50.0
-PLACEMENTS = ("same", "cross", "mixed")
 
 
 @attrs.frozen(kw_only=True)
@@ -189,23 +193,6 @@ def knee(rates: Sequence[RateResult], p99_limit_ms: float = KNEE_P99_MS) -> floa
     return max(good, default=None)
 
 
-def conversations(clients: int, size: int) -> list[list[int]]:
-    """Client indices chunked into conversations of ``size`` (a lone leftover joins the last)."""
-    groups = [list(range(i, min(i + size, clients))) for i in range(0, clients, size)]
-    if len(groups) > 1 and len(groups[-1]) == 1:
-        leftover = groups.pop()
-        groups[-1] += leftover
-    return groups
-
-
-def place(group_index: int, position: int, nodes: int, placement: str) -> int:
-    """Which of ``nodes`` URLs the member at ``position`` of conversation ``group_index``
-    dials: all on one node (``same``), each member on the next node (``cross``), or
-    alternating by conversation (``mixed``)."""
-    cross = placement == "cross" or (placement == "mixed" and group_index % 2 == 1)
-    return (group_index // 2 + (position if cross else 0)) % nodes
-
-
 def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -273,6 +260,8 @@ def _plans(config: LoadConfig, rate: float, seed: int, target: _Target) -> list[
                 poisson=config.poisson,
                 seed=seed + worker,
                 recv_delay_s=config.recv_delay_s,
+                placement=config.placement,
+                arrange=len(target.urls) == 1 and (config.node_workers or 1) > 1,
             )
         )
     return plans

@@ -31,6 +31,7 @@ from client import ClientEvent, Reconnecting
 from protocol import Acked, NewMessage, ReceiptUpdated, SendFailed, ServerError
 
 from ._device import Device
+from ._load_plan import Done, LoadPlan, Ready, Start, Tick, Totals, WorkerResult, arrange
 from ._procs import run_worker
 from ._stats import LatencyHistogram
 
@@ -39,103 +40,6 @@ CONNECT_CONCURRENCY = 64
 SETUP_TIMEOUT_S = 300.0
 #: Body prefix of the messages that create direct conversations (not measured).
 SETUP = "setup:"
-
-
-@attrs.frozen(kw_only=True)
-class LoadPlan:
-    """One process's share of a run (plain data: it crosses a process boundary).
-
-    Clients are indexed locally; ``groups`` are the conversations as tuples of client
-    indices (the first member creates it); ``nodes`` is the URL each client dials."""
-
-    worker: int
-    users: tuple[str, ...]
-    tokens: tuple[str, ...]
-    urls: tuple[str, ...]
-    groups: tuple[tuple[int, ...], ...]
-    local_address: str | None
-    rate_per_s: float
-    warmup_s: float
-    duration_s: float
-    drain_s: float
-    body_bytes: int
-    poisson: bool
-    seed: int
-    recv_delay_s: float
-
-
-@attrs.frozen(kw_only=True)
-class Ready:
-    worker: int
-    connect_s: float
-    handshake: LatencyHistogram
-
-
-@attrs.frozen(kw_only=True)
-class Start:
-    t0_ns: int
-
-
-@attrs.frozen(kw_only=True)
-class Totals:
-    """Running totals of one process (or of all), as of one second of the run."""
-
-    sent: int = 0
-    acked: int = 0
-    delivered: int = 0
-    errors: int = 0
-
-    def __add__(self, other: Totals) -> Totals:
-        return Totals(
-            sent=self.sent + other.sent,
-            acked=self.acked + other.acked,
-            delivered=self.delivered + other.delivered,
-            errors=self.errors + other.errors,
-        )
-
-
-@attrs.frozen(kw_only=True)
-class Tick:
-    worker: int
-    totals: Totals
-
-
-@attrs.frozen(kw_only=True)
-class WorkerResult:
-    """What one process counted and measured. The histograms are handed over with it: the
-    worker stops recording into them once it has sent this."""
-
-    sent: int
-    acked: int
-    failed: int
-    delivered: int
-    expected_deliveries: int
-    window_acked: int
-    window_delivered: int
-    lost_messages: int
-    lost_deliveries: int
-    unacked: int
-    duplicates: int
-    seq_conflicts: int
-    unexpected: int
-    out_of_order: int
-    redundant_pushes: int
-    reconnects: int
-    receipts_missing: int
-    errors: tuple[tuple[str, int], ...]
-    drain_s: float
-    ack: LatencyHistogram
-    delivery: LatencyHistogram
-    delivery_same: LatencyHistogram
-    delivery_cross: LatencyHistogram
-    receipt: LatencyHistogram
-    schedule_lag: LatencyHistogram
-
-
-@attrs.frozen(kw_only=True)
-class Done:
-    worker: int
-    result: WorkerResult
 
 
 def load_worker(plan: LoadPlan, control: Any, results: Any) -> None:
@@ -177,6 +81,7 @@ class _LoadWorker:
     control: Any
     results: Any
     devices: list[Device] = attrs.Factory(list)
+    groups: tuple[tuple[int, ...], ...] = ()
     group_of: list[int] = attrs.Factory(list)
     position: list[int] = attrs.Factory(list)
     convs: list[str] = attrs.Factory(list)
@@ -266,7 +171,7 @@ class _LoadWorker:
     def _receipts_of(self, index: int, conv: str) -> _Receipts:
         state = self.receipts.get((index, conv))
         if state is None:
-            group = self.plan.groups[self.group_of[index]]
+            group = self.groups[self.group_of[index]]
             others = frozenset(self.plan.users[i] for i in group if i != index)
             state = self.receipts[(index, conv)] = _Receipts(others=others)
         return state
@@ -330,13 +235,6 @@ class _LoadWorker:
 
     async def run(self) -> None:
         plan = self.plan
-        members = sorted(
-            (index, gid, pos)
-            for gid, group in enumerate(plan.groups)
-            for pos, index in enumerate(group)
-        )
-        self.group_of = [gid for _i, gid, _p in members]
-        self.position = [pos for _i, _g, pos in members]
         self.devices = [
             Device(
                 index=i,
@@ -355,6 +253,7 @@ class _LoadWorker:
             with trio.fail_after(SETUP_TIMEOUT_S):
                 await self._connect_all(nursery)
                 connect_s = time.monotonic() - began
+                self._group()
                 await self._create_conversations()
             self.results.put(
                 Ready(worker=plan.worker, connect_s=connect_s, handshake=self.handshake)
@@ -367,6 +266,20 @@ class _LoadWorker:
             drain_s = await self._drain()
             self.results.put(Done(worker=plan.worker, result=self._result(drain_s)))
             nursery.cancel_scope.cancel()
+
+    def _group(self) -> None:
+        """The conversations: as planned, or regrouped by the nodes the clients landed on."""
+        plan = self.plan
+        self.groups = plan.groups
+        if plan.arrange:
+            sizes = [len(group) for group in plan.groups]
+            nodes = [device.node for device in self.devices]
+            self.groups = tuple(arrange(sizes, nodes, plan.placement))
+        self.group_of = [0] * len(self.devices)
+        self.position = [0] * len(self.devices)
+        for gid, group in enumerate(self.groups):
+            for pos, index in enumerate(group):
+                self.group_of[index], self.position[index] = gid, pos
 
     async def _connect_all(self, nursery: trio.Nursery) -> None:
         limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
@@ -386,7 +299,7 @@ class _LoadWorker:
         ``to`` the partner, whose ack names it (as a real client does once, then sends by
         ``conv``)."""
         limiter = trio.CapacityLimiter(CONNECT_CONCURRENCY)
-        self.convs = [""] * len(self.plan.groups)
+        self.convs = [""] * len(self.groups)
 
         async def create(gid: int, group: tuple[int, ...]) -> None:
             creator = self.devices[group[0]].client
@@ -402,7 +315,7 @@ class _LoadWorker:
                     self.convs[gid] = await creator.group_create(title, others)
 
         async with trio.open_nursery() as creating:
-            for gid, group in enumerate(self.plan.groups):
+            for gid, group in enumerate(self.groups):
                 creating.start_soon(create, gid, group)
 
     async def _load(self, t0_ns: int) -> None:
@@ -435,7 +348,7 @@ class _LoadWorker:
     def _send_one(self, sender: int, intended_ns: int, measured: bool) -> None:
         msg_no = len(self.records)
         gid = self.group_of[sender]
-        size = len(self.plan.groups[gid])
+        size = len(self.groups[gid])
         expected = ((1 << size) - 1) & ~(1 << self.position[sender])
         self.records[msg_no] = _Record(
             t_ns=intended_ns, sender=sender, expected=expected, measured=measured

@@ -20,7 +20,7 @@ from bench import (
     SweepResult,
     knee,
 )
-from bench._load import conversations, place
+from bench._load_plan import arrange, conversations, place
 from bench._node import serve_command
 from bench._procs import source_address, split
 from bench._report import plot_sweep, sweep_text, to_json
@@ -189,6 +189,23 @@ def test_conversations_placement_and_shares() -> None:
     assert {place(g, p, 1, "cross") for g in range(5) for p in range(2)} == {0}
     assert source_address("127.0.0.1", 3, True) == "127.0.0.13"
     assert source_address("10.1.2.3", 3, True) is None
+
+
+def test_arrange_places_clients_by_the_node_they_landed_on() -> None:
+    """One URL over `serve --workers`: the kernel chose each client's node; the generator
+    regroups its clients so the placement holds as far as those nodes allow."""
+    nodes = ["a", "b", "a", "b", "b", "a", "a", "b"]
+
+    def on(groups: list[tuple[int, ...]], nodes: list[str] = nodes) -> list[set[str]]:
+        assert sorted(i for g in groups for i in g) == list(range(len(nodes)))
+        return [{nodes[i] for i in g} for g in groups]
+
+    assert [len(s) for s in on(arrange([2] * 4, nodes, "same"))] == [1, 1, 1, 1]
+    assert [len(s) for s in on(arrange([2] * 4, nodes, "cross"))] == [2, 2, 2, 2]
+    assert [len(s) for s in on(arrange([2] * 4, nodes, "mixed"))] == [1, 2, 1, 2]
+    # all on one node: cross is impossible, every member is still placed once
+    assert on(arrange([3, 2], ["a"] * 5, "cross"), ["a"] * 5) == [{"a"}, {"a"}]
+    assert [len(s) for s in on(arrange([3, 3], nodes[:6], "cross"), nodes[:6])] == [2, 2]
 
 
 def test_missing_bench_extra_is_one_line(

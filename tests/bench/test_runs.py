@@ -96,6 +96,21 @@ def test_two_nodes_on_one_store(tmp_path: Path, mongo_uri: str) -> None:
     assert rate["cpu"]["node_us"] > 0 and rate["cpu"]["store_us"] is None
 
 
+def test_workers_placement_mixed_splits_same_and_cross_node() -> None:
+    """One URL over `serve --workers 2`: the generator regroups its clients by the node each
+    landed on, so both kinds of delivery are measured (and CPU is read over every worker)."""
+    run = bench(
+        "load", "--workers", "2", "--placement", "mixed", "--rates", "20", *TINY,
+        "--pairs", "6", "--json",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    [rate] = json.loads(run.stdout)["rates"]
+    assert rate["check"]["ok"] is True
+    same, cross = rate["delivery_same_node"]["count"], rate["delivery_cross_node"]["count"]
+    assert same > 0 and cross > 0 and same + cross == rate["delivery"]["count"]
+    assert rate["cpu"]["node_us"] > 0 and rate["cpu"]["store_us"] > 0
+
+
 def test_conns_from_several_processes(node: NodeProcess) -> None:
     run = bench(
         "conns", "--url", node.url, "--data-dir", str(node.data_dir), "--node-pid",
