@@ -124,7 +124,14 @@ class ConnectionActor:
         )
         self._handle: ConnectionHandle | None = None
         self._spawn = spawn
-        self._writer = OutboxWriter(conn_id, transport, self._session, spawn, self.request_close)
+        self._writer = OutboxWriter(
+            conn_id,
+            transport,
+            self._session,
+            spawn,
+            self.request_close,
+            ctx.config.writer_linger_s,
+        )
         self._requests = RequestHandler(ctx, conversations, presence)
 
     # ------------------------------------------------------------------ lifecycle
