@@ -1,9 +1,10 @@
 """The trio client SDK: a :class:`protocol.ClientSession` driven over a reconnecting WebSocket.
 
 Ownership: a :class:`Client` owns one session and, while open, one background task tree
-(started by ``async with``): the connection loop, and per connection a reader, a writer
-and a keep-alive task. Only those tasks touch the WebSocket; callers only touch the
-session (which is plain data, and trio is single-threaded) and then wake the writer.
+(started by ``async with``): the connection loop of its :class:`~client._link.Link`, and
+per connection a reader, a writer and a keep-alive task. Only those tasks touch the
+WebSocket; callers only touch the session (which is plain data, and trio is
+single-threaded) and then wake the writer.
 
 Cancellation: cancelling :meth:`Client.send` or a request helper abandons the wait, not
 the message -- a send stays in the outbox and is delivered (its ``Acked`` still arrives on
@@ -18,29 +19,23 @@ simulator's ``MockClock`` and a seeded ``rng`` a client is deterministic.
 
 from __future__ import annotations
 
-import logging
-import math
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, suppress
 from types import TracebackType
-from typing import Final, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import attrs
 import trio
-import trio_websocket
 
 from protocol import (
     Ack,
     Acked,
     ClientSession,
     ClientState,
-    CloseCode,
     ConvRow,
     Convs,
     ErrorCode,
-    Event,
     GroupAdd,
     GroupCreate,
     GroupLeave,
@@ -57,48 +52,13 @@ from protocol import (
     SendFailed,
     StateChanged,
     history_messages,
-    jittered_backoff,
 )
 
 from ._errors import ClientClosed, RequestError, RequestInterrupted, RequestTimeout, SendRefused
-from ._transport import Transport, TransportError, WebSocketLike, websocket_transport
-
-_log = logging.getLogger("messenger.client")
-
-#: Close codes after which reconnecting cannot help: bad token, a bug of ours, or another
-#: connection of this very device took over (fighting it would loop forever).
-FATAL_CLOSE_CODES: Final = frozenset(
-    {CloseCode.BAD_FRAME, CloseCode.UNAUTHENTICATED, CloseCode.REPLACED}
-)
-
-_CONNECTION_ERRORS: Final = (
-    trio_websocket.ConnectionClosed,
-    trio_websocket.HandshakeError,
-    TransportError,
-    OSError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-)
-
-_CONNECTED: Final = frozenset({ClientState.CONNECTING, ClientState.OPEN, ClientState.SYNCED})
+from ._link import ClientEvent, Link, TokenProvider
+from ._transport import Transport, websocket_transport
 
 _T = TypeVar("_T")
-_ConnTask = Callable[[WebSocketLike], Awaitable[None]]
-#: Returns a fresh access token for this client's user (see :class:`Client`).
-TokenProvider = Callable[[], Awaitable[str]]
-
-
-@attrs.frozen(kw_only=True)
-class Reconnecting:
-    """The connection is down; the next attempt (``attempt`` in a row) is in ``delay_s``."""
-
-    attempt: int
-    delay_s: float
-    close_code: int | None
-    reason: str
-
-
-ClientEvent = Event | Reconnecting
 
 
 @attrs.frozen(kw_only=True)
@@ -184,22 +144,27 @@ class Client:
             if url is None:
                 raise ValueError("Client needs a url or a transport")
             transport = websocket_transport(url)
-        self._transport = transport
-        self._token_provider = token_provider
-        # True while the session's token came from the provider and no welcome followed yet.
-        self._token_fresh = False
-        self._rng = rng if rng is not None else random.Random()
+        rng = rng if rng is not None else random.Random()
         self._session = ClientSession(
             token=token,
             device=device,
-            rng=self._rng,
+            rng=rng,
             recv_delay_s=recv_delay_s,
             request_timeout_s=request_timeout_s,
         )
+        self._link = Link(
+            self._session,
+            transport,
+            rng,
+            token_provider=token_provider,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            welcome_timeout_s=welcome_timeout_s,
+            dispatch=self._dispatch,
+            publish=self._publish,
+            stopped=lambda: self._stopped is not None,
+        )
         self._request_timeout_s = request_timeout_s
-        self._backoff_base_s = backoff_base_s
-        self._backoff_max_s = backoff_max_s
-        self._welcome_timeout_s = welcome_timeout_s
         self._keep_events = keep_events
         # Events taken from the session but not yet handed to the application: kept here so a
         # cancellation while publishing (the reader's connection dropped) loses none of them.
@@ -209,16 +174,10 @@ class Client:
         )
         self._send_waiters: dict[str, _Waiter[Ack]] = {}
         self._request_waiters: dict[str, _Waiter[RequestCompleted | RequestFailed]] = {}
-        self._wakeup = trio.Event()
         # Held while moving events from the session to the application, so the reader and
         # the writer (whose ticks can expire requests) publish in order, each event once.
         self._dispatching = trio.Lock()
-        self._idle = trio.Event()
         self._state_changed = trio.Event()
-        self._conn_open = trio.Event()
-        self._ws: WebSocketLike | None = None
-        self._close_code: int | None = None
-        self._close_reason = ""
         self._stopped: ClientClosed | None = None
         self._run_scope = trio.CancelScope()
         self._stack = AsyncExitStack()
@@ -257,16 +216,7 @@ class Client:
             return
         self._stopped = ClientClosed("the client was closed")
         try:
-            ws = self._ws
-            if ws is not None and self._session.is_open:
-                self._session.flush_recv()
-                self._idle = trio.Event()
-                self._kick()
-                with trio.move_on_after(1.0):
-                    await self._idle.wait()
-            if ws is not None:
-                with trio.move_on_after(1.0):
-                    await ws.aclose()
+            await self._link.goodbye()
         finally:
             self._finish()
 
@@ -428,141 +378,14 @@ class Client:
     # ------------------------------------------------------------------ connection loop
 
     async def _run(self) -> None:
-        attempt = 0
         with self._run_scope:
-            while True:
-                reached_open = await self._connect_once()
-                if reached_open:
-                    self._token_fresh = False
-                if self._stopped is not None:
-                    return
-                code, reason = self._close_code, self._close_reason
-                if self._session.state in _CONNECTED:
-                    self._session.connection_lost(code, reason)
-                await self._dispatch()
-                if code == CloseCode.UNAUTHENTICATED and self._can_renew():
-                    if not await self._renew_token():
-                        return
-                    attempt = 0
-                    continue
-                if code in FATAL_CLOSE_CODES:
-                    self._stopped = ClientClosed(
-                        f"the node closed the session for good ({code}: {reason})", code
-                    )
-                    self._finish()
-                    return
-                attempt = 1 if reached_open else attempt + 1
-                delay = self._backoff(attempt)
-                await self._publish(
-                    Reconnecting(attempt=attempt, delay_s=delay, close_code=code, reason=reason)
-                )
-                await trio.sleep(delay)
-
-    def _can_renew(self) -> bool:
-        """A refused token is worth replacing: there is a provider and it was not the
-        provider's latest token that was refused before any welcome."""
-        return self._token_provider is not None and not self._token_fresh
-
-    async def _renew_token(self) -> bool:
-        """Get a fresh token from the provider; False (and the client stopped) if it fails."""
-        assert self._token_provider is not None
-        try:
-            token = await self._token_provider()
-        except Exception as exc:
-            self._stopped = ClientClosed(
-                f"could not get a fresh token: {exc}", CloseCode.UNAUTHENTICATED
-            )
-            self._finish()
-            return False
-        self._session.renew_token(token)
-        self._token_fresh = True
-        return True
-
-    def _backoff(self, attempt: int) -> float:
-        return jittered_backoff(
-            attempt, base_s=self._backoff_base_s, max_s=self._backoff_max_s, rng=self._rng
-        )
-
-    async def _connect_once(self) -> bool:
-        """One connection from dial to drop; returns whether it got a ``welcome``."""
-        self._close_code, self._close_reason = None, ""
-        self._conn_open = trio.Event()
-        try:
-            async with self._transport() as ws:
-                self._ws = ws
-                self._session.connect()
-                await self._dispatch()
-                async with trio.open_nursery() as nursery:
-                    for task in (self._reader, self._writer, self._keepalive):
-                        nursery.start_soon(self._guard, task, ws, nursery.cancel_scope)
-        except _CONNECTION_ERRORS as exc:
-            self._note_close(exc)
-        finally:
-            self._ws = None
-        return self._conn_open.is_set()
-
-    async def _guard(self, task: _ConnTask, ws: WebSocketLike, scope: trio.CancelScope) -> None:
-        """Run a per-connection task; when it fails the connection is over for all three."""
-        try:
-            await task(ws)
-        except _CONNECTION_ERRORS as exc:
-            self._note_close(exc)
-        scope.cancel()
-
-    def _note_close(self, exc: BaseException) -> None:
-        if self._close_code is not None or self._close_reason:
-            return
-        if isinstance(exc, trio_websocket.ConnectionClosed) and exc.reason is not None:
-            self._close_code, self._close_reason = exc.reason.code, exc.reason.reason or ""
-        elif isinstance(exc, TransportError):
-            self._close_code, self._close_reason = exc.code, str(exc)
-        else:
-            cause = exc.__cause__ or exc
-            self._close_reason = str(cause) or type(cause).__name__
-
-    async def _reader(self, ws: WebSocketLike) -> None:
-        while True:
-            message = await ws.get_message()
-            if not isinstance(message, str):
-                _log.warning("ignoring a binary frame from the node")
-                continue
-            try:
-                self._session.receive_text(message, trio.current_time())
-            except RemoteProtocolError as exc:
-                _log.warning("the node broke the protocol: %s", exc)
-            await self._dispatch()
-            self._kick()
-
-    async def _writer(self, ws: WebSocketLike) -> None:
-        while True:
-            self._wakeup = trio.Event()
-            self._session.tick(trio.current_time())
-            await self._dispatch()
-            for text in self._session.data_to_send():
-                await ws.send_message(text)
-            self._idle.set()
-            deadline = self._session.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._wakeup.wait()
-
-    async def _keepalive(self, ws: WebSocketLike) -> None:
-        with trio.move_on_after(self._welcome_timeout_s):
-            await self._conn_open.wait()
-        welcome = self._session.welcome
-        if not self._conn_open.is_set() or welcome is None:
-            raise TransportError(f"no welcome within {self._welcome_timeout_s} s")
-        heartbeat = welcome.heartbeat_s
-        count = 0
-        while True:
-            await trio.sleep(heartbeat / 2)
-            count += 1
-            with trio.move_on_after(heartbeat):
-                await ws.ping(b"ka%d" % count)
-                continue
-            raise TransportError(f"no pong within {heartbeat} s")
+            reason = await self._link.run()
+            if reason is not None:
+                self._stopped = reason
+                self._finish()
 
     def _kick(self) -> None:
-        self._wakeup.set()
+        self._link.kick()
 
     # ------------------------------------------------------------------ events
 
@@ -586,7 +409,7 @@ class Client:
                     continue
                 case StateChanged(state=state):
                     if state is ClientState.OPEN:
-                        self._conn_open.set()
+                        self._link.opened()
                     self._state_changed.set()
                     self._state_changed = trio.Event()
             self._unpublished.append(event)

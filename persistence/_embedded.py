@@ -20,19 +20,10 @@ gets its credentials the same way at its next start.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
-import itertools
-import json
 import os
-import queue
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from types import TracebackType
@@ -40,13 +31,20 @@ from typing import IO, Any
 from urllib.parse import quote_plus
 
 import attrs
+import orjson
 import pymongo
 
-EXECUTABLE = "secantusd-py"
-#: Linux prctl option: signal to deliver to this process when its parent dies.
-_PR_SET_PDEATHSIG = 1
-#: How long a stale server from an earlier run gets to exit after SIGTERM before SIGKILL.
-STALE_TERM_WAIT_S = 10.0
+from ._embedded_process import EXECUTABLE as EXECUTABLE
+from ._embedded_process import EmbeddedServerError as EmbeddedServerError
+from ._embedded_process import (
+    find_executable,
+    free_port,
+    private_file,
+    reap_stale_server,
+    spawn,
+    terminate,
+)
+
 #: The store's credentials, in the data directory (mode 0600).
 CREDENTIALS_FILE = "store-credentials.json"
 #: The one user of the embedded store: the node.
@@ -55,88 +53,6 @@ STORE_USER = "messenger"
 _AUTHENTICATION_FAILED = 18
 #: mongod's error code for createUser of a user that exists.
 _USER_EXISTS = 51003
-
-
-class EmbeddedServerError(RuntimeError):
-    """The embedded database could not be started (directory locked or unusable, crash, ...)."""
-
-
-def find_executable() -> str:
-    """``secantusd-py`` next to the running interpreter (the venv), else on PATH."""
-    beside = Path(sys.executable).parent / EXECUTABLE
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    found = shutil.which(EXECUTABLE)
-    if found is None:
-        raise EmbeddedServerError(
-            f"{EXECUTABLE} not found next to {sys.executable} nor on PATH; "
-            "install it with `pip install secantusdb` or pass --mongo-uri"
-        )
-    return found
-
-
-def _find_prctl() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-#: Looked up in the parent: the forked child must not dlopen (another thread may hold locks).
-_PRCTL = _find_prctl()
-
-
-def _die_with_parent() -> None:
-    """``preexec_fn``: ask Linux to SIGKILL the child when its parent dies (no-op elsewhere).
-
-    SIGKILL, not SIGTERM: the node is already gone without a clean stop, every acknowledged
-    write is on disk (sync-on-commit) and WiredTiger recovers at the next start, while a
-    SIGTERM arriving mid-start-up or under load was seen to leave the server (and its lock)
-    running. Runs in the forked child before exec. The "parent" is the *thread* that forked,
-    which is why :class:`EmbeddedServer` forks from a keeper thread that lives as long as the
-    child.
-    """
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-
-
-def _process_args(pid: int) -> list[str] | None:
-    """The argv of a live process, or ``None`` if it does not exist (or we cannot tell)."""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
-
-
-def _is_our_server(args: list[str], storage: Path) -> bool:
-    if not any(Path(a).name == EXECUTABLE or a.endswith(EXECUTABLE) for a in args[:3]):
-        return False
-    for flag, value in itertools.pairwise(args):
-        if flag == "--storage-path":
-            try:
-                return Path(value).resolve() == storage.resolve()
-            except OSError:
-                return False
-    return False
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it happens to be our child
-        if done == pid:
-            return True
-    except ChildProcessError:
-        pass
-    if _process_args(pid) is None:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state == "Z"  # a zombie holds no lock; its parent reaps it
 
 
 @attrs.frozen
@@ -154,7 +70,7 @@ class StoreCredentials:
     def load(cls, path: Path) -> StoreCredentials | None:
         """The credentials in ``path``; None if there is no such file."""
         try:
-            raw = json.loads(path.read_text())
+            raw = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -169,34 +85,11 @@ class StoreCredentials:
         """Write ``path`` atomically, readable by its owner only (0600 from the start)."""
         temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump({"user": self.user, "password": self.password}, handle)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(orjson.dumps({"user": self.user, "password": self.password}))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-
-
-def _private_file(path: Path, mode: str) -> IO[bytes]:
-    """Open ``path`` (created 0600) for binary append or read-write."""
-    flags = os.O_CREAT | (os.O_APPEND | os.O_WRONLY if mode == "ab" else os.O_RDWR)
-    return os.fdopen(os.open(path, flags, 0o600), mode)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _terminate(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
-    """SIGTERM ``proc``, wait up to ``timeout_s``, then SIGKILL; reaped either way."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class EmbeddedServer:
@@ -266,7 +159,7 @@ class EmbeddedServer:
             # Also for directories made before they were private (mkdir honours the umask).
             self.data_dir.chmod(0o700)
             (self.data_dir / "db").chmod(0o700)
-            lock = _private_file(self.data_dir / "node.lock", "ab")
+            lock = private_file(self.data_dir / "node.lock", "ab")
         except OSError as exc:
             raise EmbeddedServerError(f"data directory {self.data_dir} is unusable: {exc}") from exc
         try:
@@ -280,38 +173,7 @@ class EmbeddedServer:
             lock.close()
             raise EmbeddedServerError(f"data directory {self.data_dir} is not writable")
         self._lock = lock
-        self._reap_stale_server()
-
-    def _reap_stale_server(self) -> None:
-        """Stop a server an earlier node on this directory left behind (e.g. after SIGKILL).
-
-        We hold ``node.lock``, so no live node owns the directory; a ``secantusd-py`` whose pid
-        is in ``secantusd.pid`` and whose ``--storage-path`` is ours is an orphan that would
-        keep WiredTiger's lock. SIGTERM, up to :data:`STALE_TERM_WAIT_S`, then SIGKILL.
-        """
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (OSError, ValueError):
-            return
-        args = _process_args(pid)
-        if pid <= 1 or args is None or not _is_our_server(args, self.data_dir / "db"):
-            self.pid_path.unlink(missing_ok=True)
-            return
-        for sig, wait_s in ((signal.SIGTERM, STALE_TERM_WAIT_S), (signal.SIGKILL, 5.0)):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline and not _pid_gone(pid):
-                time.sleep(0.05)
-            if _pid_gone(pid):
-                break
-        else:
-            raise EmbeddedServerError(
-                f"a stale {EXECUTABLE} (pid {pid}) on {self.data_dir} does not exit"
-            )
-        self.pid_path.unlink(missing_ok=True)
+        reap_stale_server(self.pid_path, self.data_dir / "db")
 
     def start(self) -> str:
         """Start the server and wait until it answers ``ping``; returns the URI."""
@@ -328,12 +190,12 @@ class EmbeddedServer:
     def _spawn_and_wait(self) -> None:
         if self.port is None:
             self.port = free_port()
-        self._log = _private_file(self.log_path, "ab")
+        self._log = private_file(self.log_path, "ab")
         if self.auth:
             self._credentials = StoreCredentials.load(self.credentials_path)
             if self._credentials is None:
                 self._credentials = self._provision()
-        self._proc = self._spawn(self._argv(self.port, auth=self.auth), self._log)
+        self._proc = spawn(self._argv(self.port, auth=self.auth), self._log)
         self.pid_path.write_text(f"{self._proc.pid}\n")
         self._wait_ready(self._proc, self.uri)
 
@@ -347,7 +209,7 @@ class EmbeddedServer:
         credentials = StoreCredentials.generate()
         assert self._log is not None
         port = free_port()
-        proc = self._spawn(self._argv(port, auth=False), self._log)
+        proc = spawn(self._argv(port, auth=False), self._log)
         self.pid_path.write_text(f"{proc.pid}\n")
         try:
             uri = self._uri_for(port, None)
@@ -371,7 +233,7 @@ class EmbeddedServer:
         except pymongo.errors.PyMongoError as exc:
             raise EmbeddedServerError(f"cannot provision the store's user: {exc}") from exc
         finally:
-            _terminate(proc)
+            terminate(proc)
         try:
             credentials.save(self.credentials_path)
         except OSError as exc:
@@ -434,38 +296,6 @@ class EmbeddedServer:
         finally:
             client.close()
 
-    def _spawn(self, argv: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
-        """Fork the server from a keeper thread that lives exactly as long as the child.
-
-        Its own session (``start_new_session``), so a Ctrl-C aimed at the node does not kill
-        the database first; ``PR_SET_PDEATHSIG`` so it does not outlive a SIGKILLed node.
-        PDEATHSIG fires when the forking *thread* exits, and ``start()`` is often called from
-        a short-lived worker thread (``trio.to_thread``), hence the keeper thread.
-        """
-        handoff: queue.Queue[subprocess.Popen[bytes] | BaseException] = queue.Queue()
-
-        def keeper() -> None:
-            try:
-                proc = subprocess.Popen(
-                    argv,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent,
-                )
-            except BaseException as exc:
-                handoff.put(exc)
-                return
-            handoff.put(proc)
-            while proc.poll() is None:  # not proc.wait(): stop() may reap it concurrently
-                time.sleep(0.2)
-
-        threading.Thread(target=keeper, name=f"{EXECUTABLE}-keeper", daemon=True).start()
-        got = handoff.get()
-        if isinstance(got, BaseException):
-            raise EmbeddedServerError(f"cannot start {EXECUTABLE}: {got}") from got
-        return got
-
     def _log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -483,7 +313,7 @@ class EmbeddedServer:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL; release the lock. Idempotent."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            _terminate(proc, timeout_s)
+            terminate(proc, timeout_s)
         if proc is not None and proc.poll() is not None:
             self.pid_path.unlink(missing_ok=True)
         for handle in (self._log, self._lock):

@@ -7,8 +7,10 @@ arrives (:meth:`~ClientSession.receive_text`), tells it about the connection
 :meth:`~ClientSession.data_to_send` (wire texts, in order) and
 :meth:`~ClientSession.next_events` (frozen event values).
 
-Rules -- everything that decides what the session does lives in this file, the lifecycle
-tables and per-conversation records it consults in ``_client_state``:
+Rules -- everything the session does is stated here; this file routes each input to the part
+that carries its rule out: the lifecycle tables in ``_client_state`` (rule 1), the outbox in
+``_client_outbox`` (rule 2), what is held of each conversation in ``_client_inbox`` (rules
+3-5) and the request table in ``_client_requests`` (rule 6):
 
 1. **Lifecycle.** ``IDLE --connect--> CONNECTING --welcome--> OPEN --synced--> SYNCED``;
    ``connection_lost`` takes any connected state to ``DISCONNECTED``, from which ``connect``
@@ -82,37 +84,26 @@ import random
 
 import attrs
 
-from ._backoff import jittered_backoff
 from ._client_events import (
-    Acked,
     ConvStatus,
     Event,
-    GapDetected,
-    NewMessage,
     PresenceChanged,
     ReceiptUpdated,
     RequestCompleted,
-    RequestFailed,
-    SendFailed,
     ServerError,
     StateChanged,
     TypingStarted,
 )
-from ._client_state import (
-    ACCEPTS,
-    TRANSITIONS,
-    ClientState,
-    ConvState,
-    OutboxEntry,
-    PendingRequest,
-    Trigger,
-)
-from ._codec import decode_server_frame, encode
+from ._client_inbox import Inbox
+from ._client_outbox import Outbox
+from ._client_output import Output
+from ._client_requests import Requests
+from ._client_state import ACCEPTS, TRANSITIONS, ClientState, Trigger
+from ._codec import decode_server_frame
 from ._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from ._frames import (
     REQUEST_FRAMES,
     Ack,
-    ClientFrame,
     Convs,
     Error,
     Hello,
@@ -124,9 +115,7 @@ from ._frames import (
     Presence,
     PresenceSub,
     PresenceUnsub,
-    Read,
     Receipt,
-    Recv,
     RequestFrame,
     Result,
     Send,
@@ -135,12 +124,8 @@ from ._frames import (
     Typing,
     TypingNotice,
     Welcome,
-    history_messages,
 )
-from ._limits import MAX_FRAME_BYTES, MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS
-from ._member import MemberEvent
-
-# -------------------------------------------------------------------------------- session
+from ._limits import MAX_HISTORY_LIMIT, MAX_PRESENCE_USERS
 
 
 class ClientSession:
@@ -164,24 +149,19 @@ class ClientSession:
         request_timeout_s: float = 30.0,
     ) -> None:
         self._hello = Hello(token=token, device=device)
-        self._rng = rng
-        self.recv_delay_s = recv_delay_s
-        self.history_page = history_page
-        self.retry_base_s = retry_base_s
-        self.retry_max_s = retry_max_s
-        self.request_timeout_s = request_timeout_s
         self._state = ClientState.IDLE
         self._welcome: Welcome | None = None
-        self._outbox: dict[str, OutboxEntry] = {}
-        self._requests: dict[str, PendingRequest] = {}
-        #: rids given up on while on this connection: their late replies are dropped.
-        self._abandoned: set[str] = set()
-        self._next_rid = 0
-        self._convs: dict[str, ConvState] = {}
+        self._io = Output()
+        self._outbox = Outbox(self._io, rng, retry_base_s=retry_base_s, retry_max_s=retry_max_s)
+        self._requests = Requests(self._io, timeout_s=request_timeout_s)
+        self._inbox = Inbox(
+            self._io,
+            self._outbox,
+            self._requests,
+            recv_delay_s=recv_delay_s,
+            history_page=history_page,
+        )
         self._presence: dict[str, None] = {}  # ordered set of subscribed users
-        self._out: list[str] = []
-        self._events: list[Event] = []
-        self._duplicates = 0
 
     # ------------------------------------------------------------------ introspection
 
@@ -210,58 +190,45 @@ class ClientSession:
     @property
     def outbox(self) -> tuple[Send, ...]:
         """Sends not yet acknowledged, oldest first."""
-        return tuple(entry.frame for entry in self._outbox.values())
+        return self._outbox.frames()
 
     @property
     def pending_requests(self) -> dict[str, RequestFrame]:
         """Requests awaiting a reply (or a connection), by rid; gap fills excluded."""
-        return {rid: p.frame for rid, p in self._requests.items() if not p.internal}
+        return self._requests.callers()
 
     def conversation(self, conv: str) -> ConvStatus:
         """What the session holds of ``conv``."""
-        state = self._convs.get(conv, ConvState())
-        return ConvStatus(
-            conv=conv,
-            watermark=state.watermark,
-            held_above=frozenset(state.above),
-            reported=state.reported,
-            read=state.read,
-            gap_request=state.gap_rid,
-        )
+        return self._inbox.status(conv)
 
     def conversations(self) -> tuple[str, ...]:
         """Every conversation the session has state for, in the order it learned them."""
-        return tuple(self._convs)
+        return self._inbox.names()
 
     @property
     def duplicates(self) -> int:
         """Pushed ``msg`` frames dropped because their (conv, seq) was already held (rule 3)."""
-        return self._duplicates
+        return self._inbox.duplicates
 
     def holds(self, conv: str, seq: int) -> bool:
         """True once (conv, seq) was displayed, acked, or skipped as invisible."""
-        state = self._convs.get(conv)
-        return state is not None and state.holds(seq)
+        return self._inbox.holds(conv, seq)
 
     # ---------------------------------------------------------------------- output
 
     def data_to_send(self) -> list[str]:
         """Drain the wire texts to send, in order."""
-        out, self._out = self._out, []
-        return out
+        return self._io.take_texts()
 
     def next_events(self) -> list[Event]:
         """Drain the events produced so far, in order."""
-        events, self._events = self._events, []
-        return events
+        return self._io.take_events()
 
     def next_deadline(self) -> float | None:
         """The earliest ``now`` at which :meth:`tick` has work, or None."""
-        times: list[float] = []
-        if self.is_open:
-            times += [c.recv_due for c in self._convs.values() if c.recv_due is not None]
-            times += [e.retry_at for e in self._outbox.values() if e.retry_at is not None]
-            times += [p.deadline for p in self._requests.values() if p.deadline is not None]
+        if not self.is_open:
+            return None
+        times = self._inbox.deadlines() + self._outbox.deadlines() + self._requests.deadlines()
         return min(times, default=None)
 
     # ---------------------------------------------------------------------- lifecycle
@@ -269,28 +236,19 @@ class ClientSession:
     def connect(self) -> None:
         """A new connection is up: queue ``hello``."""
         self._transition(Trigger.CONNECT, local=True)
-        self._out.clear()
-        self._emit(StateChanged(state=self._state))
-        self._write(self._hello)
+        self._io.texts.clear()
+        self._io.emit(StateChanged(state=self._state))
+        self._io.write(self._hello)
 
     def connection_lost(self, close_code: int | None = None, reason: str = "") -> None:
         """The connection is gone. Unsent output is discarded; the outbox stays; requests on
         the wire fail (rule 6)."""
         self._transition(Trigger.LOST, local=True)
-        self._out.clear()
-        for entry in self._outbox.values():
-            entry.on_wire = False
-            entry.retry_at = None
-        for conv in self._convs.values():
-            conv.gap_rid = None
-        self._abandoned.clear()
-        for rid, pending in list(self._requests.items()):
-            if not pending.on_wire:
-                continue
-            del self._requests[rid]
-            if pending.expects_result and not pending.internal:
-                self._emit(RequestFailed(rid=rid, request=pending.frame, error=None))
-        self._emit(StateChanged(state=self._state, close_code=close_code, reason=reason))
+        self._io.texts.clear()
+        self._outbox.disconnected()
+        self._inbox.disconnected()
+        self._requests.disconnected()
+        self._io.emit(StateChanged(state=self._state, close_code=close_code, reason=reason))
 
     # ---------------------------------------------------------------------- local actions
 
@@ -300,21 +258,10 @@ class ClientSession:
         Raises :class:`LocalProtocolError` for a frame the contract forbids (both or neither
         target, a body over the limit, a frame over the client-frame limit: a body of
         characters JSON must escape can be under 16 KiB and its frame still over 64 KiB)."""
-        cmid = self._new_cmid()
-        frame = Send(cmid=cmid, body=body, conv=conv, to=to)
-        if len(body) > MAX_FRAME_BYTES // 8:
-            size = len(encode(frame).encode())
-            if size > MAX_FRAME_BYTES:
-                raise LocalProtocolError(
-                    ErrorCode.TOO_LARGE,
-                    f"this send is {size} bytes of JSON, over the {MAX_FRAME_BYTES} byte limit "
-                    "of a client frame (control characters escape to 6 bytes each)",
-                )
-        entry = OutboxEntry(frame)
-        self._outbox[cmid] = entry
+        entry = self._outbox.add(body, conv=conv, to=to)
         if self.is_open:
-            self._put_on_wire(entry)
-        return cmid
+            self._outbox.put_on_wire(entry)
+        return entry.frame.cmid
 
     def request(self, frame: RequestFrame) -> str:
         """Queue a request; returns the ``rid`` its reply will carry. ``frame``'s own rid is
@@ -323,20 +270,16 @@ class ClientSession:
             raise LocalProtocolError(
                 ErrorCode.BAD_FRAME, f"{type(frame).__name__} is not a request frame"
             )
-        rid = self._new_rid()
-        pending = PendingRequest(
-            frame=attrs.evolve(frame, rid=rid),
-            expects_result=not isinstance(frame, PresenceSub | PresenceUnsub),
-        )
-        self._requests[rid] = pending
+        pending = self._requests.add(frame)
         if isinstance(frame, PresenceSub):
             self._presence.update(dict.fromkeys(frame.users))
         elif isinstance(frame, PresenceUnsub):
             for user in frame.users:
                 self._presence.pop(user, None)
         if self.is_open:
-            self._send_request(pending)
-        return rid
+            self._requests.send(pending)
+        assert pending.frame.rid is not None
+        return pending.frame.rid
 
     def renew_token(self, token: str) -> None:
         """Use ``token`` in every later ``hello`` (the old one expired or was refused)."""
@@ -345,54 +288,36 @@ class ClientSession:
     def abandon_request(self, rid: str) -> None:
         """The driver gave up on request ``rid``: not sent if it is still queued, and its
         reply, should one come, is dropped. No event follows."""
-        pending = self._requests.pop(rid, None)
-        if pending is not None and pending.on_wire:
-            self._abandoned.add(rid)
+        self._requests.abandon(rid)
 
     def mark_read(self, conv: str, seq: int) -> None:
         """The user has read ``conv`` up to ``seq``; sends ``read`` if it rose."""
-        state = self._conv(conv)
-        if seq <= state.read:
-            return
-        state.read = seq
-        if self.is_open:
-            self._write(Read(conv=conv, seq=seq))
+        self._inbox.mark_read(conv, seq, send=self.is_open)
 
     def typing(self, conv: str) -> None:
         """Tell the other members we are typing. Ephemeral: dropped when not connected."""
         if self.is_open:
-            self._write(Typing(conv=conv))
+            self._io.write(Typing(conv=conv))
 
     def ping(self) -> None:
         """Queue a JSON ``ping`` (drivers without WebSocket pings use it for keep-alive)."""
         if self.is_open:
-            self._write(Ping())
+            self._io.write(Ping())
 
     def flush_recv(self) -> None:
         """Report every pending ``recv`` watermark now, whatever the batching delay."""
         if self.is_open:
-            for conv, state in self._convs.items():
-                self._report(conv, state)
+            self._inbox.report_all()
 
     def tick(self, now: float) -> None:
         """Do what is due at ``now``: batched ``recv`` reports, backed-off resends, and
         requests whose reply is overdue (rule 6)."""
         if not self.is_open:
             return
-        for conv, state in self._convs.items():
-            if state.recv_due is not None and state.recv_due <= now:
-                self._report(conv, state)
-        for entry in self._outbox.values():
-            if entry.retry_at is not None and entry.retry_at <= now:
-                self._put_on_wire(entry)
-        for rid, pending in list(self._requests.items()):
-            if not (pending.on_wire and pending.expects_result):
-                continue
-            if pending.deadline is None:
-                pending.deadline = now + self.request_timeout_s
-            elif pending.deadline <= now:
-                self._abandoned.add(rid)
-                self._fail_request(rid, None, timed_out=True)
+        self._inbox.report_due(now)
+        self._outbox.resend_due(now)
+        for rid in self._requests.overdue(now):
+            self._fail_request(rid, None, timed_out=True)
 
     # ---------------------------------------------------------------------- input
 
@@ -403,9 +328,7 @@ class ClientSession:
         try:
             frame = decode_server_frame(text)
         except RemoteProtocolError as exc:
-            if exc.rid in self._abandoned:
-                self._abandoned.discard(exc.rid)
-            elif exc.rid is not None:
+            if not self._requests.was_abandoned(exc.rid) and exc.rid is not None:
                 what = f"the reply to {exc.rid} could not be decoded: {exc.message}"
                 error = Error(code=ErrorCode.BAD_FRAME, message=what, rid=exc.rid)
                 self._fail_request(exc.rid, error)
@@ -428,19 +351,21 @@ class ClientSession:
             case Welcome():
                 self._on_welcome(frame)
             case Synced():
-                self._on_synced()
+                self._transition(Trigger.SYNCED, local=False)
+                self._io.emit(StateChanged(state=self._state))
+                self._inbox.synced()
             case Msg():
-                self._on_msg(frame, now, pushed=True)
+                self._inbox.on_msg(frame, now, pushed=True, phase=self._state, user=self.user)
             case Ack():
-                self._on_ack(frame, now)
+                self._inbox.on_ack(frame, now, self._state)
             case Nack():
-                self._on_nack(frame, now)
+                self._outbox.nacked(frame, now)
             case Receipt():
-                self._emit(ReceiptUpdated(receipt=frame))
+                self._io.emit(ReceiptUpdated(receipt=frame))
             case Presence():
-                self._emit(PresenceChanged(presence=frame))
+                self._io.emit(PresenceChanged(presence=frame))
             case TypingNotice():
-                self._emit(TypingStarted(notice=frame))
+                self._io.emit(TypingStarted(notice=frame))
             case Result():
                 self._on_result(frame, now)
             case Error():
@@ -458,166 +383,47 @@ class ClientSession:
             )
         self._transition(Trigger.WELCOME, local=False)
         self._welcome = frame
-        self._emit(StateChanged(state=self._state, welcome=frame))
-        for entry in self._outbox.values():
-            self._put_on_wire(entry)
-        for conv, state in self._convs.items():
-            if state.read:
-                self._write(Read(conv=conv, seq=state.read))
+        self._io.emit(StateChanged(state=self._state, welcome=frame))
+        self._outbox.resend_all()
+        self._inbox.resend_reads()
         # Queued presence requests are subsumed by re-subscribing to the current set.
-        for rid, pending in list(self._requests.items()):
-            if isinstance(pending.frame, PresenceSub | PresenceUnsub):
-                del self._requests[rid]
+        self._requests.drop_presence()
         users = tuple(self._presence)
         for start in range(0, len(users), MAX_PRESENCE_USERS):
             self.request(PresenceSub(users=users[start : start + MAX_PRESENCE_USERS]))
-        for pending in self._requests.values():
-            self._send_request(pending)
-
-    def _on_synced(self) -> None:
-        self._transition(Trigger.SYNCED, local=False)
-        self._emit(StateChanged(state=self._state))
-        for conv, state in self._convs.items():
-            if state.watermark is None:
-                state.watermark = 0
-                state.advance()
-            self._check_gap(conv, state)
-
-    def _on_msg(self, msg: Msg, now: float, *, pushed: bool) -> None:
-        entry = self._outbox.get(msg.cmid) if msg.cmid is not None else None
-        if entry is not None and msg.sender == self.user:
-            ack = Ack(cmid=entry.frame.cmid, conv=msg.conv, seq=msg.seq, id=msg.id, ts=msg.ts)
-            self._on_ack(ack, now)
-            return
-        state = self._conv(msg.conv)
-        if state.watermark is None:
-            state.watermark = self._base_at(msg)
-        if state.holds(msg.seq):
-            if pushed:
-                self._duplicates += 1
-                if state.reported >= msg.seq:
-                    state.reported = msg.seq - 1
-                    state.schedule_recv(now, self.recv_delay_s)
-            return
-        state.hold({msg.seq}, now, self.recv_delay_s)
-        self._emit(NewMessage(message=msg))
-        if pushed:
-            self._check_gap(msg.conv, state)
-
-    def _on_ack(self, ack: Ack, now: float) -> None:
-        state = self._conv(ack.conv)
-        if state.watermark is None and (ack.seq == 1 or self._state is ClientState.SYNCED):
-            state.watermark = 0
-        if not state.holds(ack.seq):
-            state.hold({ack.seq}, now, self.recv_delay_s)
-        entry = self._outbox.pop(ack.cmid, None)
-        if entry is not None:
-            self._emit(Acked(cmid=ack.cmid, ack=ack, send=entry.frame))
-        self._check_gap(ack.conv, state)
-
-    def _on_nack(self, nack: Nack, now: float) -> None:
-        entry = self._outbox.get(nack.cmid)
-        if entry is None:
-            return
-        entry.on_wire = False
-        if nack.retry:
-            entry.attempts += 1
-            entry.retry_at = now + jittered_backoff(
-                entry.attempts, base_s=self.retry_base_s, max_s=self.retry_max_s, rng=self._rng
-            )
-        else:
-            del self._outbox[nack.cmid]
-            self._emit(SendFailed(cmid=nack.cmid, nack=nack, send=entry.frame))
+        self._requests.send_all()
 
     def _on_result(self, result: Result, now: float) -> None:
-        if result.rid in self._abandoned:
-            self._abandoned.discard(result.rid)
+        if self._requests.was_abandoned(result.rid):
             return
-        pending = self._requests.pop(result.rid, None) if result.rid is not None else None
+        pending = self._requests.take(result.rid)
         if pending is None:
             raise RemoteProtocolError(
                 ErrorCode.BAD_FRAME, f"result for rid {result.rid!r}, which is not pending"
             )
         if pending.internal:
             assert isinstance(pending.frame, History)
-            self._fill_gap(pending.frame, result, now)
+            self._inbox.fill_gap(pending.frame, result, now, self._state, self.user)
             return
         if isinstance(pending.frame, Convs):
-            self._learn_bases(result)
+            self._inbox.learn_bases(result)
         assert result.rid is not None
-        self._emit(RequestCompleted(rid=result.rid, request=pending.frame, result=result))
+        self._io.emit(RequestCompleted(rid=result.rid, request=pending.frame, result=result))
 
     def _on_error(self, error: Error) -> None:
-        if error.rid in self._abandoned:
-            self._abandoned.discard(error.rid)
+        if self._requests.was_abandoned(error.rid):
             return
         if error.rid is None or error.rid not in self._requests:
-            self._emit(ServerError(error=error))
+            self._io.emit(ServerError(error=error))
         else:
             self._fail_request(error.rid, error)
 
     def _fail_request(self, rid: str, error: Error | None, *, timed_out: bool = False) -> None:
         """Request ``rid`` (if pending) is over without a result."""
-        pending = self._requests.pop(rid, None)
-        if pending is None:
-            return
-        if pending.internal:
-            assert isinstance(pending.frame, History)
-            self._conv(pending.frame.conv).gap_rid = None
-            if error is not None:
-                self._emit(ServerError(error=error))
-        else:
-            self._emit(
-                RequestFailed(rid=rid, request=pending.frame, error=error, timed_out=timed_out)
-            )
-
-    # ---------------------------------------------------------------------- watermarks, gaps
-
-    def _base_at(self, msg: Msg) -> int:
-        """The watermark of a conversation first seen at ``msg`` (rule 3)."""
-        if self._state is ClientState.OPEN or _adds_user(msg, self.user):
-            return msg.seq - 1
-        return 0
-
-    def _report(self, conv: str, state: ConvState) -> None:
-        seq = state.take_report()
-        if seq is not None:
-            self._write(Recv(conv=conv, seq=seq))
-
-    def _check_gap(self, conv: str, state: ConvState) -> None:
-        run = state.missing_run()
-        if run is None or self._state is not ClientState.SYNCED:
-            return
-        first, last = run
-        limit = min(last - first + 1, self.history_page)
-        self._emit(GapDetected(conv=conv, first=first, last=last))
-        rid = self._new_rid()
-        pending = PendingRequest(
-            frame=History(conv=conv, before=last + 1, limit=limit, rid=rid), internal=True
-        )
-        self._requests[rid] = pending
-        state.gap_rid = rid
-        self._send_request(pending)
-
-    def _fill_gap(self, request: History, result: Result, now: float) -> None:
-        state = self._conv(request.conv)
-        state.gap_rid = None
-        messages = history_messages(result)
-        for msg in messages:
-            if msg.conv == request.conv:
-                self._on_msg(msg, now, pushed=False)
-        assert request.before is not None
-        seqs = {m.seq for m in messages if m.conv == request.conv and m.seq < request.before}
-        more = bool(result.get("more", False))
-        state.hold(state.invisible(request.before, seqs, more), now, self.recv_delay_s)
-        self._check_gap(request.conv, state)
-
-    def _learn_bases(self, result: Result) -> None:
-        rows = result.get("convs", ())
-        for row in rows if isinstance(rows, tuple) else ():
-            self._conv(row.conv).learn_base(row.delivered, row.read)
-
-    # ---------------------------------------------------------------------- plumbing
+        gap_fill = self._requests.fail(rid, error, timed_out=timed_out)
+        if gap_fill is not None:
+            assert isinstance(gap_fill.frame, History)
+            self._inbox.gap_failed(gap_fill.frame, error)
 
     def _transition(self, trigger: Trigger, *, local: bool) -> None:
         new = TRANSITIONS.get((self._state, trigger))
@@ -628,45 +434,3 @@ class ClientSession:
                 f"client session cannot {trigger.value} while {self._state.value}",
             )
         self._state = new
-
-    def _conv(self, conv: str) -> ConvState:
-        state = self._convs.get(conv)
-        if state is None:
-            state = self._convs[conv] = ConvState()
-        return state
-
-    def _put_on_wire(self, entry: OutboxEntry) -> None:
-        entry.on_wire = True
-        entry.retry_at = None
-        self._write(entry.frame)
-
-    def _send_request(self, pending: PendingRequest) -> None:
-        if not pending.on_wire:
-            pending.on_wire = True
-            self._write(pending.frame)
-
-    def _write(self, frame: ClientFrame) -> None:
-        self._out.append(encode(frame))
-
-    def _emit(self, event: Event) -> None:
-        self._events.append(event)
-
-    def _new_cmid(self) -> str:
-        while True:
-            cmid = f"{self._rng.getrandbits(64):016x}"
-            if cmid not in self._outbox:
-                return cmid
-
-    def _new_rid(self) -> str:
-        self._next_rid += 1
-        return f"r{self._next_rid}"
-
-
-def _adds_user(msg: Msg, user: str | None) -> bool:
-    """True for the member event that created the group with ``user`` in it or added them."""
-    if msg.kind != "member" or user is None:
-        return False
-    try:
-        return MemberEvent.parse(msg.body).adds(user)
-    except RemoteProtocolError:
-        return False

@@ -12,21 +12,15 @@ process's, so the clients here are small raw WebSockets). Prints one line per nu
 from __future__ import annotations
 
 import os
-import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import trio
+from wsclient import SECRET, Chat, serve_node
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from wsclient import SECRET, Chat, wall_ms
-
-from actors import Node, NodeConfig, TokenIssuer
+from actors import NodeConfig, TokenIssuer
 from persistence import Draft, EmbeddedServer, MongoStore
 
 LIMIT = int(os.environ.get("CONVS_LIMIT", "500"))
@@ -132,18 +126,8 @@ async def main() -> None:
             for scenario in SCENARIOS:
                 store = await MongoStore.connect(server.uri, f"bench_{scenario.__name__}")
                 issuer = TokenIssuer(SECRET)
-                node = Node(
-                    store=store,
-                    verify_token=issuer.verify,
-                    rng=random.Random(7),
-                    wall_ms=wall_ms,
-                    config=NodeConfig(),
-                )
                 async with trio.open_nursery() as nursery:
-                    await nursery.start(node.run)
-                    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-                    await nursery.start(node.serve_listeners, listeners)
-                    port = listeners[0].socket.getsockname()[1]
+                    node, port = await serve_node(nursery, store, NodeConfig(), issuer.verify)
                     chat = Chat(node=node, store=store, port=port, nursery=nursery, issuer=issuer)
                     if scenario is backlog_memory:
                         await backlog_memory(chat, 5)

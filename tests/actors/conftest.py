@@ -3,35 +3,14 @@ SecantusDB server), listening on a real TCP port, and raw-JSON WebSocket clients
 
 from __future__ import annotations
 
-import random
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
-from wsclient import SECRET, TEST_CONFIG, Chat, StartChat, wall_ms
+from wsclient import SECRET, TEST_CONFIG, Chat, StartChat, serve_node
 
-from actors import Node, NodeConfig, TokenIssuer
+from actors import NodeConfig, TokenIssuer
 from persistence import MongoStore
-
-
-@pytest.fixture
-async def chat(mongo_uri: str, mongo_db_name: str, nursery: trio.Nursery) -> AsyncIterator[Chat]:
-    store = await MongoStore.connect(mongo_uri, mongo_db_name)
-    issuer = TokenIssuer(SECRET)
-    node = Node(
-        store=store,
-        verify_token=issuer.verify,
-        rng=random.Random(7),
-        wall_ms=wall_ms,
-        config=TEST_CONFIG,
-    )
-    await nursery.start(node.run)
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    await nursery.start(node.serve_listeners, listeners)
-    port = listeners[0].socket.getsockname()[1]
-    yield Chat(node=node, store=store, port=port, nursery=nursery, issuer=issuer)
-    await node.shutdown()
-    await store.aclose()
 
 
 @pytest.fixture
@@ -44,17 +23,7 @@ async def start_chat(
     async def start(config: NodeConfig) -> Chat:
         store = await MongoStore.connect(mongo_uri, mongo_db_name)
         issuer = TokenIssuer(SECRET)
-        node = Node(
-            store=store,
-            verify_token=issuer.verify,
-            rng=random.Random(7),
-            wall_ms=wall_ms,
-            config=config,
-        )
-        await nursery.start(node.run)
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        await nursery.start(node.serve_listeners, listeners)
-        port = listeners[0].socket.getsockname()[1]
+        node, port = await serve_node(nursery, store, config, issuer.verify)
         chat = Chat(node=node, store=store, port=port, nursery=nursery, issuer=issuer)
         started.append(chat)
         return chat
@@ -63,3 +32,9 @@ async def start_chat(
     for chat in started:
         await chat.node.shutdown()
         await chat.store.aclose()
+
+
+@pytest.fixture
+async def chat(start_chat: StartChat) -> Chat:
+    """A node with the tests' config (:data:`wsclient.TEST_CONFIG`)."""
+    return await start_chat(TEST_CONFIG)

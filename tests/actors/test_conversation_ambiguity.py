@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import trio
 import trio.testing
-from unit import FakeConnection, fake_connection, make_context
+from unit import FakeConnection, connected, make_context
 
 from actors._conversations import ConversationManager
 from actors._messages import MarkRequest, MemberRequest, SendRequest
@@ -23,9 +23,7 @@ async def test_a_send_stored_by_an_ambiguous_append_reaches_the_others_before_an
 ) -> None:
     faults = StoreFaults()
     ctx = make_context(FaultyStore(MemoryStore(), faults).as_store(), conversation_idle_s=1.0)
-    alice, bob = fake_connection(1, "alice"), fake_connection(2, "bob")
-    ctx.router.register(alice.handle)
-    ctx.router.register(bob.handle)
+    alice, bob = connected(ctx, "alice", "bob")
     manager = ConversationManager(ctx)
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)
@@ -48,9 +46,7 @@ async def test_receipts_stop_with_the_event_that_removed_a_member_both_ways(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     ctx = make_context(MemoryStore())
-    ann, bob, cy = fake_connection(1, "ann"), fake_connection(2, "bob"), fake_connection(3, "cy")
-    for connection in (ann, bob, cy):
-        ctx.router.register(connection.handle)
+    ann, bob, cy = connected(ctx, "ann", "bob", "cy")
     manager = ConversationManager(ctx)
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import pytest
 import trio
 import trio.testing
-from unit import FakeConnection, fake_connection, make_context
+from unit import FakeConnection, connected, fake_connection, make_context
 
 from actors import SEQ_REUSE_AFTER_RESTART
 from actors._conversations import ConversationManager
@@ -30,9 +30,7 @@ async def test_send_is_acked_pushed_to_the_recipient_and_receipted_on_recv(
 ) -> None:
     store = MemoryStore()
     ctx = make_context(store)
-    alice, bob = fake_connection(1, "alice"), fake_connection(2, "bob")
-    ctx.router.register(alice.handle)
-    ctx.router.register(bob.handle)
+    alice, bob = connected(ctx, "alice", "bob")
     manager = ConversationManager(ctx)
     async with trio.open_nursery() as nursery:
         await nursery.start(manager.run)

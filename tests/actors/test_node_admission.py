@@ -4,14 +4,12 @@ node on SecantusDB (issue 14: items 8, 9, 10, 11 and 15)."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 
 import attrs
-import orjson
 import trio
 from trio_websocket import ConnectionClosed, wrap_client_stream
-from wsclient import TEST_CONFIG, Chat, StartChat, WsClient, slow_reader
+from wsclient import TEST_CONFIG, Chat, StartChat, WsClient, acks_until_close, slow_reader
 
 from actors import NodeConfig
 
@@ -111,17 +109,8 @@ async def test_shutdown_writes_what_each_connection_is_owed_then_1001(chat: Chat
     await ben.wait_for("msg", cmid=cmids[-1])  # all 50 stored; their acks queued for ann
     chat.nursery.start_soon(chat.node.shutdown)
     # Now ann reads, and fast: the node gives her what she is owed within its drain bound.
-    ann_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    answers: dict[str, dict[str, object]] = {}
     with trio.fail_after(10):
-        while True:
-            try:
-                frame = orjson.loads(await ann.ws.get_message())
-            except ConnectionClosed as exc:
-                reason = exc.reason
-                break
-            if frame["type"] == "ack":
-                answers[frame["cmid"]] = frame
+        answers, reason = await acks_until_close(ann, ann_socket)
     assert reason is not None and reason.code == 1001
     assert sorted(answers) == sorted(cmids)
 

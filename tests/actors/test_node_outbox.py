@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import AsyncIterator
-
 import attrs
 import orjson
 import pytest
-import trio
-from wsclient import SECRET, TEST_CONFIG, Chat, wall_ms
+from wsclient import TEST_CONFIG, Chat, StartChat, wall_ms
 
-from actors import Node, TokenIssuer
-from persistence import MongoStore
 from protocol import MAX_RESULT_BYTES
 
 
@@ -71,27 +65,9 @@ async def test_convs_pages_stay_under_the_result_limit(chat: Chat) -> None:
 
 
 @pytest.fixture
-async def strict_chat(
-    mongo_uri: str, mongo_db_name: str, nursery: trio.Nursery
-) -> AsyncIterator[Chat]:
+async def strict_chat(start_chat: StartChat) -> Chat:
     """A node that lets a user start two conversations a minute."""
-    store = await MongoStore.connect(mongo_uri, mongo_db_name)
-    issuer = TokenIssuer(SECRET)
-    config = attrs.evolve(TEST_CONFIG, creations_per_minute=2)
-    node = Node(
-        store=store,
-        verify_token=issuer.verify,
-        rng=random.Random(7),
-        wall_ms=wall_ms,
-        config=config,
-    )
-    await nursery.start(node.run)
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    await nursery.start(node.serve_listeners, listeners)
-    port = listeners[0].socket.getsockname()[1]
-    yield Chat(node=node, store=store, port=port, nursery=nursery, issuer=issuer)
-    await node.shutdown()
-    await store.aclose()
+    return await start_chat(attrs.evolve(TEST_CONFIG, creations_per_minute=2))
 
 
 async def test_starting_conversations_is_rate_limited_per_user(strict_chat: Chat) -> None:

@@ -3,94 +3,42 @@ directory; clients reconnect and nothing that was acked is lost."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
 import pytest
 import trio
-from trio_websocket import ConnectionClosed
-from wsclient import WsClient, slow_reader
-
-MESSENGER = [sys.executable, "-m", "messenger"]
-
-
-def tokens(data_dir: Path, *users: str) -> list[str]:
-    out = subprocess.run(
-        [*MESSENGER, "token", *users, "--data-dir", str(data_dir)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return out.stdout.split()
-
-
-class ServeProcess:
-    def __init__(self, data_dir: Path) -> None:
-        self.proc = subprocess.Popen(
-            [*MESSENGER, "serve", "--port", "0", "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # blocks until the node listens (or dies)
-        assert line.startswith("messenger listening on ws://"), line
-        self.port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def terminate(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+from nodeprocess import Serve, kill_leftover_store, mint_tokens
+from wsclient import Traffic, WsClient, acks_until_close, slow_reader
 
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path / "node"
-    pid_file = tmp_path / "node" / "secantusd.pid"
-    if pid_file.exists():  # never leave a database behind, whatever happened
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    kill_leftover_store(tmp_path / "node")
+
+
+def serve(data_dir: Path) -> Serve:
+    return Serve(["--port", "0", "--data-dir", str(data_dir)])
 
 
 @pytest.mark.slow
 async def test_killed_node_loses_nothing_acked(data_dir: Path, nursery: trio.Nursery) -> None:
-    first = await trio.to_thread.run_sync(ServeProcess, data_dir)
-    alice_token, bob_token = tokens(data_dir, "alice", "bob")
+    first = await trio.to_thread.run_sync(serve, data_dir)
+    alice_token, bob_token = mint_tokens(data_dir, "alice", "bob")
     alice = await WsClient.open(nursery, first.port)
     await alice.hello(alice_token, "phone")
-    acked: dict[str, int] = {}
-    enough = trio.Event()
-
-    async def traffic() -> None:
-        for i in range(10_000):
-            cmid = f"m{i}"
-            try:
-                await alice.send({"type": "send", "cmid": cmid, "to": "bob", "body": f"#{i}"})
-                ack = await alice.wait_for("ack", cmid=cmid)
-            except (ConnectionClosed, trio.BrokenResourceError):
-                return
-            acked[cmid] = ack["seq"]
-            if len(acked) >= 20:
-                enough.set()
+    traffic = Traffic(alice, "bob")
+    acked = traffic.acked
 
     async with trio.open_nursery() as inner:
-        inner.start_soon(traffic)
+        inner.start_soon(traffic.run)
         with trio.fail_after(30):
-            await enough.wait()
+            await traffic.enough.wait()
         await trio.to_thread.run_sync(first.kill)  # traffic keeps sending meanwhile
     assert acked
 
-    second = await trio.to_thread.run_sync(ServeProcess, data_dir)
+    second = await trio.to_thread.run_sync(serve, data_dir)
     try:
         bob = await WsClient.open(nursery, second.port)
         await bob.hello(bob_token, "laptop")
@@ -113,8 +61,8 @@ async def test_killed_node_loses_nothing_acked(data_dir: Path, nursery: trio.Nur
 async def test_sigterm_writes_what_each_connection_is_owed_then_1001(
     data_dir: Path, nursery: trio.Nursery
 ) -> None:
-    node = await trio.to_thread.run_sync(ServeProcess, data_dir)
-    ann_token, ben_token = tokens(data_dir, "ann", "ben")
+    node = await trio.to_thread.run_sync(serve, data_dir)
+    ann_token, ben_token = mint_tokens(data_dir, "ann", "ben")
     ann, ann_socket = await slow_reader(nursery, node.port, ann_token)
     ben = await WsClient.open(nursery, node.port)
     await ben.hello(ben_token, "d1")
@@ -132,16 +80,7 @@ async def test_sigterm_writes_what_each_connection_is_owed_then_1001(
         exit_codes.append(await trio.to_thread.run_sync(node.terminate))
 
     nursery.start_soon(terminate)
-    ann_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-    acked: set[str] = set()
     with trio.fail_after(30):
-        while True:
-            try:
-                frame = orjson.loads(await ann.ws.get_message())
-            except ConnectionClosed as exc:
-                reason = exc.reason
-                break
-            if frame["type"] == "ack":
-                acked.add(frame["cmid"])
+        acked, reason = await acks_until_close(ann, ann_socket)
     assert reason is not None and reason.code == 1001
-    assert acked == set(cmids)
+    assert set(acked) == set(cmids)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -9,6 +10,7 @@ import logging
 import random
 import socket
 from collections.abc import AsyncIterator
+from typing import Self
 
 import attrs
 import h11
@@ -257,6 +259,17 @@ class WebhookServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hooks/notify?src=test"
 
+    @contextlib.asynccontextmanager
+    async def listening(self) -> AsyncIterator[Self]:
+        """Serve on a free port of 127.0.0.1 (``port``) while inside."""
+        async with trio.open_nursery() as nursery:
+            [listener] = await nursery.start(
+                functools.partial(trio.serve_tcp, self.handle, 0, host="127.0.0.1")
+            )
+            self.port = listener.socket.getsockname()[1]
+            yield self
+            nursery.cancel_scope.cancel()
+
     async def handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
         body = b""
@@ -297,14 +310,8 @@ def io_clock() -> trio.testing.MockClock:
 
 @pytest.fixture
 async def webhook_server() -> AsyncIterator[WebhookServer]:
-    server = WebhookServer()
-    async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(
-            functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1")
-        )
-        server.port = listener.socket.getsockname()[1]
+    async with WebhookServer().listening() as server:
         yield server
-        nursery.cancel_scope.cancel()
 
 
 async def test_webhook_is_retried_with_growing_delays_and_delivered_once(

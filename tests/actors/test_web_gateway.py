@@ -7,7 +7,6 @@ what a browser would get."""
 from __future__ import annotations
 
 import fnmatch
-import random
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
-from wsclient import SECRET, TEST_CONFIG, Chat, wall_ms
+from wsclient import SECRET, TEST_CONFIG, Chat, serve_node
 
 from actors import Node, NodeConfig, TokenIssuer
 from actors._serve import _parser as serve_parser
@@ -70,18 +69,9 @@ async def start_node(
     nodes: list[Node] = []
 
     async def start(config: NodeConfig) -> int:
-        node = Node(
-            store=store,
-            verify_token=TokenIssuer(SECRET).verify,
-            rng=random.Random(7),
-            wall_ms=wall_ms,
-            config=config,
-        )
-        await nursery.start(node.run)
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        await nursery.start(node.serve_listeners, listeners)
+        node, port = await serve_node(nursery, store, config, TokenIssuer(SECRET).verify)
         nodes.append(node)
-        return int(listeners[0].socket.getsockname()[1])
+        return port
 
     yield start
     for node in nodes:

@@ -60,3 +60,11 @@ def fake_connection(conn_id: int, user: str, device: str = "d1") -> FakeConnecti
         syncing=False,
     )
     return FakeConnection(handle=handle, closes=closes)
+
+
+def connected(ctx: NodeContext, *users: str) -> list[FakeConnection]:
+    """One fake connection per user (conn ids 1, 2, ...), registered in ``ctx``'s router."""
+    connections = [fake_connection(i, user) for i, user in enumerate(users, start=1)]
+    for connection in connections:
+        ctx.router.register(connection.handle)
+    return connections

@@ -7,6 +7,7 @@ check the wire contract itself. Every wait is bounded (``timeout``); nothing sle
 from __future__ import annotations
 
 import itertools
+import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -16,14 +17,15 @@ import attrs
 import orjson
 import trio
 from trio_websocket import (
+    CloseReason,
     ConnectionClosed,
     WebSocketConnection,
     connect_websocket,
     wrap_client_stream,
 )
 
-from actors import Node, NodeConfig, TokenIssuer
-from persistence import MongoStore
+from actors import Node, NodeConfig, TokenIssuer, TokenVerifier
+from persistence import MongoStore, Store
 
 Frame = dict[str, Any]
 TIMEOUT = 10.0
@@ -114,6 +116,48 @@ async def slow_reader(
     return client, tcp
 
 
+@attrs.define(eq=False)
+class Traffic:
+    """Sends to ``to`` one at a time, each after the last one's ack, until the connection
+    drops: ``acked`` maps each acked cmid to its seq; ``enough`` is set at ``enough_at``."""
+
+    client: WsClient
+    to: str
+    enough_at: int = 20
+    acked: dict[str, int] = attrs.field(factory=dict)
+    enough: trio.Event = attrs.field(factory=trio.Event)
+
+    async def run(self) -> None:
+        for i in range(10_000):
+            cmid = f"m{i}"
+            try:
+                await self.client.send(
+                    {"type": "send", "cmid": cmid, "to": self.to, "body": f"#{i}"}
+                )
+                ack = await self.client.wait_for("ack", cmid=cmid)
+            except (ConnectionClosed, trio.BrokenResourceError):
+                return
+            self.acked[cmid] = ack["seq"]
+            if len(self.acked) >= self.enough_at:
+                self.enough.set()
+
+
+async def acks_until_close(
+    client: WsClient, tcp: trio.SocketStream
+) -> tuple[dict[str, Frame], CloseReason | None]:
+    """Open a :func:`slow_reader`'s socket wide and read until the node closes it: the acks
+    it got, by cmid, and the close reason."""
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    acks: dict[str, Frame] = {}
+    while True:
+        try:
+            frame = orjson.loads(await client.ws.get_message())
+        except ConnectionClosed as exc:
+            return acks, exc.reason
+        if frame["type"] == "ack":
+            acks[frame["cmid"]] = frame
+
+
 def _matches(frame: Frame, kind: str, fields: dict[str, Any]) -> bool:
     return frame.get("type") == kind and all(frame.get(k) == v for k, v in fields.items())
 
@@ -154,6 +198,20 @@ class Chat:
 
 #: Short presence grace and batch windows keep tests fast; every wait is still event-driven.
 TEST_CONFIG = NodeConfig(presence_grace_s=0.5, watermark_window_s=0.02)
+
+
+async def serve_node(
+    nursery: trio.Nursery, store: Store, config: NodeConfig, verify_token: TokenVerifier
+) -> tuple[Node, int]:
+    """A :class:`Node` on ``store`` running in ``nursery`` and serving a TCP port of its own
+    on 127.0.0.1; returns it and its port (stop it with ``node.shutdown()``)."""
+    node = Node(
+        store=store, verify_token=verify_token, rng=random.Random(7), wall_ms=wall_ms, config=config
+    )
+    await nursery.start(node.run)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    await nursery.start(node.serve_listeners, listeners)
+    return node, int(listeners[0].socket.getsockname()[1])
 
 
 #: The ``start_chat`` fixture: starts a node with the given config (see conftest.py).

@@ -8,19 +8,17 @@ import re
 import select
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import orjson
 import trio
 import trio_websocket
+from nodeprocess import Serve, kill_leftover_store, mint_tokens
 
 from client import Client, ClientEvent
-
-MESSENGER = [sys.executable, "-m", "messenger"]
 
 
 class NodeProcess:
@@ -29,7 +27,7 @@ class NodeProcess:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = 0
-        self.proc: subprocess.Popen[str] | None = None
+        self._serve: Serve | None = None
 
     @property
     def url(self) -> str:
@@ -37,35 +35,35 @@ class NodeProcess:
 
     def start(self) -> None:
         """Start and block until it listens (blocking: call through ``to_thread``)."""
-        command = [*MESSENGER, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("messenger listening on ws://"), f"serve printed {line!r}"
-        self.port = int(line.rsplit(":", 1)[1].split("/", 1)[0])
+        self._serve = Serve(["--port", str(self.port), "--data-dir", str(self.data_dir)])
+        self.port = self._serve.port
 
     def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
+        assert self._serve is not None
+        self._serve.kill()
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+        """SIGTERM (SIGKILL if it hangs), then kill the store if the node left it behind."""
+        if self._serve is not None and self._serve.proc.poll() is None:
             try:
-                self.proc.wait(timeout=30)
+                self._serve.terminate()
             except subprocess.TimeoutExpired:
                 self.kill()
+        kill_leftover_store(self.data_dir)
 
     def tokens(self, *users: str) -> list[str]:
-        done = subprocess.run(
-            [*MESSENGER, "token", *users, "--data-dir", str(self.data_dir)],
-            check=True,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        return done.stdout.split()
+        return mint_tokens(self.data_dir, *users)
+
+
+@contextlib.contextmanager
+def running_node(data_dir: Path) -> Iterator[NodeProcess]:
+    """A started :class:`NodeProcess`, stopped (its store too) at the end."""
+    node = NodeProcess(data_dir)
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
 
 
 #: Plays the node's part of one connection, given the WebSocket and the client's ``hello``.
@@ -102,6 +100,13 @@ class EventLog:
             self.events.append(event)
             self._changed.set()
             self._changed = trio.Event()
+
+    @classmethod
+    def following(cls, nursery: trio.Nursery, client: Client) -> EventLog:
+        """A log that a task in ``nursery`` fills with ``client``'s events."""
+        log = cls(client)
+        nursery.start_soon(log.run)
+        return log
 
     def of(self, kind: type[_E]) -> list[_E]:
         return [e for e in self.events if isinstance(e, kind)]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +17,3 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
         yield process
     finally:
         process.stop()
-        pid_file = process.data_dir / "secantusd.pid"
-        if pid_file.exists():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client._chat import visible
+from client._render import visible
 
 
 @pytest.mark.parametrize(

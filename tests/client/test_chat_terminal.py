@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from clienthelpers import MESSENGER, NodeProcess, Terminal
+from clienthelpers import NodeProcess, Terminal
+from nodeprocess import MESSENGER
 
 from client import Client
 

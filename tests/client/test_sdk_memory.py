@@ -56,9 +56,8 @@ async def test_crash_and_restart_over_memory_streams(
 
     await start_node()
     async with client("alice", 1) as alice, client("bob", 2) as bob:
-        alice_log, bob_log = EventLog(alice), EventLog(bob)
-        nursery.start_soon(alice_log.run)
-        nursery.start_soon(bob_log.run)
+        alice_log = EventLog.following(nursery, alice)
+        bob_log = EventLog.following(nursery, bob)
         with trio.fail_after(600):
             await alice.wait_synced()
             await bob.wait_synced()

@@ -32,9 +32,8 @@ async def test_send_deliver_and_receipts(node: NodeProcess, nursery: trio.Nurser
         make_client(node, alice_token, "phone", 1) as alice,
         make_client(node, bob_token, "laptop", 2) as bob,
     ):
-        alice_log, bob_log = EventLog(alice), EventLog(bob)
-        nursery.start_soon(alice_log.run)
-        nursery.start_soon(bob_log.run)
+        alice_log = EventLog.following(nursery, alice)
+        bob_log = EventLog.following(nursery, bob)
         with trio.fail_after(30):
             await alice.wait_synced()
             await bob.wait_synced()
@@ -65,9 +64,8 @@ async def test_node_killed_mid_conversation(node: NodeProcess, nursery: trio.Nur
         make_client(node, alice_token, "phone", 3) as alice,
         make_client(node, bob_token, "laptop", 4) as bob,
     ):
-        alice_log, bob_log = EventLog(alice), EventLog(bob)
-        nursery.start_soon(alice_log.run)
-        nursery.start_soon(bob_log.run)
+        alice_log = EventLog.following(nursery, alice)
+        bob_log = EventLog.following(nursery, bob)
         with trio.fail_after(90):
             await alice.wait_synced()
             await bob.wait_synced()

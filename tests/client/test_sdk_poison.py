@@ -41,8 +41,7 @@ async def test_escaped_bodies_reach_the_sdk_and_history_stays_under_the_limit(
         Client(node.url, token=mallory_token, device="m", rng=random.Random(1)) as mallory,
         Client(node.url, token=bob_token, device="b", rng=random.Random(2)) as bob,
     ):
-        log = EventLog(bob)
-        nursery.start_soon(log.run)
+        log = EventLog.following(nursery, bob)
         with trio.fail_after(60):
             await bob.wait_synced()
             first = await mallory.send(POISON + "0", to="bob")

@@ -57,8 +57,7 @@ async def test_expiry_after_welcome_reconnects_with_a_fresh_token(nursery: trio.
     url = await fake_node(nursery, session)
     provider = Tokens()
     async with Client(url, token="old", token_provider=provider, device="d") as bob:
-        log = EventLog(bob)
-        nursery.start_soon(log.run)
+        log = EventLog.following(nursery, bob)
         with trio.fail_after(10):
             await log.wait_until(lambda: len(log.of(StateChanged)) >= 6)
             synced = [e for e in log.of(StateChanged) if e.state is ClientState.SYNCED]
@@ -134,8 +133,7 @@ async def test_an_expired_token_is_replaced_against_a_real_node(
         Client(node.url, token=alice_token, device="a") as alice,
         Client(node.url, token=expired, token_provider=provide, device="b") as bob,
     ):
-        log = EventLog(bob)
-        nursery.start_soon(log.run)
+        log = EventLog.following(nursery, bob)
         with trio.fail_after(30):
             await bob.wait_synced()
             ack = await alice.send("hi", to="bob")

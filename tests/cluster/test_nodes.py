@@ -3,7 +3,6 @@ WebSockets: everything made through one node reaches the devices on the other.""
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 from collections.abc import AsyncIterator, Iterator
@@ -11,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from clusterhelpers import GRACE_S, TIMINGS, Serve, connect_on, serving, tokens
+from clusterhelpers import GRACE_S, TIMINGS, connect_on, tokens
+from nodeprocess import Serve, serving
 from test_notifier import WebhookServer
 
 pytestmark = pytest.mark.slow
@@ -35,14 +35,8 @@ class Webhook(WebhookServer):
 
 @pytest.fixture
 async def webhook() -> AsyncIterator[Webhook]:
-    server = Webhook()
-    async with trio.open_nursery() as nursery:
-        [listener] = await nursery.start(
-            functools.partial(trio.serve_tcp, server.handle, 0, host="127.0.0.1")
-        )
-        server.port = listener.socket.getsockname()[1]
+    async with Webhook().listening() as server:
         yield server
-        nursery.cancel_scope.cancel()
 
 
 @pytest.fixture

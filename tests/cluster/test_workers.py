@@ -3,17 +3,16 @@ cross-worker delivery, and a worker SIGKILLed mid-traffic."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import select
-import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
-from clusterhelpers import GRACE_S, LEASE_S, TIMINGS, Serve, connect_on, kill, serving, tokens
-from trio_websocket import ConnectionClosed
+from clusterhelpers import GRACE_S, LEASE_S, TIMINGS, connect_on, kill, tokens
+from nodeprocess import Serve, kill_leftover_store, serving
+from wsclient import Traffic
 
 pytestmark = pytest.mark.slow
 
@@ -27,10 +26,7 @@ def parent(tmp_path: Path) -> Iterator[Serve]:
         ) as serve:
             yield serve
     finally:
-        pid_file = data_dir / "secantusd.pid"
-        if pid_file.exists():  # never leave a database behind, whatever happened
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        kill_leftover_store(data_dir)
 
 
 async def test_workers_share_one_port_and_deliver_across_each_other(
@@ -62,26 +58,14 @@ async def test_a_killed_worker_is_restarted_and_loses_nothing_acked(
     await watcher.send({"type": "presence_sub", "rid": "s", "users": ["alice"]})
     assert (await watcher.wait_for("presence", user="alice"))["status"] == "online"
 
-    acked: dict[str, int] = {}
-    enough = trio.Event()
-
-    async def traffic() -> None:
-        for i in range(10_000):
-            cmid = f"m{i}"
-            try:
-                await alice.send({"type": "send", "cmid": cmid, "to": "bob", "body": f"#{i}"})
-                ack = await alice.wait_for("ack", cmid=cmid)
-            except (ConnectionClosed, trio.BrokenResourceError):
-                return
-            acked[cmid] = ack["seq"]
-            if len(acked) >= 20:
-                enough.set()
+    traffic = Traffic(alice, "bob")
+    acked = traffic.acked
 
     mark = len(parent.lines)
     async with trio.open_nursery() as inner:
-        inner.start_soon(traffic)
+        inner.start_soon(traffic.run)
         with trio.fail_after(30):
-            await enough.wait()
+            await traffic.enough.wait()
         killed_at = trio.current_time()
         kill(int(doomed.rsplit("-", 1)[1]))  # SIGKILL: traffic keeps sending meanwhile
     assert acked

@@ -13,7 +13,8 @@ import pytest
 from pymongo.write_concern import WriteConcern
 
 from persistence import EmbeddedServer
-from persistence._embedded import CREDENTIALS_FILE, find_executable, free_port
+from persistence._embedded import CREDENTIALS_FILE
+from persistence._embedded_process import find_executable, free_port
 
 pytestmark = pytest.mark.slow
 

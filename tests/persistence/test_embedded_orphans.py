@@ -16,7 +16,7 @@ import pytest
 from pymongo.write_concern import WriteConcern
 
 from persistence import EmbeddedServer
-from persistence._embedded import find_executable, free_port
+from persistence._embedded_process import find_executable, free_port
 
 NODE_SCRIPT = """
 import sys, time

@@ -9,20 +9,13 @@ Chromium or no Playwright can be had, the browser tests skip and say why.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-# The node-process helper of the client tests: one way to run `messenger serve` in tests.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "client"))
-from clienthelpers import NodeProcess
+from clienthelpers import NodeProcess, running_node
 from webhelpers import Browsers
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -63,34 +56,18 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
-def _stop(node: NodeProcess) -> None:
-    node.stop()
-    pid_file = node.data_dir / "secantusd.pid"
-    if pid_file.exists():  # never leave a database behind, whatever happened
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid_file.read_text()), signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def shared_node(browser: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """One node for the module's tests (each test uses users of its own)."""
-    node = NodeProcess(tmp_path_factory.mktemp("web-node") / "node")
-    node.start()
-    try:
+    with running_node(tmp_path_factory.mktemp("web-node") / "node") as node:
         yield node
-    finally:
-        _stop(node)
 
 
 @pytest.fixture
 def own_node(browser: Any, tmp_path: Path) -> Iterator[NodeProcess]:
     """A node of this test's own (started), for tests that kill and restart it."""
-    node = NodeProcess(tmp_path / "node")
-    node.start()
-    try:
+    with running_node(tmp_path / "node") as node:
         yield node
-    finally:
-        _stop(node)
 
 
 @pytest.fixture
