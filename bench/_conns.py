@@ -16,17 +16,14 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import attrs
 
 from ._conns_worker import Closed, Command, Connected, ConnsPlan, Idle, Progress, conns_worker
 from ._node import (
-    ServerProcesses,
+    NodesConfig,
     mint_tokens,
-    own_node,
+    nodes_under_test,
     raise_fd_limit,
     ws_host_port,
 )
@@ -44,12 +41,7 @@ class ConnsConfig:
     hold_s: float = 10.0
     settle_s: float = 3.0
     per_proc: int = PER_PROC
-    urls: tuple[str, ...] = ()
-    data_dir: Path | None = None
-    node_workers: int | None = None
-    node_pids: tuple[int, ...] = ()
-    store_pids: tuple[int, ...] = ()
-    node_log_level: str = "warning"
+    nodes: NodesConfig = attrs.Factory(NodesConfig)
 
 
 @attrs.frozen(kw_only=True)
@@ -87,25 +79,11 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-@contextmanager
-def _servers(config: ConnsConfig) -> Iterator[tuple[tuple[str, ...], Path | None, ServerProcesses]]:
-    if config.urls:
-        for url in config.urls:
-            ws_host_port(url)
-        servers = ServerProcesses(node_pids=config.node_pids, store_pids=config.store_pids)
-        yield config.urls, config.data_dir, servers
-        return
-    workers = "" if config.node_workers is None else f" with {config.node_workers} workers"
-    _progress(f"starting a node{workers} (embedded store, fresh data directory)...")
-    with own_node(log_level=config.node_log_level, workers=config.node_workers) as node:
-        _progress(f"node pid {node.pid} listening on {node.url}")
-        yield (node.url,), node.data_dir, ServerProcesses(root=node.pid)
-
-
 def run_conns(config: ConnsConfig, command: str) -> ConnsResult:
     raise_fd_limit()
     load_average = os.getloadavg()
-    with _servers(config) as (urls, data_dir, servers):
+    with nodes_under_test(config.nodes, _progress) as target:
+        urls, data_dir, servers = target.urls, target.data_dir, target.servers
         run = secrets.token_hex(3)
         users = [f"c{run}-{i}" for i in range(config.count)]
         _progress(f"minting {len(users):,} tokens...")

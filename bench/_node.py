@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -138,6 +138,48 @@ def _rss_sum(processes: Sequence[psutil.Process]) -> int:
         with contextlib.suppress(psutil.Error):
             total += int(process.memory_info().rss)
     return total
+
+
+@attrs.frozen(kw_only=True)
+class NodesConfig:
+    """Which nodes a benchmark runs against: ``urls`` of running nodes (with the directory of
+    their secret and the pids to read CPU and memory of), or none: a node of its own,
+    ``serve --workers`` when ``workers`` is given."""
+
+    urls: tuple[str, ...] = ()
+    data_dir: Path | None = None
+    workers: int | None = None
+    node_pids: tuple[int, ...] = ()
+    store_pids: tuple[int, ...] = ()
+    log_level: str = "warning"
+
+
+@attrs.frozen(kw_only=True)
+class Nodes:
+    """The nodes under test, up: their URLs, the directory of their secret, their processes."""
+
+    urls: tuple[str, ...]
+    data_dir: Path | None
+    servers: ServerProcesses
+
+
+@contextlib.contextmanager
+def nodes_under_test(config: NodesConfig, progress: Callable[[str], None]) -> Iterator[Nodes]:
+    """The given nodes, or a fresh node of our own (embedded store, fresh data directory)
+    for the length of the block."""
+    if config.urls:
+        for url in config.urls:
+            ws_host_port(url)
+        servers = ServerProcesses(node_pids=config.node_pids, store_pids=config.store_pids)
+        yield Nodes(urls=config.urls, data_dir=config.data_dir, servers=servers)
+        return
+    workers = "" if config.workers is None else f", {config.workers} workers"
+    progress(f"starting a node (embedded store, fresh data directory{workers})...")
+    with own_node(log_level=config.log_level, workers=config.workers) as node:
+        progress(f"node pid {node.pid} listening on {node.url}")
+        yield Nodes(
+            urls=(node.url,), data_dir=node.data_dir, servers=ServerProcesses(root=node.pid)
+        )
 
 
 @attrs.define(eq=False)
