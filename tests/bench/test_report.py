@@ -20,6 +20,7 @@ from bench import (
     SweepResult,
     knee,
 )
+from bench._conns import connect_limit_s
 from bench._load_plan import arrange, conversations, place
 from bench._node import serve_command
 from bench._procs import source_address, split
@@ -206,6 +207,11 @@ def test_arrange_places_clients_by_the_node_they_landed_on() -> None:
     # all on one node: cross is impossible, every member is still placed once
     assert on(arrange([3, 2], ["a"] * 5, "cross"), ["a"] * 5) == [{"a"}, {"a"}]
     assert [len(s) for s in on(arrange([3, 3], nodes[:6], "cross"), nodes[:6])] == [2, 2]
+
+
+def test_conns_connect_limit_grows_with_the_count() -> None:
+    assert connect_limit_s(2_000) == 900.0
+    assert connect_limit_s(50_000) == 2_500.0  # 50,000 at 20/s: the shared box's worst
 
 
 def test_missing_bench_extra_is_one_line(
