@@ -266,3 +266,6 @@ def test_own_node_passes_workers_and_store_on_to_serve(tmp_path: Path) -> None:
     single = serve_command(tmp_path, log_level="info", workers=None, mongo_uri="mongodb://x")
     assert "--workers" not in single
     assert single[single.index("--mongo-uri") + 1] == "mongodb://x"
+    assert "--heartbeat" not in single
+    slow = serve_command(tmp_path, log_level="info", workers=3, mongo_uri=None, heartbeat_s=60)
+    assert slow[slow.index("--heartbeat") + 1] == "60"
