@@ -2,8 +2,8 @@
 
 No threads, no wall clock, no global random, no iteration over unsorted sets: the same
 operations in the same order give the same results byte for byte. One instance may be shared
-by several simulated nodes. Faults come from a separate :class:`StoreFaults` object the store
-consults at the start of every operation, so production code carries no test hooks.
+by several simulated nodes. It has no fault hooks: the simulator injects faults from outside,
+through a wrapper (``sim._store.FaultyStore``), so production code carries no test hooks.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import trio
 from protocol import MemberEvent
 
 from ._contract import Store
-from ._errors import StoreError, Unavailable
+from ._errors import StoreError
 from ._feed import (
     ChangeFeed,
     DeviceSession,
@@ -62,37 +62,6 @@ from ._types import (
     RecvMark,
     StoredMessage,
 )
-
-
-@attrs.define
-class StoreFaults:
-    """Fault plan a MemoryStore consults; the simulator owns and mutates it.
-
-    ``fail_next(n)``: the next ``n`` operations raise :class:`Unavailable` without effect.
-    ``ambiguous_next(n)``: the next ``n`` writes take effect, then raise :class:`Unavailable`.
-    ``latency``: seconds every operation sleeps first (``trio.sleep``: virtual under MockClock).
-    ``lose_feed_history()``: the change feed's retained history is dropped at the next feed
-    read, so every open feed gets :class:`FeedLost` (MongoDB's error 286).
-    ``fired`` counts the faults that actually happened, for the simulator's report.
-    """
-
-    latency: float = 0.0
-    failing: int = 0
-    ambiguous: int = 0
-    feed_lost: bool = False
-    fired: dict[str, int] = attrs.field(factory=dict)
-
-    def fail_next(self, n: int = 1) -> None:
-        self.failing += n
-
-    def ambiguous_next(self, n: int = 1) -> None:
-        self.ambiguous += n
-
-    def lose_feed_history(self) -> None:
-        self.feed_lost = True
-
-    def _count(self, kind: str) -> None:
-        self.fired[kind] = self.fired.get(kind, 0) + 1
 
 
 @attrs.define(eq=False)
@@ -182,18 +151,15 @@ class MemoryStore(Store):
         self,
         *,
         rng: random.Random | None = None,
-        faults: StoreFaults | None = None,
         feed_retention: int = 100_000,
     ):
         self._rng = rng if rng is not None else random.Random(0)
-        self.faults = faults if faults is not None else StoreFaults()
         self._convs: dict[str, Conversation] = {}
         self._messages: dict[str, list[StoredMessage]] = {}
         self._keys: dict[tuple[str, str, str], StoredMessage] = {}
         self._recv: dict[tuple[str, str, str], int] = {}
         self._read: dict[tuple[str, str], int] = {}
         self._last_seen: dict[str, int] = {}
-        self._devices: dict[str, dict[str, int]] = {}
         self._jobs: dict[str, _Job] = {}
         self._open_job: dict[str, str] = {}
         self._jobs_created = 0
@@ -204,6 +170,7 @@ class MemoryStore(Store):
         self._feed_base = 0
         self._feed_epoch = 0
         self._feed_grew = trio.Event()
+        self._feed_forgotten = False
 
     # -- the change feed -------------------------------------------------------------------
 
@@ -217,10 +184,15 @@ class MemoryStore(Store):
         self._feed_grew.set()
         self._feed_grew = trio.Event()
 
+    def drop_feed_history(self) -> None:
+        """Forget the feed's retained history at its next read, as an oplog that rolled over
+        does: every open feed and every token then raises :class:`FeedLost` (MongoDB's error
+        286), and watchers resync from the Store."""
+        self._feed_forgotten = True
+
     def _trim_lost_feed(self) -> None:
-        if self.faults.feed_lost:
-            self.faults.feed_lost = False
-            self.faults._count("feed_lost")
+        if self._feed_forgotten:
+            self._feed_forgotten = False
             self._feed_base += len(self._feed)
             self._feed.clear()
             self._feed_epoch += 1
@@ -231,23 +203,11 @@ class MemoryStore(Store):
         if messages:
             self._emit(FeedMessages(conv=conv, messages=tuple(messages)))
 
-    # -- fault plumbing ------------------------------------------------------------------
+    # -- plumbing ------------------------------------------------------------------------
 
     async def _enter(self) -> None:
-        if self.faults.latency > 0:
-            await trio.sleep(self.faults.latency)
-        if self.faults.failing > 0:
-            self.faults.failing -= 1
-            self.faults._count("fail")
-            raise Unavailable("store unavailable (injected fault)")
-        # A checkpoint even without latency, so the simulator can interleave store calls.
+        # A checkpoint in every operation, so the simulator can interleave store calls.
         await trio.lowlevel.checkpoint()
-
-    def _after_write(self) -> None:
-        if self.faults.ambiguous > 0:
-            self.faults.ambiguous -= 1
-            self.faults._count("ambiguous")
-            raise Unavailable("store unavailable after the write (injected ambiguous fault)")
 
     def _new_id(self) -> str:
         return f"{self._rng.getrandbits(4 * GROUP_ID_HEX):0{GROUP_ID_HEX}x}"
@@ -288,7 +248,6 @@ class MemoryStore(Store):
         event = self._store(member_message(conv.id, 1, self._new_id(), creation, ts))
         self._record_jobs(conv, notify, event)
         self._emit_messages(conv.id, [event])
-        self._after_write()
         return conv, event
 
     async def get_conversation(self, conv: str) -> Conversation:
@@ -316,7 +275,6 @@ class MemoryStore(Store):
         self._convs[conv_id] = apply_member_change(conv, kind, target, seq)
         self._record_jobs(self._convs[conv_id], notify, event)
         self._emit_messages(conv_id, [event])
-        self._after_write()
         return event
 
     def _record_jobs(self, conv: Conversation, notify: Iterable[str], event: StoredMessage) -> None:
@@ -426,7 +384,6 @@ class MemoryStore(Store):
                 if current.is_member(user):
                     self._record_job(user, conv, new[0].seq, max(m.ts for m in new), len(new))
         self._emit_messages(conv, new)
-        self._after_write()
         return results
 
     async def history(
@@ -473,7 +430,6 @@ class MemoryStore(Store):
             if seq is not None:
                 key = (mark.user, mark.device, mark.conv)
                 self._recv[key] = max(self._recv.get(key, 0), seq)
-        self._after_write()
 
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
         await self._enter()
@@ -482,7 +438,6 @@ class MemoryStore(Store):
             if seq is not None:
                 key = (mark.user, mark.conv)
                 self._read[key] = max(self._read.get(key, 0), seq)
-        self._after_write()
 
     def _marks(self, conv: Conversation) -> dict[str, MemberMarks]:
         users = sorted([*conv.members, *conv.departed])
@@ -518,7 +473,7 @@ class MemoryStore(Store):
                 out.append(BacklogRange(conv=conv_id, lo=lo, hi=hi))
         return out
 
-    # -- presence and devices ------------------------------------------------------------
+    # -- presence --------------------------------------------------------------------------
 
     async def set_last_seen(self, user: str, ts: int) -> None:
         await self._enter()
@@ -527,16 +482,6 @@ class MemoryStore(Store):
     async def last_seen(self, users: Iterable[str]) -> dict[str, int | None]:
         await self._enter()
         return {u: self._last_seen.get(u) for u in users}
-
-    async def register_device(self, user: str, device: str, ts: int) -> None:
-        check_id("user id", user)
-        check_id("device id", device)
-        await self._enter()
-        self._devices.setdefault(user, {})[device] = ts
-
-    async def devices(self, user: str) -> list[str]:
-        await self._enter()
-        return sorted(self._devices.get(user, {}))
 
     # -- several nodes ---------------------------------------------------------------------
 
@@ -576,6 +521,9 @@ class MemoryStore(Store):
         check_id("user id", session.user)
         check_id("device id", session.device)
         await self._enter()
+        current = self._sessions.get((session.user, session.device))
+        if current is not None and current.since > session.since:
+            return  # an older session recorded late: the newer one stands
         self._sessions[(session.user, session.device)] = session
         self._emit(
             FeedSession(
@@ -587,7 +535,6 @@ class MemoryStore(Store):
             ),
             origin=session.node,
         )
-        self._after_write()
 
     async def close_session(self, user: str, device: str, session: str, ts: int) -> bool:
         await self._enter()
@@ -599,7 +546,6 @@ class MemoryStore(Store):
             FeedSession(user=user, device=device, session=None, node=current.node, ts=ts),
             origin=current.node,
         )
-        self._after_write()
         return True
 
     async def sessions(self) -> list[DeviceSession]:
@@ -610,7 +556,6 @@ class MemoryStore(Store):
         await self._enter()
         for event in events:
             self._emit(event, origin=event.node)
-        self._after_write()
 
     async def watch(self, node: str, after: object | None = None) -> ChangeFeed:
         await self._enter()
@@ -630,7 +575,6 @@ class MemoryStore(Store):
     async def notify_offline(self, user: str, conv: str, seq: int, ts: int) -> None:
         await self._enter()
         self._record_job(user, conv, seq, ts, 1)
-        self._after_write()
 
     def _record_job(self, user: str, conv: str, seq: int, ts: int, count: int) -> None:
         """Open ``user``'s job of this offline period, or coalesce into the open one."""
@@ -665,7 +609,6 @@ class MemoryStore(Store):
                 continue
             job.owner, job.lease_until = owner, now_ms + lease_ms
             claimed.append(job.freeze())
-        self._after_write()
         return claimed
 
     async def complete_notification(self, job_id: str) -> None:

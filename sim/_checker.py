@@ -53,12 +53,19 @@ CATEGORIES: dict[str, str] = {
     "untruthful_receipts": "G5: receipts ahead of the recipient's recv/read, or going back",
     "presence_mismatches": "G6: offline reported without grace or while connected",
     "authorization_leaks": "G7: messages, receipts, history or presence outside visibility",
-    "notification_misses": "G8: a member with no connection got no notification job",
+    "notification_misses": "G8: a member with no connection got no notification job, or "
+    "one connected all along got one",
     "uncontained": "G9: the node died, answered 'internal', or ignored a bad frame",
 }
 
 #: Virtual seconds of slack for comparisons between client-side and node-side moments.
 TOLERANCE_S = 0.002
+#: How long a session opened on one node may take to reach the others (it is recorded after
+#: the hello's backlog, retried after a failed write, and travels through their feeds).
+PROPAGATION_S = 2.0
+#: A session known to every node: open this long (covers a node cut off from the store, which
+#: cannot record its sessions, and a stalled change feed).
+JOB_SLACK_S = 15.0
 
 
 @attrs.define
@@ -100,6 +107,7 @@ class _Session:
     session: int
     opened: float
     closed: float | None = None
+    node: str = ""
 
 
 @attrs.define
@@ -134,7 +142,7 @@ class Checker:
     # receipts and watermarks
     _recv_sent: dict[tuple[str, str], int] = attrs.Factory(dict)  # (user, conv) -> max recv
     _read_sent: dict[tuple[str, str], int] = attrs.Factory(dict)
-    _receipt_seen: dict[tuple[str, str, str, str, str], int] = attrs.Factory(dict)
+    _receipt_seen: dict[tuple[str, str, str, str, str, str], int] = attrs.Factory(dict)
     _pending_receipts: list[ReceiptSeen] = attrs.Factory(list)
     _store_recv: dict[tuple[str, str, str], int] = attrs.Factory(dict)
     _store_read: dict[tuple[str, str], int] = attrs.Factory(dict)
@@ -172,6 +180,12 @@ class Checker:
     _offline_sent: dict[tuple[str, int | None], float] = attrs.Factory(dict)
     # user -> when a device of theirs first wrote ``hello`` (nobody is online before)
     _first_hello: dict[str, float] = attrs.Factory(dict)
+    # node -> when the world crashed it; when a survivor swept its expired lease (from then
+    # on the deployment counts its devices as disconnected, PROTOCOL "Several nodes")
+    _crashed_at: dict[str, float] = attrs.Factory(dict)
+    _swept_at: dict[str, list[float]] = attrs.Factory(lambda: defaultdict(list))
+    # node -> [(from, to)] while it could not learn from its feed or write to the store
+    _lags: dict[str, list[tuple[float, float]]] = attrs.Factory(lambda: defaultdict(list))
 
     # ------------------------------------------------------------------ public
 
@@ -214,7 +228,24 @@ class Checker:
                     )
         self.check_notifications(truth)
         self._check_garbage_answered()
+        self._check_claims_released()
         return self.report
+
+    def _check_claims_released(self) -> None:
+        """Several nodes: a node declared dead while alive must close the connections it had
+        (its devices count as disconnected everywhere; they must reconnect and be recorded
+        anew), at the latest once it reaches the store again -- so none is left by now."""
+        for s in self._sessions.values():
+            if s.closed is not None:
+                continue
+            swept = [t for t in self._swept_at.get(s.node, ()) if t >= s.opened]
+            if swept:
+                self.report.add(
+                    "presence_mismatches",
+                    f"{s.user}/{s.device} session {s.session} is still connected to {s.node}, "
+                    f"which was declared dead at {swept[0]:.3f} (it must close its "
+                    "connections once it learns so)",
+                )
 
     def _check_garbage_answered(self) -> None:
         """G9: a bad frame on a connection that is still up (so nothing stalled or cut it
@@ -304,22 +335,20 @@ class Checker:
                 self._on_notice(event)
             case PresenceSeen():
                 self._on_presence(event)
-            case SessionOpened(user=user, device=device, session=session, at=at):
+            case SessionOpened(user=user, device=device, session=session, at=at, node=node):
                 # The link may already be down: the SDK reads a welcome the node wrote just
                 # before a reset, so "opened" can follow "closed" for the same session.
                 closed = self._closed_at.get((user, device, session))
                 self._sessions[(user, device, session)] = _Session(
-                    user, device, session, at if closed is None else min(at, closed), closed
+                    user, device, session, at if closed is None else min(at, closed), closed, node
                 )
             case SessionClosed(user=user, device=device, session=session, at=at):
                 self._closed_at.setdefault((user, device, session), at)
                 found = self._sessions.get((user, device, session))
                 if found is not None and found.closed is None:
                     found.closed = at
-            case NodeEvent(what="started", at=at):
-                self._node_starts.append(at)
-            case NodeEvent(what="died", detail=detail, incarnation=inc):
-                self.report.add("uncontained", f"node #{inc} died by itself: {detail}")
+            case NodeEvent():
+                self._on_node(event)
             case SendResolved():
                 self._on_resolved(event)
             case _:
@@ -328,6 +357,23 @@ class Checker:
             self.report.add(
                 "uncontained", f"{event.user}/{event.device} got error internal: {event.message}"
             )
+
+    def _on_node(self, event: NodeEvent) -> None:
+        match event.what:
+            case "started":
+                self._node_starts.append(event.at)
+            case "crashed":
+                self._crashed_at[event.node] = event.at
+            case "swept":
+                self._swept_at[event.node].append(event.at)
+            case "lagging":
+                self._lags[event.node].append((event.at, math.inf))
+            case "caught up":
+                lags = self._lags[event.node]
+                if lags and lags[-1][1] == math.inf:
+                    lags[-1] = (lags[-1][0], event.at)
+            case "died":
+                self.report.add("uncontained", f"node {event.node} died by itself: {event.detail}")
 
     def _on_presence(self, event: PresenceSeen) -> None:
         self._pending_presence.append(event)
@@ -752,7 +798,9 @@ class Checker:
                     f"{who} told {receipt.of_user} {field}={value} in {receipt.conv} at "
                     f"{receipt.at:.3f}, but {receipt.of_user}'s devices reported only {sent}",
                 )
-            key = (receipt.user, receipt.device, receipt.conv, receipt.of_user, field)
+            # Per sending node: a node whose change feed lags may repeat an older mark to a
+            # device that reconnected to it from a node that was ahead.
+            key = (receipt.user, receipt.device, receipt.conv, receipt.of_user, field, receipt.node)
             before = self._receipt_seen.get(key, 0)
             if value < before:
                 self.report.add(
@@ -792,7 +840,11 @@ class Checker:
                 s
                 for s in sessions
                 if s.opened <= sent
-                and (s.closed is None or s.closed > sent - self.grace_s + TOLERANCE_S)
+                and (
+                    (end := self._claimed_until(s)) is None
+                    or end > sent - self.grace_s + TOLERANCE_S
+                )
+                and not self._unknown_to(seen.node, s, sent)
             ]
             if open_then:
                 s = open_then[0]
@@ -812,11 +864,60 @@ class Checker:
                 f"{who} told {seen.of_user} online at {seen.at:.3f} before any hello",
             )
 
+    def _claimed_until(self, s: _Session) -> float | None:
+        """When the deployment stopped counting session ``s`` as connected (None: it still
+        does): its close, or the sweep of its node's lease if that came first (a node
+        declared dead while alive keeps its connections until it learns so)."""
+        for swept in self._swept_at.get(s.node, ()):
+            if s.opened <= swept and (s.closed is None or swept < s.closed):
+                return swept
+        return s.closed
+
+    def _unknown_to(self, node: str, s: _Session, at: float) -> bool:
+        """True if ``node`` could not know by ``at`` that session ``s`` (on another node) was
+        open: it opened less than ``PROPAGATION_S`` before, or one of the two nodes lagged
+        (stalled feed, store cut off) since it opened."""
+        if not node or s.node == node:
+            return False
+        if s.opened > at - PROPAGATION_S:
+            return True
+        return any(
+            lo <= at and hi >= s.opened for n in (node, s.node) for lo, hi in self._lags.get(n, ())
+        )
+
     # ------------------------------------------------------------------ G8 notifications
+
+    def _counted_until(self, s: _Session) -> float | None:
+        """When the deployment stopped counting ``s`` as connected, for G8: a session its
+        node's crash ended counts until that node's lease was swept (None: not yet)."""
+        crashed = self._crashed_at.get(s.node)
+        if s.closed is not None and crashed is not None and s.closed >= crashed - TOLERANCE_S:
+            return next((t for t in self._swept_at.get(s.node, ()) if t >= crashed), None)
+        return s.closed
+
+    def _check_job_needed(self, user: str, conv: str, first_ts: int) -> None:
+        """G8 the other way: a job is opened only for a member with no connected device, so
+        not for one whose session was open (and known everywhere: ``JOB_SLACK_S``) around it."""
+        at = (first_ts - self.epoch_ms) / 1000
+        for s in self._sessions.values():
+            if s.user != user or s.opened > at - JOB_SLACK_S:
+                continue
+            until = self._claimed_until(s)
+            if until is None or until > at + 1.0:
+                self.report.add(
+                    "notification_misses",
+                    f"a notification job for {user} was opened at {at:.3f} ({conv}), but "
+                    f"{s.device} session {s.session} was connected to {s.node} since "
+                    f"{s.opened:.3f}",
+                )
+                return
 
     def _offline_throughout(self, user: str, lo: float, hi: float) -> bool:
         for s in self._sessions.values():
-            if s.user == user and s.opened <= hi and (s.closed is None or s.closed >= lo):
+            if s.user != user or s.opened > hi:
+                continue
+            until = self._counted_until(s)
+            if until is None or until >= lo:
                 return False
         return True
 
@@ -825,6 +926,7 @@ class Checker:
         jobs_by_user: dict[str, list[int]] = defaultdict(list)
         for job in truth.jobs:
             jobs_by_user[job.user].append(job.last_ts)
+            self._check_job_needed(job.user, job.conv, job.first_ts)
         for conv_id, conv in truth.convs.items():
             for message in conv.messages:
                 if message.kind != "text":

@@ -32,7 +32,7 @@ import trio
 from pymongo import MongoClient, ReplaceOne, UpdateOne
 from pymongo.change_stream import ChangeStream
 from pymongo.database import Database
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from .._errors import Unavailable
 from .._feed import (
@@ -315,7 +315,12 @@ class Cluster:
 
     def open_session(self, s: DeviceSession) -> None:
         doc = {**_session_doc(s), "n": s.node, "since": s.since}
-        self._light.sessions.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        # An older session recorded late (sessions are written in the background) leaves a
+        # newer one standing: no match, and the upsert's insert then hits the _id.
+        with contextlib.suppress(DuplicateKeyError):
+            self._light.sessions.replace_one(
+                {"_id": doc["_id"], "since": {"$not": {"$gt": s.since}}}, doc, upsert=True
+            )
 
     def close_session(self, user: str, device: str, session: str, ts: int) -> bool:
         sessions = self._light.sessions
