@@ -82,6 +82,14 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         help="without --url: start the node as `messenger serve --workers N`",
     )
     target.add_argument(
+        "--heartbeat",
+        type=_positive_int,
+        default=None,
+        metavar="S",
+        help="without --url: our node's `serve --heartbeat` (clients ping every half; "
+        "default serve's 30)",
+    )
+    target.add_argument(
         "--node-log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument(
@@ -97,6 +105,8 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 def _check_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.url and args.workers is not None:
         parser.error("--workers starts a node of our own; it cannot go with --url")
+    if args.url and args.heartbeat is not None:
+        parser.error("--heartbeat configures a node of our own; it cannot go with --url")
     if not args.url and (args.node_pid or args.store_pid or args.data_dir):
         parser.error("--node-pid, --store-pid and --data-dir describe nodes given by --url")
 
@@ -109,6 +119,7 @@ def _nodes(args: argparse.Namespace) -> NodesConfig:
         node_pids=tuple(args.node_pid),
         store_pids=tuple(args.store_pid),
         log_level=args.node_log_level,
+        heartbeat_s=args.heartbeat,
     )
 
 

@@ -33,6 +33,15 @@ from ._stats import Latency, LatencyHistogram
 
 #: Connections per load-generator process by default (under the 20,000 fd limit).
 PER_PROC = 10_000
+#: The connect phase fails after this long, or after a second per this many connections
+#: when that is longer (50,000 took ~20 minutes on the shared 2-core box).
+CONNECT_LIMIT_S = 900.0
+CONNECT_LIMIT_PER_S = 20
+
+
+def connect_limit_s(count: int) -> float:
+    """Seconds the connect phase of ``count`` connections may take before the run fails."""
+    return max(CONNECT_LIMIT_S, count / CONNECT_LIMIT_PER_S)
 
 
 @attrs.frozen(kw_only=True)
@@ -121,7 +130,7 @@ def run_conns(config: ConnsConfig, command: str) -> ConnsResult:
 
             began = time.monotonic()
             pool.broadcast(Command(name="connect"))
-            connected = pool.collect(Connected, 900.0, on_progress, report)
+            connected = pool.collect(Connected, connect_limit_s(config.count), on_progress, report)
             connect_s = time.monotonic() - began
             opened = sum(c.opened for c in connected)
             _progress(

@@ -55,11 +55,11 @@ Doc = dict[str, Any]
 FEED_AWAIT_MS = 500
 #: Least time between the starts of two getMores of one feed. SecantusDB ends an awaiting
 #: getMore at any write to the oplog, matched by the ``$match`` or not (a watermark, a job,
-#: a lease), often with an empty batch: without a floor each node would issue one getMore per
-#: write anywhere in the deployment (measured: ~0.25 cores of node and as much of store at
-#: 25 msgs/s with two nodes). With it a feed polls at most 100 times a second, and a change
-#: waits at most this long more (on MongoDB, whose getMore returns only with changes or at
-#: its await time, the floor only batches a busy stream).
+#: a lease), often with an empty batch: without a floor each node issues one getMore (a
+#: thread hop and a round trip, and a drain in the store) per write anywhere in the
+#: deployment. With it a feed polls at most 100 times a second, and a change waits at most
+#: this long more. On MongoDB, whose getMore returns only with changes or at its await time,
+#: the floor only batches a busy stream.
 FEED_MIN_GAP_S = 0.01
 #: Ephemeral documents are deleted by the TTL monitor after this long.
 EPHEMERAL_TTL_S = 60
