@@ -68,8 +68,13 @@ class NodeConfig:
     hello_timeout_s: float = HELLO_TIMEOUT_S
     #: A user's going offline is reported only after this grace period.
     presence_grace_s: float = DEFAULT_PRESENCE_GRACE_S
-    #: recv/read watermarks are coalesced for up to this long before one batched write.
-    watermark_window_s: float = 0.05
+    #: A conversation actor hands its recv/read watermarks to the node's writer this long
+    #: after the first unwritten one; 0: at the end of the batch that raised them (the
+    #: writer merges everything handed over while its previous write is in flight, so the
+    #: writes never outnumber the writer's round trips either way).
+    watermark_window_s: float = 0.0
+    #: A failed watermark write is retried (with what arrived meanwhile) after this long.
+    watermark_retry_s: float = 0.05
     #: A conversation actor with nothing to do for this long stops (recreated on demand).
     conversation_idle_s: float = 60.0
     #: At most this many queued requests go into one group commit.
@@ -77,6 +82,9 @@ class NodeConfig:
     #: Per-connection token bucket: sustained frames per second and burst size.
     rate_per_s: float = 200.0
     rate_burst: int = 1000
+    #: A connection's writer task waits this long for the next push before it ends (a busy
+    #: connection keeps one writer instead of starting one per write).
+    writer_linger_s: float = 1.0
     #: Frames queued for one connection before it counts as a slow consumer and is dropped.
     outbox_size: int = 4096
     #: Bytes (estimated, see ``actors._router.frame_bytes``) queued for one connection

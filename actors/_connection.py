@@ -130,7 +130,14 @@ class ConnectionActor:
         )
         self._handle: ConnectionHandle | None = None
         self._spawn = spawn
-        self._writer = OutboxWriter(conn_id, transport, self._session, spawn, self.request_close)
+        self._writer = OutboxWriter(
+            conn_id,
+            transport,
+            self._session,
+            spawn,
+            self.request_close,
+            ctx.config.writer_linger_s,
+        )
         self._requests = RequestHandler(ctx, conversations, presence)
 
     # ------------------------------------------------------------------ lifecycle
@@ -361,11 +368,10 @@ class ConnectionActor:
     async def _sync(self, handle: ConnectionHandle) -> bool:
         """Push the unacknowledged backlog, ``synced``, then the pushes parked meanwhile.
 
-        Only the backlog read is on the hello's path. Registering the device and ending the
-        user's offline period are written afterwards, in the background (see
-        :func:`~actors._backlog.after_sync`): nothing the client is sent depends on them.
+        Only the backlog read is on the hello's path. Ending the user's offline period is
+        written afterwards, in the background (see :func:`~actors._backlog.after_sync`):
+        nothing the client is sent depends on it.
         """
-        ts = self._ctx.wall_ms()
         try:
             synced = await push_backlog(self._ctx, handle, self._writer)
         except StoreError as exc:
@@ -398,7 +404,7 @@ class ConnectionActor:
                 since=handle.since,
             )
         )
-        self._spawn(functools.partial(after_sync, self._ctx, handle.user, handle.device, ts))
+        self._spawn(functools.partial(after_sync, self._ctx, handle.user, handle.device))
         return True
 
     # ------------------------------------------------------------------ requests

@@ -1,6 +1,7 @@
 """The marks, receipts and typing of a conversation actor.
 
-``recv``/``read`` marks are coalesced for ``watermark_window_s`` and handed to the node's
+``recv``/``read`` marks are coalesced for ``watermark_window_s`` (by default: until the end
+of the batch that raised them) and handed to the node's
 :class:`~actors._watermarks.MarkWriter`; the receipts they earn go out only once they are
 written (G5), under the actor's current membership (G7). Typing notices are relayed at most
 once per ``typing_interval_s`` per member. Part of

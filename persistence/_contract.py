@@ -251,7 +251,7 @@ class Store(abc.ABC):
         the connection drains, so a backlog of any length costs bounded memory.
         """
 
-    # -- presence and devices ------------------------------------------------------------
+    # -- presence --------------------------------------------------------------------------
 
     @abc.abstractmethod
     async def set_last_seen(self, user: str, ts: int) -> None:
@@ -260,14 +260,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def last_seen(self, users: Iterable[str]) -> dict[str, int | None]:
         """``last_seen`` of each user, ``None`` for users never seen offline."""
-
-    @abc.abstractmethod
-    async def register_device(self, user: str, device: str, ts: int) -> None:
-        """Record that ``device`` of ``user`` connected at ``ts``."""
-
-    @abc.abstractmethod
-    async def devices(self, user: str) -> list[str]:
-        """The devices ever registered for ``user``, sorted."""
 
     # -- several nodes: leases, device sessions, the change feed (see persistence._feed) ---
 

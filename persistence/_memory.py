@@ -102,7 +102,6 @@ class MemoryStore(MemoryCluster, Store):
         self._keys: dict[tuple[str, str, str], StoredMessage] = {}
         self._recv: dict[tuple[str, str, str], int] = {}
         self._read: dict[tuple[str, str], int] = {}
-        self._devices: dict[str, dict[str, int]] = {}
         self._jobs: dict[str, _Job] = {}
         self._open_job: dict[str, str] = {}
         self._jobs_created = 0
@@ -373,7 +372,7 @@ class MemoryStore(MemoryCluster, Store):
                 out.append(BacklogRange(conv=conv_id, lo=lo, hi=hi))
         return out
 
-    # -- presence and devices ------------------------------------------------------------
+    # -- presence --------------------------------------------------------------------------
 
     async def set_last_seen(self, user: str, ts: int) -> None:
         await self._enter()
@@ -382,16 +381,6 @@ class MemoryStore(MemoryCluster, Store):
     async def last_seen(self, users: Iterable[str]) -> dict[str, int | None]:
         await self._enter()
         return {u: self._last_seen.get(u) for u in users}
-
-    async def register_device(self, user: str, device: str, ts: int) -> None:
-        check_id("user id", user)
-        check_id("device id", device)
-        await self._enter()
-        self._devices.setdefault(user, {})[device] = ts
-
-    async def devices(self, user: str) -> list[str]:
-        await self._enter()
-        return sorted(self._devices.get(user, {}))
 
     # -- notification outbox -------------------------------------------------------------
 

@@ -49,7 +49,6 @@ WRITES = frozenset(
         "merge_recv",
         "merge_read",
         "set_last_seen",
-        "register_device",
         "notify_offline",
         "user_online",
         "claim_notifications",

@@ -297,14 +297,10 @@ async def test_unsynced_and_conversation_rows(store: Store) -> None:
     assert await store.contacts("bob") == {"alice", "carol"}
 
 
-async def test_presence_facts_and_devices(store: Store) -> None:
+async def test_presence_facts(store: Store) -> None:
     await store.set_last_seen("alice", 50)
     await store.set_last_seen("alice", 20)  # never moves back
     assert await store.last_seen(["alice", "bob"]) == {"alice": 50, "bob": None}
-    await store.register_device("alice", "phone", 1)
-    await store.register_device("alice", "laptop.1", 2)
-    await store.register_device("alice", "phone", 3)
-    assert await store.devices("alice") == ["laptop.1", "phone"]
 
 
 async def test_notification_outbox_coalesces_and_leases(store: Store) -> None:
