@@ -242,7 +242,7 @@ class ConversationActor(ConversationFanOut, ConversationMarks):
                     await self._announce(message)
                 case RemoteMessages(messages=messages):
                     self._push_late(messages)
-                    await self._publish(messages, {})
+                    await self._publish(messages, self._senders_here(messages))
                 case RemoteMarks(event=event):
                     self._remote_marks(event)
                 case RemoteTyping(user=user):

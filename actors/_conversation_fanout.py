@@ -92,17 +92,27 @@ class ConversationFanOut(ConversationState):
         if parted:
             await presence.send(Parted(users=tuple(sorted(parted))))
 
+    def _senders_here(self, messages: Sequence[StoredMessage]) -> dict[int, ConnectionHandle]:
+        """The sending devices' connections here, of messages the feed brings: their ack
+        stands for the message (G4), and an actor started from the feed after the one that
+        pushed later seqs to them must not push them their own message below those."""
+        router = self._ctx.router
+        found = {m.seq: router.get(m.sender, m.device) for m in messages if m.kind == "text"}
+        return {seq: handle for seq, handle in found.items() if handle is not None}
+
     def _push_late(self, messages: Sequence[StoredMessage]) -> None:
         """Fan out what another node stored before this actor loaded but the change feed
         brings only now (it lagged): nobody here pushed it (the feed brings each message
         once), and a device connected before it was stored has no other way to get it live.
-        Not once something later was pushed (G4 order: the gap shows, the client fills it)."""
+        Not once something later was pushed (G4 order: the gap shows, the client fills it),
+        and not to the sending device (its ack stands for it, G4)."""
         if self._published != self._loaded_seq:
             return
+        router = self._ctx.router
         for message in sorted(messages, key=lambda m: m.seq):
             if self._late_seq < message.seq <= self._loaded_seq:
                 self._late_seq = message.seq
-                self._fan_out(message, None)
+                self._fan_out(message, router.get(message.sender, message.device))
 
     def _push_replay(
         self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
