@@ -85,19 +85,16 @@ def _note_departure(synced: SyncedBacklog, message: StoredMessage, user: str) ->
         synced.departed.discard(message.conv)
 
 
-async def after_sync(ctx: NodeContext, user: str, device: str, ts: int) -> None:
-    """Record the device and end the user's offline period (G8: the next message stored
-    while they are offline opens a new notification job).
+async def after_sync(ctx: NodeContext, user: str, device: str) -> None:
+    """End the user's offline period (G8: the next message stored while they are offline
+    opens a new notification job).
 
-    Off the hello's path: the device registry only answers "which devices ever
-    connected", and a message stored before this ran finds the user in the router, so
-    it opens no job either. A failure (the Store retried already) is logged; the next
-    hello of the device writes both again.
+    Off the hello's path: a message stored before this ran finds the user in the router,
+    so it opens no job either. A failure (the Store retried already) is logged; the next
+    hello of the device writes it again.
     """
     store = ctx.store
     try:
-        with ctx.timed("register_device"):
-            await store.register_device(user, device, ts)
         with ctx.timed("user_online"):
             await store.user_online(user)
     except StoreError as exc:

@@ -25,8 +25,19 @@ TYPING_FROM_DEPARTED: Final = "typing_from_departed"
 HISTORY_FOR_DEPARTED: Final = "history_for_departed"
 NO_OFFLINE_NOTIFICATION: Final = "no_offline_notification"
 PUSH_OUT_OF_ORDER: Final = "push_out_of_order"
+# The cluster paths (they matter with several nodes):
+PRESENCE_LOCAL_ONLY: Final = "presence_local_only"
+PUSH_BEFORE_MEMBERSHIP: Final = "push_before_membership"
+RESUME_TOKEN_NOT_ADVANCED: Final = "resume_token_not_advanced"
+NOTIFY_PER_NODE: Final = "notify_per_node"
+CLAIMS_AFTER_LEASE_LOST: Final = "claims_after_lease_lost"
 MUTANTS: Final = frozenset(
     {
+        PRESENCE_LOCAL_ONLY,
+        PUSH_BEFORE_MEMBERSHIP,
+        RESUME_TOKEN_NOT_ADVANCED,
+        NOTIFY_PER_NODE,
+        CLAIMS_AFTER_LEASE_LOST,
         ACK_BEFORE_WRITE,
         WATERMARK_BACKWARDS,
         SEQ_REUSE_AFTER_RESTART,

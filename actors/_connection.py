@@ -362,11 +362,10 @@ class ConnectionActor:
     async def _sync(self, handle: ConnectionHandle) -> bool:
         """Push the unacknowledged backlog, ``synced``, then the pushes parked meanwhile.
 
-        Only the backlog read is on the hello's path. Registering the device and ending the
-        user's offline period are written afterwards, in the background (see
-        :func:`~actors._backlog.after_sync`): nothing the client is sent depends on them.
+        Only the backlog read is on the hello's path. Ending the user's offline period is
+        written afterwards, in the background (see :func:`~actors._backlog.after_sync`):
+        nothing the client is sent depends on it.
         """
-        ts = self._ctx.wall_ms()
         try:
             synced = await push_backlog(self._ctx, handle, self._writer)
         except StoreError as exc:
@@ -381,6 +380,7 @@ class ConnectionActor:
         while parked := handle.take_parked(synced):
             for frame in parked:
                 await self._writer.enqueue(handle, frame)
+        handle.backlog_up_to = synced.up_to
         handle.syncing = False
         # Off the hello's path too: the record of this session, which makes a node still
         # holding an older connection of the device close it with 4409.
@@ -393,7 +393,7 @@ class ConnectionActor:
                 since=handle.since,
             )
         )
-        self._spawn(functools.partial(after_sync, self._ctx, handle.user, handle.device, ts))
+        self._spawn(functools.partial(after_sync, self._ctx, handle.user, handle.device))
         return True
 
     # ------------------------------------------------------------------ requests

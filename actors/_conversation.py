@@ -241,6 +241,7 @@ class ConversationActor(ConversationFanOut, ConversationMarks):
                 case Announce(message=message):
                     await self._announce(message)
                 case RemoteMessages(messages=messages):
+                    self._push_late(messages)
                     await self._publish(messages, {})
                 case RemoteMarks(event=event):
                     self._remote_marks(event)

@@ -60,6 +60,8 @@ class ConversationState:
         # The last seq when this actor loaded: whether those messages were ever fanned out
         # (by an earlier actor, before an ambiguous write or a crash) is unknown here.
         self._loaded_seq = 0
+        #: The last message _push_late fanned out (each at most once).
+        self._late_seq = 0
         self._memory_seq = 0
         self._marks = Watermarks(conv, backwards=ctx.mutant(WATERMARK_BACKWARDS))
         self._flush_at = math.inf

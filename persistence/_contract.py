@@ -251,7 +251,7 @@ class Store(abc.ABC):
         the connection drains, so a backlog of any length costs bounded memory.
         """
 
-    # -- presence and devices ------------------------------------------------------------
+    # -- presence --------------------------------------------------------------------------
 
     @abc.abstractmethod
     async def set_last_seen(self, user: str, ts: int) -> None:
@@ -260,14 +260,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def last_seen(self, users: Iterable[str]) -> dict[str, int | None]:
         """``last_seen`` of each user, ``None`` for users never seen offline."""
-
-    @abc.abstractmethod
-    async def register_device(self, user: str, device: str, ts: int) -> None:
-        """Record that ``device`` of ``user`` connected at ``ts``."""
-
-    @abc.abstractmethod
-    async def devices(self, user: str) -> list[str]:
-        """The devices ever registered for ``user``, sorted."""
 
     # -- several nodes: leases, device sessions, the change feed (see persistence._feed) ---
 
@@ -299,7 +291,8 @@ class Store(abc.ABC):
     async def open_session(self, session: DeviceSession) -> None:
         """Record that ``session`` now serves its (user, device), replacing any earlier one
         on any node (the node holding that one sees a :class:`FeedSession` and closes it with
-        4409)."""
+        4409). A session older (``since``) than the recorded one changes nothing: it was
+        written late, and the newer one stands."""
 
     @abc.abstractmethod
     async def close_session(self, user: str, device: str, session: str, ts: int) -> bool:

@@ -16,6 +16,7 @@ and an evicted entry only costs a read.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 import attrs
@@ -28,21 +29,20 @@ from .._errors import Unavailable
 from .._types import Conversation, StoredMessage
 from ._cache import BoundedCache
 from ._schema import (
-    CHUNK_MAX,
+    BLOCK,
     PROBES_PER_QUERY,
     Doc,
+    block_start,
     chunk_id,
     decode_conv,
     decode_message,
     has_member_event,
+    split_blocks,
 )
 
-#: ``$in`` point-read rounds to catch up with other writers' chunks before one index range read.
-CATCH_UP_PROBES = 2
-#: A range read first asks for the chunks starting at most this many seqs before ``lo``; only
-#: when none of them holds ``lo`` does it look further back (up to :data:`CHUNK_MAX`).
-#: SecantusDB's cost of an index range is per document examined, so the window is small.
-RANGE_LOOKBACK = 32
+#: Most block starts one round of :meth:`ChunkLog.catch_up` probes ahead for a conversation
+#: (the first jump round probes one, each further round twice as many).
+MAX_JUMP = 64
 #: Chunks a store writes to a conversation between two updates of the conversation's
 #: ``end_hint`` (a known chunk end that a cold "last seq" read starts from).
 HINT_EVERY = 32
@@ -89,86 +89,110 @@ class ChunkLog:
         stored = 0 if doc is None else int(doc.get("end_hint", 0))
         return max(stored, self._ends.get(conv) or 0)
 
-    def ends_after(
-        self, conv: str, start: int, session: ClientSession | None = None
-    ) -> tuple[int, bool]:
-        """The end of ``conv`` read from the ``(conv, first)`` index, from chunk end ``start``.
-
-        One index range over the chunks after ``start`` (SecantusDB's cost is per chunk
-        examined, so ``start`` should be a recent end). Also says whether a membership event
-        was passed.
-        """
-        end, member = start, False
-        for doc in self._db.chunks.find(
-            {"conv": conv, "first": {"$gt": start}},
-            projection={"_id": 0, "last": 1, "msgs.k": 1},
-            session=session,
-        ):
-            end = max(end, int(doc["last"]))
-            member = member or has_member_event(doc)
-        self.note_end(conv, end)
-        return end, member
-
     def read_last_seq(
         self, conv: str, session: ClientSession | None = None, doc: Doc | None = None
     ) -> int:
         """The last seq of ``conv`` (``doc``: its ``convs`` document, for the stored hint)."""
-        return self.ends_after(conv, self.hint(conv, doc), session)[0]
+        return self.catch_up({conv: self.hint(conv, doc)}, session)[0][conv]
 
     def last_seqs(self, docs: Iterable[Doc]) -> dict[str, int]:
-        """The last seq of each conversation of ``docs`` (their ``convs`` documents).
-
-        From each one's hint, one ``$in`` point read of the chunk that would follow it for all
-        of them; only the conversations that moved on get an index range read each.
-        """
+        """The last seq of each conversation of ``docs`` (their ``convs`` documents), each
+        followed from its hint (see :meth:`catch_up`)."""
         ends, _changed = self.catch_up({d["_id"]: self.hint(d["_id"], d) for d in docs})
         return ends
 
-    def catch_up(self, starts: dict[str, int]) -> tuple[dict[str, int], set[str]]:
+    def catch_up(
+        self, starts: dict[str, int], session: ClientSession | None = None
+    ) -> tuple[dict[str, int], set[str]]:
         """Follow each conversation's chunks from a known chunk end to its current end.
 
-        Chunks are contiguous, so the chunk after end ``e`` has ``_id`` ``conv|e+1``: every
-        step is one ``$in`` point read for all the conversations at once (SecantusDB answers
-        ``_id`` equality with the index, cheaply). A conversation still moving after
-        :data:`CATCH_UP_PROBES` steps is finished with one ``(conv, first)`` index range read.
-        Returns the ends and the conversations in which a membership event was passed.
+        Every round is one ``$in`` point read for all the conversations still moving
+        (SecantusDB answers ``_id`` equality with its primary index; an ``_id`` range would
+        be a collection scan). The first round asks for the chunk right after each end (the
+        chunk after end ``e`` has ``_id`` ``conv|e+1``): usually none, and then that
+        conversation is done. Later rounds ask for the rest of the end's block (so they find
+        the end within it exactly, no chunk spanning two blocks) and for the starts of the
+        next blocks (1, 2, 4 … :data:`MAX_JUMP`), jumping to the furthest one found.
+
+        Returns the ends and the conversations whose membership may have changed since their
+        start: a membership event was passed, or a jump skipped chunks unread.
         """
         ends = dict(starts)
-        moving = set(ends)
         changed: set[str] = set()
-        for _ in range(CATCH_UP_PROBES):
+        moving = set(ends)
+        fields = {"conv": 1, "first": 1, "last": 1, "msgs.k": 1}
+        for round_no in itertools.count():
             if not moving:
                 break
-            probes = sorted(chunk_id(c, ends[c] + 1) for c in moving)
-            found = [
-                doc
-                for k in range(0, len(probes), PROBES_PER_QUERY)
-                for doc in self._db.chunks.find(
-                    {"_id": {"$in": probes[k : k + PROBES_PER_QUERY]}},
-                    projection={"conv": 1, "last": 1, "msgs.k": 1},
-                )
-            ]
-            advanced = set()
-            for doc in found:
-                conv_id = doc["conv"]
-                ends[conv_id] = int(doc["last"])
-                advanced.add(conv_id)
-                if has_member_event(doc):
+            jump = 0 if round_no == 0 else min(2 ** (round_no - 1), MAX_JUMP)
+            probes: list[str] = []
+            for conv_id in moving:
+                nxt = ends[conv_id] + 1
+                block = block_start(nxt)
+                rest = range(nxt, nxt + 1 if jump == 0 else block + BLOCK)
+                ahead = (block + j * BLOCK for j in range(1, jump + 1))
+                probes += [chunk_id(conv_id, s) for s in (*rest, *ahead)]
+            found: dict[str, dict[int, Doc]] = {}
+            for doc in self._probe(probes, fields, session):
+                found.setdefault(doc["conv"], {})[int(doc["first"])] = doc
+            for conv_id in list(moving):
+                start = ends[conv_id]
+                end, skipped = self._follow(start, found.get(conv_id, {}), changed, conv_id)
+                ends[conv_id] = end
+                if skipped:
                     changed.add(conv_id)
-            moving &= advanced
-        for conv_id in sorted(moving):
-            ends[conv_id], member = self.ends_after(conv_id, ends[conv_id])
-            if member:
-                changed.add(conv_id)
+                # Done when nothing followed, or (a later round) the end stayed in the block
+                # whose rest this round read whole.
+                if end == start or (jump > 0 and block_start(end) <= block_start(start + 1)):
+                    moving.discard(conv_id)
         for conv_id, end in ends.items():
             self.note_end(conv_id, end)
         return ends, changed
+
+    @staticmethod
+    def _follow(
+        end: int, found: dict[int, Doc], changed: set[str], conv_id: str
+    ) -> tuple[int, bool]:
+        """Walk ``found`` (first seq → chunk) from chunk end ``end``: contiguously, then from
+        the furthest block start found beyond (a jump). Returns the new end and whether the
+        jump skipped chunks unread. A chunk found after a gap (a concurrent write seen half)
+        is left to the next round."""
+
+        def walk(end: int) -> int:
+            while (doc := found.get(end + 1)) is not None:
+                end = int(doc["last"])
+                if has_member_event(doc):
+                    changed.add(conv_id)
+            return end
+
+        end = walk(end)
+        beyond = [s for s in found if s > end + 1 and block_start(s) == s]
+        if not beyond:
+            return end, False
+        top = found[max(beyond)]
+        if has_member_event(top):
+            changed.add(conv_id)
+        return walk(int(top["last"])), True
+
+    def _probe(
+        self, ids: list[str], projection: dict[str, int] | None, session: ClientSession | None
+    ) -> list[Doc]:
+        """The chunks with these ``_id``s: ``$in`` point reads of PROBES_PER_QUERY ids each."""
+        return [
+            doc
+            for k in range(0, len(ids), PROBES_PER_QUERY)
+            for doc in self._db.chunks.find(
+                {"_id": {"$in": ids[k : k + PROBES_PER_QUERY]}},
+                projection=projection,
+                session=session,
+            )
+        ]
 
     def wrote(self, conv: str, messages: list[StoredMessage]) -> None:
         """Note that this instance appended ``messages`` (one commit's) to ``conv``."""
         self.note_end(conv, messages[-1].seq)
         self._tails.put(conv, (messages[-1].seq, messages[-1].ts))
-        chunks = (len(messages) + CHUNK_MAX - 1) // CHUNK_MAX
+        chunks = len(split_blocks(messages))
         self._unhinted.put(conv, (self._unhinted.get(conv) or 0) + chunks)
 
     def raise_hints(self) -> None:
@@ -251,26 +275,21 @@ class ChunkLog:
         lo = max(lo, 1)
         if hi < lo:
             return []
-        near = max(1, lo - RANGE_LOOKBACK)
-        chunks = list(
-            self._db.chunks.find(
-                {"conv": conv, "first": {"$gte": near, "$lte": hi}},
-                projection=projection,
-                session=session,
+        # Pages of _id probes: the chunk holding lo starts in lo's block, at most at lo, and
+        # the others follow. Chunks are contiguous, so a page whose chunks end before the
+        # page does is the conversation's end (hi may lie far beyond it).
+        chunks: list[Doc] = []
+        start = block_start(lo)
+        while start <= hi:
+            stop = min(start + PROBES_PER_QUERY - 1, hi)
+            page = self._probe(
+                [chunk_id(conv, s) for s in range(start, stop + 1)], projection, session
             )
-        )
-        if near > 1 and not any(c["first"] <= lo <= c["last"] for c in chunks):
-            # The chunk holding lo (if any) starts further back: it is a big one.
-            far = max(1, lo - CHUNK_MAX + 1)
-            chunks += [
-                c
-                for c in self._db.chunks.find(
-                    {"conv": conv, "first": {"$gte": far, "$lt": near}},
-                    projection=projection,
-                    session=session,
-                )
-                if c["last"] >= lo
-            ]
+            chunks += [c for c in page if c["last"] >= lo]
+            end = max((int(c["last"]) for c in page), default=0)
+            if end < stop:
+                break
+            start = end + 1
         chunks.sort(key=lambda c: int(c["first"]))
         return chunks
 
@@ -306,14 +325,9 @@ class ChunkLog:
         if doc is None:
             return None
         conv, seq = doc["conv"], int(doc["seq"])
-        if "chunk" in doc:
-            # Keys written since the group commit name their chunk: one point read on _id.
-            chunk = self._db.chunks.find_one({"_id": chunk_id(conv, doc["chunk"])})
-            found = [
-                decode_message(conv, m) for m in (chunk or {}).get("msgs", []) if m["s"] == seq
-            ]
-        else:
-            found = self.fetch(conv, seq, seq)  # older keys: a range read
+        # A key names the first seq of its chunk: one point read on _id.
+        chunk = self._db.chunks.find_one({"_id": chunk_id(conv, doc["chunk"])})
+        found = [decode_message(conv, m) for m in (chunk or {}).get("msgs", []) if m["s"] == seq]
         if not found:
             raise Unavailable(f"idempotency key {key!r} points at a missing message")
         return found[0]

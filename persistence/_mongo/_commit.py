@@ -1,11 +1,12 @@
 """The group commit of MongoStore: many append() calls, many conversations, one transaction.
 
 Concurrent ``append`` calls — from many conversation actors — are merged (by a
-:class:`Coalescer`) into ONE transaction: one chunk per conversation, one key per message,
-the offline-notification jobs they owe, one commit = one journal flush. A duplicate chunk
-``_id`` means another writer extended that conversation: only that conversation's end is
-re-read (and its membership, if a membership event was passed) and the merged write retried;
-a duplicate key means that message was stored before: it is replayed from the key.
+:class:`Coalescer`) into ONE transaction: one chunk per conversation (one per block it
+reaches), one key per message, the offline-notification jobs they owe, one commit = one
+journal flush. A duplicate chunk ``_id`` means another writer extended that conversation:
+only that conversation's end is re-read (and its membership, if it may have changed) and the
+merged write retried; a duplicate key means that message was stored before: it is replayed
+from the key.
 
 Re-run as a whole by the runner after a transient failure: that is safe because every
 message of an earlier attempt that did commit is found by its key and replayed.
@@ -29,13 +30,13 @@ from ._chunks import ChunkLog, Head
 from ._outbox import JobNote, JobRace, write_jobs
 from ._runner import Runner, is_write_conflict
 from ._schema import (
-    CHUNK_MAX,
     DUPLICATE_KEY,
     Doc,
     chunk_doc,
     direct_doc,
     key_id,
     new_message_id,
+    split_blocks,
 )
 
 #: Rounds of "someone else took that seq / that key" before giving up on one append.
@@ -335,22 +336,19 @@ class GroupCommit:
         new_docs: list[Doc],
         s: ClientSession,
     ) -> None:
+        pieces = [(conv_id, piece) for conv_id, ms in plan.items() for piece in split_blocks(ms)]
         keys = [
+            # "chunk": the first seq of the chunk holding it, so a replay is a point read.
             {
                 "_id": key_id(m.sender, m.device, m.cmid),
                 "conv": conv_id,
                 "seq": m.seq,
-                # The first seq of the chunk holding it, so a replay is a point read.
-                "chunk": messages[(n // CHUNK_MAX) * CHUNK_MAX].seq,
+                "chunk": piece[0].seq,
             }
-            for conv_id, messages in plan.items()
-            for n, m in enumerate(messages)
+            for conv_id, piece in pieces
+            for m in piece
         ]
-        chunks = [
-            chunk_doc(conv_id, messages[k : k + CHUNK_MAX])
-            for conv_id, messages in plan.items()
-            for k in range(0, len(messages), CHUNK_MAX)
-        ]
+        chunks = [chunk_doc(conv_id, piece) for conv_id, piece in pieces]
         # ordered=False: every duplicate of the batch is reported at once, so one round
         # fixes all the conversations that collided (the transaction aborts either way).
         try:

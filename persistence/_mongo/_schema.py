@@ -5,14 +5,20 @@ much as a whole document, so the hot path avoids them (see docs/benchmarks.md).
 
 Collections (all in one database):
 
-* ``chunks``: one document per group-committed batch of one conversation,
-  ``_id = chunk_id(conv, first seq)`` (``conv|first-seq`` in 16 digits), with ``conv``,
-  ``first``, ``last`` and the batch's messages in ``msgs`` (see :func:`encode_message`; at
-  most :data:`CHUNK_MAX`). The ``_id`` is the (conv, seq) uniqueness: two writers that both
+* ``chunks``: one document per group-committed batch of one conversation within one
+  *block* (seqs ``k*BLOCK+1 .. (k+1)*BLOCK``: a chunk never spans two, so a batch crossing a
+  block boundary is two chunks), ``_id = chunk_id(conv, first seq)`` (``conv|first-seq`` in
+  16 digits), with ``conv``, ``first``, ``last`` and the batch's messages in ``msgs`` (see
+  :func:`encode_message`). The ``_id`` is the (conv, seq) uniqueness: two writers that both
   believe the conversation ends at seq N both insert ``conv|N+1`` and exactly one wins.
   Chunks never overlap because every writer starts after a known chunk end, and they are
-  contiguous, so the chunk after end ``e`` has ``_id`` ``chunk_id(conv, e + 1)``.
-  Index ``(conv, first)`` (``conv_first``) serves every range read and every "last seq".
+  contiguous, so the chunk after end ``e`` has ``_id`` ``chunk_id(conv, e + 1)``; and the
+  chunk holding seq ``s`` starts in ``block_start(s) .. s``. So every read is ``_id`` point
+  reads (``$in``; see :mod:`._chunks`) and there is **no secondary index**: on SecantusDB
+  one costs more per chunk than the chunk itself (and SecantusDB answers ``_id`` ranges with
+  a collection scan, hence no ranges). Schema change (2026-12-02): earlier versions had
+  chunks of up to 256 messages across blocks and an index ``(conv, first)``
+  (``conv_first``); such a database is refused at connect (see :func:`create_indexes`).
 * ``keys``: one document per text message, ``_id = key_id(sender, device, cmid)`` →
   ``conv``, ``seq`` and ``chunk`` (the first seq of the chunk holding it): the idempotency
   key, unique forever (G2). Keys and chunks are written in one durable transaction, so no
@@ -37,8 +43,6 @@ Collections (all in one database):
   Schema change (2026-12-02): ``marklog`` + ``marks`` replace the per-mark collections
   ``recv`` (``user|device|conv``) and ``read`` (``user|conv``) of earlier versions, which are
   no longer read (their marks are lost on upgrade: at worst a redundant push).
-* ``devices``: ``_id = device_id(user, device)``, ``u``/``d``, ``ts`` of the latest connect
-  registered. Index ``u``.
 * ``users``: ``_id`` the user id, ``last_seen`` (max-merged).
 * ``jobs``: the offline-notification outbox, one document per job: ``user``, ``conv``,
   ``seq``, ``count``, ``first_ts``, ``last_ts``, ``open`` (the user's current offline
@@ -51,7 +55,7 @@ documented in :mod:`._cluster`.
 
 Write concerns: everything an acknowledgement or a receipt depends on is ``majority`` +
 ``j: true`` (:data:`DURABLE`): messages, keys, membership, jobs and watermarks (one
-``marklog`` insert per batch of marks); presence facts, the device registry and hints use ``w: 1``
+``marklog`` insert per batch of marks); presence facts and hints use ``w: 1``
 (:data:`LIGHT`).
 """
 
@@ -67,14 +71,17 @@ from pymongo.database import Database
 from pymongo.errors import CollectionInvalid
 from pymongo.write_concern import WriteConcern
 
+from .._errors import BadInput
 from .._rules import implicit_direct, no_such_conversation
 from .._types import Conversation, StoredMessage
 
 Doc = dict[str, Any]
 
-#: Most messages in one chunk document; bigger batches are split (in the same transaction).
-#: Bounding it lets a range query find the chunk holding ``lo`` by ``_id`` alone.
-CHUNK_MAX = 256
+#: Seqs per block; no chunk spans two blocks, so the chunk holding a seq is found by at most
+#: BLOCK ``_id`` probes, and a jump of one block is one probe (see :mod:`._chunks`). Small, as
+#: a range read probes up to BLOCK - 1 ids before its first seq; big batches are split into
+#: chunks of at most BLOCK messages (in the same transaction).
+BLOCK = 16
 #: Ids per ``$in`` point-read query (SecantusDB's ``$in`` gets slower per id when long).
 PROBES_PER_QUERY = 100
 #: MongoDB's duplicate key error code.
@@ -91,6 +98,22 @@ def key_id(sender: str, device: str, cmid: str | None) -> str:
 def chunk_id(conv: str, first: int) -> str:
     """The ``chunks`` ``_id`` of the chunk of ``conv`` starting at seq ``first``."""
     return f"{conv}|{first:016d}"
+
+
+def block_start(seq: int) -> int:
+    """The first seq of the block holding ``seq`` (seqs start at 1)."""
+    return (seq - 1) // BLOCK * BLOCK + 1
+
+
+def split_blocks(messages: Sequence[StoredMessage]) -> list[Sequence[StoredMessage]]:
+    """Consecutive messages of one conversation cut at block boundaries: one chunk each."""
+    pieces: list[Sequence[StoredMessage]] = []
+    k = 0
+    while k < len(messages):
+        n = block_start(messages[k].seq) + BLOCK - messages[k].seq
+        pieces.append(messages[k : k + n])
+        k += n
+    return pieces
 
 
 def recv_field(user: str, device: str) -> str:
@@ -114,7 +137,7 @@ def read_field(user: str) -> str:
 
 
 def device_id(user: str, device: str) -> str:
-    """The ``devices`` ``_id`` of a user's device."""
+    """The id of a user's device in the collections keyed by device (``sessions``)."""
     return f"{user}|{device}"
 
 
@@ -153,7 +176,8 @@ def decode_message(conv: str, m: Doc) -> StoredMessage:
 
 
 def chunk_doc(conv: str, messages: Sequence[StoredMessage]) -> Doc:
-    """The chunk holding ``messages`` (consecutive seqs of ``conv``, at most CHUNK_MAX)."""
+    """The chunk holding ``messages`` (consecutive seqs of ``conv`` within one block)."""
+    assert block_start(messages[0].seq) == block_start(messages[-1].seq), "spans two blocks"
     return {
         "_id": chunk_id(conv, messages[0].seq),
         "conv": conv,
@@ -213,7 +237,7 @@ def direct_doc(conv: Conversation) -> Doc:
 
 
 #: Collections without a secondary index, created up front with the others (see below).
-_PLAIN_COLLECTIONS = ("keys", "marklog", "marks", "users")
+_PLAIN_COLLECTIONS = ("chunks", "keys", "marklog", "marks", "users")
 
 
 def create_indexes(db: Database[Doc]) -> None:
@@ -222,18 +246,23 @@ def create_indexes(db: Database[Doc]) -> None:
     Every collection exists before the first request: none is created implicitly by a write
     in the middle of traffic, where a crash of the embedded server right after a creation
     left a data directory it could not reopen (seen once in a kill-and-restart test).
+    A database whose chunks predate blocks (it has the ``conv_first`` index) is refused:
+    its chunks cross block boundaries, which the reads of :mod:`._chunks` would not find.
     """
     existing = set(db.list_collection_names())
     for name in _PLAIN_COLLECTIONS:
         if name not in existing:
             with contextlib.suppress(CollectionInvalid):  # another store created it meanwhile
                 db.create_collection(name)
-    # One entry per chunk (not per message): every read of messages and every "last seq"
-    # goes through it, because SecantusDB answers ``_id`` ranges with a collection scan.
-    db.chunks.create_index([("conv", 1), ("first", 1)], name="conv_first")
+    if "chunks" in existing and "conv_first" in db.chunks.index_information():
+        if db.chunks.find_one({}, projection={"_id": 1}) is not None:
+            raise BadInput(
+                f"database {db.name!r} holds chunks of an earlier layout (index conv_first): "
+                "start with a new database or data directory"
+            )
+        db.chunks.drop_index("conv_first")
     db.convs.create_index("member_ids")
     db.convs.create_index("past_ids")
-    db.devices.create_index("u")
     db.jobs.create_index(
         "user", unique=True, name="one_open_job", partialFilterExpression={"open": True}
     )

@@ -3,7 +3,7 @@
 The async facade. Each concern lives in a module of its own and runs in worker threads
 through the :class:`Runner`: the schema (:mod:`._schema`), the chunk log and its caches
 (:mod:`._chunks`), the group commit (:mod:`._commit`), membership (:mod:`._membership`),
-watermarks and the hello backlog (:mod:`._marks`), devices and presence (:mod:`._devices`)
+watermarks and the hello backlog (:mod:`._marks`), presence facts (:mod:`._presence`)
 and the notification outbox (:mod:`._outbox`). Concurrent calls of the group commit and of
 the cheap hello-time operations are merged by :class:`Coalescer`\\ s.
 """
@@ -54,10 +54,10 @@ from ._chunks import ChunkLog
 from ._cluster import Cluster, MongoFeed
 from ._coalescer import Coalescer
 from ._commit import MERGE_MAX_DRAFTS, CommitStats, GroupCommit, Outcome, Request
-from ._devices import Devices
 from ._marks import FOLD_EVERY_S, Backlog, Marks
 from ._membership import Membership
 from ._outbox import Outbox
+from ._presence import Presence
 from ._runner import Runner
 from ._schema import DURABLE, LIGHT, Doc, create_indexes, load_conv, new_message_id
 
@@ -92,7 +92,7 @@ class MongoStore(Store):
         self._membership = Membership(self._db, self._chunks, self._runner)
         # A direct conversation's membership is a function of its id (implicit_direct).
         self._marks = Marks(self._db, self._chunks, self._runner, implicit_direct)
-        self._devices = Devices(self._db, light)
+        self._presence = Presence(self._db, light)
         self._outbox = Outbox(self._db, light)
         self._cluster = Cluster(light)
         # Where the change feed connects its own client (see watch); set by connect().
@@ -113,9 +113,6 @@ class MongoStore(Store):
         )
         # Hello-time operations, merged across concurrent hellos.
         hello_limiter = trio.CapacityLimiter(3)
-        self._register_batch: Coalescer[tuple[str, str, int], None] = Coalescer(
-            self._in_thread(self._devices.register_many, hello_limiter)
-        )
         self._online_batch: Coalescer[str, None] = Coalescer(
             self._in_thread(self._outbox.online_many, hello_limiter)
         )
@@ -270,7 +267,7 @@ class MongoStore(Store):
         return self._chunks.fetch(conv, lo, hi)
 
     async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
-        # One thread hop for all of them; each range is one index read of its chunks.
+        # One thread hop for all of them; each range is a page or a few of _id probes.
         return await self._runner.call(
             lambda: [m for s in spans for m in self._chunks.fetch(s.conv, s.lo, s.hi)]
         )
@@ -310,23 +307,13 @@ class MongoStore(Store):
     async def unsynced(self, user: str, device: str) -> Backlog:
         return await self._unsynced_batch((user, device))
 
-    # -- presence and devices ------------------------------------------------------------
+    # -- presence ----------------------------------------------------------------------
 
     async def set_last_seen(self, user: str, ts: int) -> None:
-        await self._runner.call(self._devices.set_last_seen, user, ts)
+        await self._runner.call(self._presence.set_last_seen, user, ts)
 
     async def last_seen(self, users: Iterable[str]) -> dict[str, int | None]:
-        return await self._runner.call(self._devices.last_seen, list(users))
-
-    async def register_device(self, user: str, device: str, ts: int) -> None:
-        check_id("user id", user)
-        check_id("device id", device)
-        if self._devices.registered(user, device):
-            return
-        await self._register_batch((user, device, ts))
-
-    async def devices(self, user: str) -> list[str]:
-        return await self._runner.call(self._devices.devices, user)
+        return await self._runner.call(self._presence.last_seen, list(users))
 
     # -- several nodes (see ._cluster) ---------------------------------------------------
 

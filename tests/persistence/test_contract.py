@@ -23,6 +23,7 @@ from persistence import (
     Unavailable,
 )
 from protocol import ErrorCode
+from sim._store import FaultyStore, StoreFaults
 
 
 def draft(sender: str, cmid: str, body: str = "hi", device: str = "d1", ts: int = 1000) -> Draft:
@@ -296,14 +297,10 @@ async def test_unsynced_and_conversation_rows(store: Store) -> None:
     assert await store.contacts("bob") == {"alice", "carol"}
 
 
-async def test_presence_facts_and_devices(store: Store) -> None:
+async def test_presence_facts(store: Store) -> None:
     await store.set_last_seen("alice", 50)
     await store.set_last_seen("alice", 20)  # never moves back
     assert await store.last_seen(["alice", "bob"]) == {"alice": 50, "bob": None}
-    await store.register_device("alice", "phone", 1)
-    await store.register_device("alice", "laptop.1", 2)
-    await store.register_device("alice", "phone", 3)
-    assert await store.devices("alice") == ["laptop.1", "phone"]
 
 
 async def test_notification_outbox_coalesces_and_leases(store: Store) -> None:
@@ -408,10 +405,11 @@ async def test_append_replay_with_notify_records_no_job(store: Store) -> None:
 
 
 async def test_ambiguous_append_writes_its_jobs_with_the_messages() -> None:
-    # MemoryStore's ambiguous fault: the write (messages and jobs) happened, then Unavailable.
-    store = MemoryStore(rng=random.Random(7))
+    # The simulator's ambiguous fault: the write (messages and jobs) happened, then Unavailable.
+    faults = StoreFaults()
+    store = FaultyStore(MemoryStore(rng=random.Random(7)), faults).as_store()
     conv = await store.direct_conversation("alice", "bob")
-    store.faults.ambiguous_next()
+    faults.ambiguous_next()
     with pytest.raises(Unavailable):
         await store.append(conv.id, [draft("alice", "c1")], notify=["bob"])
     assert await store.pending_notifications() == 1
@@ -419,7 +417,7 @@ async def test_ambiguous_append_writes_its_jobs_with_the_messages() -> None:
     [job] = await store.claim_notifications("n", 1_000, 500, 10)
     assert (job.seq, job.count) == (1, 1)
     # A failure before the write stores neither the message nor the job.
-    store.faults.fail_next()
+    faults.fail_next()
     with pytest.raises(Unavailable):
         await store.append(conv.id, [draft("alice", "c2")], notify=["bob"])
     assert await store.last_seq(conv.id) == 1

@@ -224,24 +224,6 @@ async def test_cold_store_reads_what_another_store_wrote(
         await writer.aclose()
 
 
-async def test_devices_registered_by_another_store(mongo_uri: str, mongo_db_name: str) -> None:
-    """Registration inserts; a device another store (an earlier node) registered is a
-    duplicate that only raises its ts, and the batch's new devices are still inserted."""
-    first = await MongoStore.connect(mongo_uri, mongo_db_name)
-    second = await MongoStore.connect(mongo_uri, mongo_db_name)
-    try:
-        await first.register_device("alice", "phone", 10)
-        # One merged batch (what concurrent hellos become): a duplicate and a new device.
-        batch = [("alice", "phone", 20), ("alice", "laptop", 30), ("alice", "phone", 25)]
-        await trio.to_thread.run_sync(second._devices.register_many, batch)
-        assert await second.devices("alice") == ["laptop", "phone"]
-        docs = {d["d"]: d["ts"] for d in second._db.devices.find({"u": "alice"})}
-        assert docs["phone"] >= 25 and docs["laptop"] == 30
-    finally:
-        await first.aclose()
-        await second.aclose()
-
-
 async def test_concurrent_first_messages_meet_in_one_direct_conversation(
     two: tuple[MongoStore, MongoStore],
 ) -> None:
