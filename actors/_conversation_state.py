@@ -86,11 +86,6 @@ class ConversationState:
         self._typing_at: dict[str, float] = {}
 
     @property
-    def published(self) -> int:
-        """The seq up to which this actor has fanned out (gap-free, in order)."""
-        return self._published
-
-    @property
     def conversation(self) -> Conversation:
         assert self._conversation is not None, "used before _load()"
         return self._conversation

@@ -290,10 +290,10 @@ class ConversationManager:
         if (
             isinstance(request, RemoteMessages)
             and running is not None
-            and running.published >= max(m.seq for m in request.messages)
+            and not running.would_push(request.messages)
         ):
-            # Pushed here already (this node's own writes, back from the feed): the actor
-            # would only find them below what it fanned out, so it is not woken for them.
+            # Pushed here already (mostly this node's own writes, back from the feed): the
+            # actor would do nothing with them, so it is not woken for them.
             return
         while not self._stopping.is_set():
             mailbox = self._actors.get(conv)
