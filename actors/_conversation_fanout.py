@@ -92,16 +92,6 @@ class ConversationFanOut(ConversationState):
         if parted:
             await presence.send(Parted(users=tuple(sorted(parted))))
 
-    def would_push(self, messages: Sequence[StoredMessage]) -> bool:
-        """Whether the feed's ``messages`` would make this actor push anything: a seq above
-        what it fanned out, or one :meth:`_push_late` owes. What it fanned out and what it
-        pushed late only grow, so once False for these messages it stays False."""
-        if any(m.seq > self._published for m in messages):
-            return True
-        return self._published == self._loaded_seq and any(
-            self._late_seq < m.seq <= self._loaded_seq for m in messages
-        )
-
     def _push_late(self, messages: Sequence[StoredMessage]) -> None:
         """Fan out what another node stored before this actor loaded but the change feed
         brings only now (it lagged): nobody here pushed it (the feed brings each message

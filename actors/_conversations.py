@@ -286,15 +286,6 @@ class ConversationManager:
             m.kind == "member" for m in request.messages
         ):
             self._viewers.pop(conv, None)  # the membership changed
-        running = self._running.get(conv)
-        if (
-            isinstance(request, RemoteMessages)
-            and running is not None
-            and not running.would_push(request.messages)
-        ):
-            # Pushed here already (mostly this node's own writes, back from the feed): the
-            # actor would do nothing with them, so it is not woken for them.
-            return
         while not self._stopping.is_set():
             mailbox = self._actors.get(conv)
             try:
