@@ -49,6 +49,7 @@ from persistence import (
     StoreError,
 )
 
+from ._config import CLAIMS_AFTER_LEASE_LOST, RESUME_TOKEN_NOT_ADVANCED
 from ._context import NodeContext
 from ._messages import RemoteChanged, RemoteMarks, RemoteMessages, RemoteTyping
 from ._sessions import Queue
@@ -131,7 +132,7 @@ class FeedDispatcher:
                     continue
                 for event in events:
                     await self._dispatch(event)
-                self._token = feed.token
+                self._advance(feed)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(2):
                 await feed.aclose()
@@ -163,10 +164,15 @@ class FeedDispatcher:
                 await trio.sleep(RETRY_S)
                 continue
             await self._reset_sessions(sessions)
-            self._token = feed.token
+            self._advance(feed)
             if lost:
                 await self._conversations.resync_all()
             return feed
+
+    def _advance(self, feed: ChangeFeed) -> None:
+        """Keep the feed's position: a feed reopened after a failure resumes there."""
+        if not self._ctx.mutant(RESUME_TOKEN_NOT_ADVANCED):
+            self._token = feed.token
 
     async def _reset_sessions(self, sessions: Sequence[DeviceSession]) -> None:
         remote = self._ctx.remote
@@ -260,7 +266,8 @@ class ClusterLink:
         started = False
         while True:
             try:
-                if not await ctx.store.renew_lease(ctx.name, ctx.wall_ms(), ttl_ms):
+                renewed = await ctx.store.renew_lease(ctx.name, ctx.wall_ms(), ttl_ms)
+                if not renewed and not ctx.mutant(CLAIMS_AFTER_LEASE_LOST):
                     # Declared dead while alive (a long pause, a partition): the Store has
                     # ended this node's sessions, so its connections must come back anew.
                     log.error("node %s was declared dead; dropping its connections", ctx.name)

@@ -25,8 +25,19 @@ TYPING_FROM_DEPARTED: Final = "typing_from_departed"
 HISTORY_FOR_DEPARTED: Final = "history_for_departed"
 NO_OFFLINE_NOTIFICATION: Final = "no_offline_notification"
 PUSH_OUT_OF_ORDER: Final = "push_out_of_order"
+# The cluster paths (they matter with several nodes):
+PRESENCE_LOCAL_ONLY: Final = "presence_local_only"
+PUSH_BEFORE_MEMBERSHIP: Final = "push_before_membership"
+RESUME_TOKEN_NOT_ADVANCED: Final = "resume_token_not_advanced"
+NOTIFY_PER_NODE: Final = "notify_per_node"
+CLAIMS_AFTER_LEASE_LOST: Final = "claims_after_lease_lost"
 MUTANTS: Final = frozenset(
     {
+        PRESENCE_LOCAL_ONLY,
+        PUSH_BEFORE_MEMBERSHIP,
+        RESUME_TOKEN_NOT_ADVANCED,
+        NOTIFY_PER_NODE,
+        CLAIMS_AFTER_LEASE_LOST,
         ACK_BEFORE_WRITE,
         WATERMARK_BACKWARDS,
         SEQ_REUSE_AFTER_RESTART,
@@ -57,8 +68,13 @@ class NodeConfig:
     hello_timeout_s: float = HELLO_TIMEOUT_S
     #: A user's going offline is reported only after this grace period.
     presence_grace_s: float = DEFAULT_PRESENCE_GRACE_S
-    #: recv/read watermarks are coalesced for up to this long before one batched write.
-    watermark_window_s: float = 0.05
+    #: A conversation actor hands its recv/read watermarks to the node's writer this long
+    #: after the first unwritten one; 0: at the end of the batch that raised them (the
+    #: writer merges everything handed over while its previous write is in flight, so the
+    #: writes never outnumber the writer's round trips either way).
+    watermark_window_s: float = 0.0
+    #: A failed watermark write is retried (with what arrived meanwhile) after this long.
+    watermark_retry_s: float = 0.05
     #: A conversation actor with nothing to do for this long stops (recreated on demand).
     conversation_idle_s: float = 60.0
     #: At most this many queued requests go into one group commit.
@@ -66,6 +82,9 @@ class NodeConfig:
     #: Per-connection token bucket: sustained frames per second and burst size.
     rate_per_s: float = 200.0
     rate_burst: int = 1000
+    #: A connection's writer task waits this long for the next push before it ends (a busy
+    #: connection keeps one writer instead of starting one per write).
+    writer_linger_s: float = 1.0
     #: Frames queued for one connection before it counts as a slow consumer and is dropped.
     outbox_size: int = 4096
     #: Bytes (estimated, see ``actors._router.frame_bytes``) queued for one connection

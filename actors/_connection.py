@@ -124,7 +124,14 @@ class ConnectionActor:
         )
         self._handle: ConnectionHandle | None = None
         self._spawn = spawn
-        self._writer = OutboxWriter(conn_id, transport, self._session, spawn, self.request_close)
+        self._writer = OutboxWriter(
+            conn_id,
+            transport,
+            self._session,
+            spawn,
+            self.request_close,
+            ctx.config.writer_linger_s,
+        )
         self._requests = RequestHandler(ctx, conversations, presence)
 
     # ------------------------------------------------------------------ lifecycle
@@ -373,6 +380,7 @@ class ConnectionActor:
         while parked := handle.take_parked(synced):
             for frame in parked:
                 await self._writer.enqueue(handle, frame)
+        handle.backlog_up_to = synced.up_to
         handle.syncing = False
         # Off the hello's path too: the record of this session, which makes a node still
         # holding an older connection of the device close it with 4409.

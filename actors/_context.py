@@ -18,7 +18,7 @@ import trio
 from persistence import Ephemeral, Store, StoredMessage
 from protocol import MemberEvent, Msg, RemoteProtocolError
 
-from ._config import NodeConfig
+from ._config import NOTIFY_PER_NODE, NodeConfig
 from ._keepalive import KeepAlive
 from ._messages import PresenceRequest
 from ._metrics import NodeMetrics
@@ -64,7 +64,9 @@ class NodeContext:
 
     def connected_anywhere(self, user: str) -> bool:
         """True if ``user`` has a device connected to this node or another (G6, G8)."""
-        return self.router.is_connected(user) or self.remote.has(user)
+        if self.router.is_connected(user):
+            return True
+        return self.remote.has(user) and not self.mutant(NOTIFY_PER_NODE)
 
     def elsewhere(self, users: Iterable[str]) -> bool:
         """True if one of ``users`` has a device connected to another node."""

@@ -21,14 +21,14 @@ The actor is built by concern: its state (:mod:`actors._conversation_state`), it
 (:mod:`actors._conversation_marks`); this module has its lifecycle, the sends (group commit),
 the membership changes and the resyncs.
 
-Lifecycle (owned by :class:`~actors._conversations.ConversationManager`): started on demand,
-it loads its state from the Store before reporting ``started``; after ``conversation_idle_s``
-without work it retires (leaves the manager's table, closes its mailbox) and stops. When its
-mailbox is closed (graceful shutdown) it handles what is queued, writes its pending
-watermarks and stops. When cancelled (the node crashed) it just stops: whatever it held in
-memory is lost, the Store has what was acknowledged. An unexpected exception is logged, the
-requests still queued are answered ``unavailable`` and the actor retires; the next request
-for the conversation starts a fresh one from the Store.
+Lifecycle (owned by :class:`~actors._conversations.ConversationManager`): started on demand, it
+loads its state from the Store before reporting ``started``; after ``conversation_idle_s``
+without work (found by the manager's sweep, a quarter of that apart) it retires (leaves the
+manager's table, closes its mailbox) and stops. When its mailbox is closed (graceful shutdown)
+it handles what is queued, writes its pending watermarks and stops. When cancelled (the node
+crashed) it just stops: whatever it held in memory is lost, the Store has what was acknowledged.
+An unexpected exception is logged, the requests still queued are answered ``unavailable`` and
+the actor retires; the next request for the conversation starts a fresh one from the Store.
 
 Ambiguous membership writes: when a membership change (or the re-read after it) fails with a
 retryable Store error, the change may have been applied all the same. The actor then
@@ -131,20 +131,45 @@ class ConversationActor(ConversationFanOut, ConversationMarks):
                 self._flush_marks()
 
     async def _next_batch(self) -> list[ConversationRequest] | None:
-        """The queued requests (at most ``max_batch``); [] when a flush is due; None to stop."""
-        idle_at = trio.current_time() + self._ctx.config.conversation_idle_s
-        with trio.move_on_at(min(self._flush_at, idle_at, self._resync_at)):
+        """The queued requests (at most ``max_batch``); [] when a flush is due; None to stop.
+
+        Work already queued (the actor was busy) is taken without a timeout, hence without a
+        cancel scope: one with a deadline costs more than everything else here. The
+        checkpoints around it are those of ``receive()``.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            first = self._mailbox.receive_nowait()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return None
+        except trio.WouldBlock:
+            return await self._receive_until_due()
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return self._fill(first)
+
+    def _fill(self, first: ConversationRequest) -> list[ConversationRequest]:
+        """``first`` and what is queued behind it, at most ``max_batch`` in all."""
+        batch = [first]
+        while len(batch) < self._ctx.config.max_batch:
+            try:
+                batch.append(self._mailbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+        return batch
+
+    async def _receive_until_due(self) -> list[ConversationRequest] | None:
+        """Wait for requests until a flush or a resync is due or the manager's idle sweep
+        ends the wait (:meth:`expire_idle`): [] when a flush, a resync or receipts are due;
+        None to stop (closed, or idle: retired)."""
+        with trio.move_on_at(min(self._flush_at, self._resync_at)) as scope:
+            self._waiting, self._waiting_since = scope, trio.current_time()
             try:
                 first = await self._mailbox.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 return None
-            batch = [first]
-            while len(batch) < self._ctx.config.max_batch:
-                try:
-                    batch.append(self._mailbox.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
-            return batch
+            finally:
+                self._waiting = None
+            return self._fill(first)
         if (
             self._marks.dirty
             or self._resync_at < math.inf
@@ -156,6 +181,12 @@ class ConversationActor(ConversationFanOut, ConversationMarks):
         # because retiring is synchronous.
         self._retire()
         return None
+
+    def expire_idle(self, now: float, idle_s: float) -> None:
+        """For the manager's idle sweep: end the wait of an actor that has waited for its
+        mailbox for ``idle_s`` (it then retires unless something is still due)."""
+        if self._waiting is not None and now >= self._waiting_since + idle_s:
+            self._waiting.cancel()
 
     def _fail_queued(self) -> None:
         while True:
@@ -210,6 +241,7 @@ class ConversationActor(ConversationFanOut, ConversationMarks):
                 case Announce(message=message):
                     await self._announce(message)
                 case RemoteMessages(messages=messages):
+                    self._push_late(messages)
                     await self._publish(messages, {})
                 case RemoteMarks(event=event):
                     self._remote_marks(event)

@@ -15,7 +15,7 @@ import trio
 from persistence import StoredMessage, StoreError
 from protocol import MemberEvent, RemoteProtocolError
 
-from ._config import DELIVER_TO_REMOVED, PUSH_OUT_OF_ORDER
+from ._config import DELIVER_TO_REMOVED, PUSH_BEFORE_MEMBERSHIP, PUSH_OUT_OF_ORDER
 from ._context import msg_frame
 from ._conversation_state import ConversationState
 from ._messages import Parted
@@ -52,7 +52,8 @@ class ConversationFanOut(ConversationState):
             for m in found:
                 by_seq.setdefault(m.seq, m)
         events = [m for m in by_seq.values() if m.kind == "member"]
-        if any(m.seq > self._membership_seq for m in events) and not await self._reload(top):
+        changed = any(m.seq > self._membership_seq for m in events)
+        if changed and not self._ctx.mutant(PUSH_BEFORE_MEMBERSHIP) and not await self._reload(top):
             return
         self.last_seq = max(self.last_seq, top)
         for seq in sorted(by_seq, reverse=self._ctx.mutant(PUSH_OUT_OF_ORDER)):
@@ -91,6 +92,18 @@ class ConversationFanOut(ConversationState):
         if parted:
             await presence.send(Parted(users=tuple(sorted(parted))))
 
+    def _push_late(self, messages: Sequence[StoredMessage]) -> None:
+        """Fan out what another node stored before this actor loaded but the change feed
+        brings only now (it lagged): nobody here pushed it (the feed brings each message
+        once), and a device connected before it was stored has no other way to get it live.
+        Not once something later was pushed (G4 order: the gap shows, the client fills it)."""
+        if self._published != self._loaded_seq:
+            return
+        for message in sorted(messages, key=lambda m: m.seq):
+            if self._late_seq < message.seq <= self._loaded_seq:
+                self._late_seq = message.seq
+                self._fan_out(message, None)
+
     def _push_replay(
         self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]
     ) -> None:
@@ -108,6 +121,7 @@ class ConversationFanOut(ConversationState):
             return
         replayed = next((m for m in stored if m.seq == top), None)
         if replayed is not None:
+            self._late_seq = top  # nothing older may follow it (_push_late)
             self._fan_out(replayed, origins[top])
 
     async def _announce(self, message: StoredMessage) -> None:
@@ -119,6 +133,7 @@ class ConversationFanOut(ConversationState):
         """
         if self._published > message.seq:
             return
+        self._late_seq = max(self._late_seq, message.seq)
         self._fan_out(message, None)
 
     def _viewers(self, seq: int) -> list[str]:

@@ -1,6 +1,7 @@
 """The marks, receipts and typing of a conversation actor.
 
-``recv``/``read`` marks are coalesced for ``watermark_window_s`` and handed to the node's
+``recv``/``read`` marks are coalesced for ``watermark_window_s`` (by default: until the end
+of the batch that raised them) and handed to the node's
 :class:`~actors._watermarks.MarkWriter`; the receipts they earn go out only once they are
 written (G5), under the actor's current membership (G7). Typing notices are relayed at most
 once per ``typing_interval_s`` per member. Part of
@@ -112,13 +113,13 @@ class ConversationMarks(ConversationState):
         for out in outs:
             if out.receipt.user not in members and not ctx.mutant(RECEIPTS_FROM_DEPARTED):
                 continue
+            receipt = self._marks.at_least_known(out.receipt)
             for member in recipients:
                 for handle in router.devices(member):
-                    if member == out.receipt.user and handle.device in out.sources:
+                    if member == receipt.user and handle.device in out.sources:
                         continue
-                    handle.push(out.receipt)
+                    handle.push(receipt)
             if ctx.elsewhere(members):
-                receipt = out.receipt
                 ctx.publish(
                     FeedMarks(
                         conv=receipt.conv,
@@ -163,11 +164,15 @@ class ConversationMarks(ConversationState):
 
     def _remote_marks(self, event: FeedMarks) -> None:
         """A receipt earned on another node: merged here (so a receipt sent from this node
-        never shows a lower mark), then pushed to the members' devices on this node."""
-        self._marks.merge_remote(event.user, event.delivered, event.read)
-        receipt = Receipt(
-            conv=self.conv, user=event.user, delivered=event.delivered, read=event.read
-        )
+        never shows a lower mark), then pushed to the members' devices on this node -- never
+        about a departed member (the rule of _send_receipts: this node's membership may be
+        newer than the publisher's)."""
+        delivered, read = self._marks.merge_remote(event.user, event.delivered, event.read)
+        if not self.conversation.is_member(event.user) and not self._ctx.mutant(
+            RECEIPTS_FROM_DEPARTED
+        ):
+            return
+        receipt = Receipt(conv=self.conv, user=event.user, delivered=delivered, read=read)
         for member in sorted(self.conversation.members):
             for handle in self._ctx.router.devices(member):
                 if member == event.user and handle.device in event.sources:

@@ -60,10 +60,16 @@ class ConversationState:
         # The last seq when this actor loaded: whether those messages were ever fanned out
         # (by an earlier actor, before an ambiguous write or a crash) is unknown here.
         self._loaded_seq = 0
+        #: The last message _push_late fanned out (each at most once).
+        self._late_seq = 0
         self._memory_seq = 0
         self._marks = Watermarks(conv, backwards=ctx.mutant(WATERMARK_BACKWARDS))
         self._flush_at = math.inf
         self._mark_writer = mark_writer
+        # The scope of the actor's wait for its mailbox, while it waits, and since when (the
+        # manager's idle sweep cancels it; see ConversationActor.expire_idle).
+        self._waiting: trio.CancelScope | None = None
+        self._waiting_since = 0.0
         # When a stale actor next tries to resync (inf: not stale); see the module docstring.
         self._resync_at = math.inf
         # Devices whose recv mark here is only a lower bound: the Store read of their mark

@@ -55,6 +55,8 @@ class ConversationManager:
     def __init__(self, ctx: NodeContext) -> None:
         self._ctx = ctx
         self._actors: dict[str, Mailbox] = {}
+        # The running actors, for the idle sweep (see _sweep_idle).
+        self._running: dict[str, ConversationActor] = {}
         self._starting: dict[str, trio.Event] = {}
         # The last seq each conversation had when its first actor on this node started: a
         # deliberately stale cache kept only while the ``seq_reuse_after_restart`` mutant is on.
@@ -62,7 +64,7 @@ class ConversationManager:
         self._nursery: trio.Nursery | None = None
         self._stopping = trio.Event()
         #: Writes every actor's watermarks, merged node-wide (see MarkWriter).
-        self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_window_s, ctx.timed)
+        self.mark_writer = MarkWriter(ctx.store, ctx.config.watermark_retry_s, ctx.timed)
         # New group → its creation event, until an actor of the group has fanned it out.
         self._unannounced: dict[str, StoredMessage] = {}
         # Group id → everyone who may see some of it (members and former members), for the
@@ -80,10 +82,12 @@ class ConversationManager:
         previous run. Only caches of facts that never change (direct conversation ids) stay.
         """
         self._actors = {}
+        self._running = {}
         self._starting = {}
         self._unannounced = {}
         async with trio.open_nursery() as outer:
             await outer.start(self.mark_writer.run)
+            outer.start_soon(self._sweep_idle)
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 task_status.started()
@@ -264,6 +268,7 @@ class ConversationManager:
         if self._ctx.mutant(SEQ_REUSE_AFTER_RESTART):  # kept for nothing else: unbounded
             self._first_seen_seq.setdefault(conv, actor.last_seq)
         self._actors[conv] = send
+        self._running[conv] = actor
         return send
 
     # ------------------------------------------------------------------ the change feed
@@ -319,7 +324,8 @@ class ConversationManager:
         conversations of every device connected here with something above its recv mark get
         an actor that pushes it (from that mark)."""
         self._viewers.clear()
-        for conv in sorted(self._actors):
+        running = sorted(self._actors)
+        for conv in running:
             await self.remote(conv, Resync())
         for handle in self._ctx.router.all():
             cursor: str | None = None
@@ -332,11 +338,24 @@ class ConversationManager:
                     log.warning("cannot resync the conversations of %s: %s", handle.user, exc)
                     break
                 for row in page.rows:
-                    if row.last_seq > row.delivered and row.conv not in self._actors:
+                    if row.last_seq > row.delivered and row.conv in running:
+                        await self._catch_up(row.conv, int(row.delivered), int(row.last_seq))
+                    elif row.last_seq > row.delivered and row.conv not in self._actors:
                         await self._resync_from(row.conv, int(row.delivered))
                 if page.cursor is None:
                     break
                 cursor = page.cursor
+
+    async def _catch_up(self, conv: str, delivered: int, last_seq: int) -> None:
+        """A running actor may have started while the lost history still held messages for
+        a device here (above its recv mark): hand it those as the feed would have."""
+        try:
+            missing = await self._ctx.store.range(conv, delivered + 1, last_seq)
+        except StoreError as exc:
+            log.warning("cannot catch %s up: %s", conv, exc)
+            return
+        if missing:
+            await self.remote(conv, RemoteMessages(messages=tuple(missing)))
 
     async def _resync_from(self, conv: str, delivered: int) -> None:
         try:
@@ -348,6 +367,18 @@ class ConversationManager:
     def _forget(self, conv: str, mailbox: Mailbox) -> None:
         if self._actors.get(conv) is mailbox:
             del self._actors[conv]
+            self._running.pop(conv, None)
+
+    async def _sweep_idle(self) -> None:
+        """Every quarter of ``conversation_idle_s``, end the wait of the actors idle for that
+        long (they retire). One timer for all of them: an actor's wait for its mailbox needs
+        no deadline of its own, which trio makes cost more than handling a request."""
+        idle_s = self._ctx.config.conversation_idle_s
+        while True:
+            await trio.sleep(idle_s / 4)
+            now = trio.current_time()
+            for actor in list(self._running.values()):
+                actor.expire_idle(now, idle_s)
 
 
 async def _all_conversations(store: Store, user: str, device: str) -> list[ConvRow]:

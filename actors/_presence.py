@@ -40,6 +40,7 @@ import trio
 from persistence import StoreError
 from protocol import Error, ErrorCode, Presence
 
+from ._config import PRESENCE_LOCAL_ONLY
 from ._context import NodeContext
 from ._messages import (
     DeviceConnected,
@@ -134,7 +135,10 @@ class PresenceRegistry:
             conns.append(conn_id)
 
     def _connected_now(self, user: str) -> bool:
-        return user in self._online or self._ctx.remote.has(user)
+        return user in self._online or self._elsewhere(user)
+
+    def _elsewhere(self, user: str) -> bool:
+        return self._ctx.remote.has(user) and not self._ctx.mutant(PRESENCE_LOCAL_ONLY)
 
     def _is_online(self, user: str) -> bool:
         return self._connected_now(user) or user in self._grace_until
@@ -167,7 +171,7 @@ class PresenceRegistry:
         if conns:
             return
         del self._online[user]
-        if not self._ctx.remote.has(user):
+        if not self._elsewhere(user):
             self._went_away(user, ts)
         try:
             with self._ctx.timed("set_last_seen"):

@@ -81,6 +81,11 @@ class ConnectionHandle:
     #: two connections of one device on two nodes is the newer (4409 across nodes).
     session: str = ""
     since: int = 0
+    #: Per conversation, the seq the hello backlog pushed up to. A later push at or below it
+    #: is a duplicate, and from an actor that started below it (the resync after a lost
+    #: change-feed history starts from the device's stored recv mark, which may lag) it
+    #: would break seq order (G4): such pushes are dropped.
+    backlog_up_to: dict[str, int] = attrs.field(factory=dict)
 
     @property
     def unsent(self) -> int:
@@ -102,6 +107,12 @@ class ConnectionHandle:
             return True
         if self.closed:
             return False
+        if (
+            self.backlog_up_to
+            and isinstance(frame, Msg)
+            and frame.seq <= self.backlog_up_to.get(frame.conv, 0)
+        ):
+            return True
         if self.unsent >= self.limit or self.unsent_bytes + size > self.byte_limit:
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: outbox full")
             return False

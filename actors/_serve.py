@@ -81,27 +81,26 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--metrics", action="store_true", help="serve GET /metrics (Prometheus)")
     limits = NodeConfig()
-    parser.add_argument(
-        "--max-connections",
-        type=_positive,
-        default=limits.max_connections,
-        metavar="N",
-        help="open connections beyond this are closed with 4429 (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-pending-hellos",
-        type=_positive,
-        default=limits.max_pending_hellos,
-        metavar="N",
-        help="connections that have not said hello yet, at most (default %(default)s)",
-    )
-    parser.add_argument(
-        "--max-devices",
-        type=_positive,
-        default=limits.max_devices_per_user,
-        metavar="N",
-        help="connected devices per user on this node (default %(default)s)",
-    )
+    for flag, field, text in (
+        (
+            "--max-connections",
+            "max_connections",
+            "open connections beyond this are closed with 4429",
+        ),
+        (
+            "--max-pending-hellos",
+            "max_pending_hellos",
+            "connections that have not said hello yet, at most",
+        ),
+        ("--max-devices", "max_devices_per_user", "connected devices per user on this node"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_positive,
+            default=getattr(limits, field),
+            metavar="N",
+            help=f"{text} (default %(default)s)",
+        )
     parser.add_argument(
         "--workers", type=_positive, default=1, help="node processes on this port (1)"
     )
@@ -169,7 +168,7 @@ def serve_main(argv: list[str]) -> int:
         print(f"messenger serve: {exc}", file=sys.stderr)
         return _EXIT_STARTUP
     try:
-        trio.run(_serve, args, TokenIssuer(secret))
+        trio.run(_serve, args, argv, TokenIssuer(secret))
     except (EmbeddedServerError, OSError) as exc:
         print(f"messenger serve: {exc}", file=sys.stderr)
         return _EXIT_STARTUP
@@ -189,15 +188,15 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-async def _serve(args: argparse.Namespace, issuer: TokenIssuer) -> None:
+async def _serve(args: argparse.Namespace, argv: list[str], issuer: TokenIssuer) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         embedded = None
         if args.mongo_uri is None:
             embedded = await trio.to_thread.run_sync(_start_embedded, args.data_dir)
         try:
-            uri = args.mongo_uri or (embedded.uri if embedded else "")
+            uri = args.mongo_uri or (_embedded_uri(embedded.uri) if embedded else "")
             if args.workers > 1:
-                await run_workers(args, uri, signals)
+                await run_workers(args, argv, uri, signals)
                 return
             store = await MongoStore.connect(uri, args.database)
             try:
@@ -258,6 +257,21 @@ async def _run_node(
             break
         await node.shutdown()
         nursery.cancel_scope.cancel()
+
+
+def _embedded_uri(uri: str) -> str:
+    """The embedded store's URI, with the driver's retryable writes off.
+
+    SecantusDB keeps a reply per retryable write for 30 minutes, capped at 10,000, and on
+    every retryable write scans them all, sorting them once over the cap: past ~10,000 light
+    writes (sessions, devices, marks, leases) each one cost the store milliseconds (measured:
+    ``bench conns --workers 3`` fell from 67 to under 15 handshakes/s as it passed ~10,000
+    connections, the store at 80 % of a core in that sort). A single embedded server has no
+    failover for the driver's one retry to ride out, and MongoStore's runner re-runs a failed
+    operation anyway (every write is guarded by a unique key or is idempotent). A
+    ``--mongo-uri`` is used as given.
+    """
+    return f"{uri}{'&' if '?' in uri else '/?'}retryWrites=false"
 
 
 def _start_embedded(data_dir: Path) -> EmbeddedServer:

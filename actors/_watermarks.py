@@ -59,12 +59,29 @@ class Watermarks:
         self._delivered = {u: m.delivered for u, m in marks.items()}
         self._read = {u: m.read for u, m in marks.items()}
 
-    def merge_remote(self, user: str, delivered: int | None, read: int | None) -> None:
-        """Max-merge ``user``'s marks as another node wrote them (nothing to write here)."""
+    def merge_remote(
+        self, user: str, delivered: int | None, read: int | None
+    ) -> tuple[int | None, int | None]:
+        """Max-merge ``user``'s marks as another node wrote them (nothing to write here);
+        returns the merged marks of the fields given (a lagging feed may bring a lower one)."""
         if delivered is not None:
-            self._delivered[user] = max(self._delivered.get(user, 0), delivered)
+            delivered = self._delivered[user] = max(self._delivered.get(user, 0), delivered)
         if read is not None:
-            self._read[user] = max(self._read.get(user, 0), read)
+            read = self._read[user] = max(self._read.get(user, 0), read)
+        return delivered, read
+
+    def at_least_known(self, receipt: Receipt) -> Receipt:
+        """``receipt`` with each mark it carries raised to what is known here now: a mark
+        merged from another node after the receipt was made must not be followed by a lower
+        one (G5: receipts never go back)."""
+        delivered, read = receipt.delivered, receipt.read
+        if delivered is not None:
+            delivered = max(delivered, self._delivered.get(receipt.user, 0))
+        if read is not None:
+            read = max(read, self._read.get(receipt.user, 0))
+        if (delivered, read) == (receipt.delivered, receipt.read):
+            return receipt
+        return attrs.evolve(receipt, delivered=delivered, read=read)
 
     def knows_device(self, user: str, device: str) -> bool:
         return (user, device) in self._recv

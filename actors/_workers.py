@@ -30,7 +30,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import attrs
 import trio
@@ -87,52 +87,20 @@ class Worker:
 class WorkerSupervisor:
     """Runs and restarts the workers of one ``serve --workers`` parent (module docstring)."""
 
-    def __init__(self, args: argparse.Namespace, uri: str, port: int) -> None:
+    def __init__(self, args: argparse.Namespace, argv: Sequence[str], uri: str, port: int) -> None:
         self._args = args
+        self._serve_argv = tuple(argv)
         self._uri = uri
         self._port = port
         self.workers = [Worker(index=i + 1) for i in range(args.workers)]
         self._stopping = False
 
     def _argv(self, predecessor: str | None) -> list[str]:
-        args = self._args
-        argv = [
-            sys.executable,
-            "-m",
-            "messenger",
-            "serve",
-            "--worker",
-            "--host",
-            args.host,
-            "--port",
-            str(self._port),
-            "--data-dir",
-            str(args.data_dir),
-            "--database",
-            args.database,
-            "--log-level",
-            args.log_level,
-            "--heartbeat",
-            str(args.heartbeat),
-            "--lease",
-            str(args.lease),
-            "--lease-refresh",
-            str(args.lease_refresh),
-            "--presence-grace",
-            str(args.presence_grace),
-            "--max-connections",
-            str(args.max_connections),
-            "--max-pending-hellos",
-            str(args.max_pending_hellos),
-            "--max-devices",
-            str(args.max_devices),
-        ]
-        if args.notify_webhook:
-            argv += ["--notify-webhook", args.notify_webhook]
-        if args.metrics:
-            argv.append("--metrics")
-        for origin in args.allow_origin:
-            argv += ["--allow-origin", origin]
+        """The parent's own ``serve`` command line, made a worker's: every option the
+        operator gave means the same for each worker (argparse keeps the last of a repeated
+        option, so the overrides go at the end)."""
+        argv = [sys.executable, "-m", "messenger", "serve", *self._serve_argv]
+        argv += ["--worker", "--workers", "1", "--port", str(self._port)]
         if predecessor is not None:
             argv += ["--predecessor", predecessor]
         return argv
@@ -220,12 +188,15 @@ class WorkerSupervisor:
                 await worker.process.wait()
 
 
-async def run_workers(args: argparse.Namespace, uri: str, signals: AsyncIterator[int]) -> None:
-    """The parent of ``serve --workers N`` once the store is up: run until a signal."""
+async def run_workers(
+    args: argparse.Namespace, argv: Sequence[str], uri: str, signals: AsyncIterator[int]
+) -> None:
+    """The parent of ``serve --workers N`` (``args`` parsed from ``argv``) once the store is
+    up: run until a signal."""
     reserved = reuse_port_socket(args.host, args.port)
     try:
         port = reserved.getsockname()[1]
-        supervisor = WorkerSupervisor(args, uri, port)
+        supervisor = WorkerSupervisor(args, argv, uri, port)
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             print(f"{READY_PREFIX}{args.host}:{port}/v1/ws", flush=True)

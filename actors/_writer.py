@@ -1,11 +1,13 @@
-"""The writer of one connection's outbox: a task that exists only while there is something
-to write.
+"""The writer of one connection's outbox: a task that exists only while the connection is
+busy.
 
 Owned by a :class:`~actors._connection.ConnectionActor`; it writes the frames queued on the
 connection's :class:`~actors._router.ConnectionHandle` a whole batch at a time (one send for a
-WebSocket) and ends when the outbox is empty (the next push starts a new one through
-:meth:`OutboxWriter.kick`). The connection's own frames wait here for room in the outbox
-(:meth:`OutboxWriter.enqueue`); other actors' pushes never wait (see the router).
+WebSocket). When the outbox is empty it lingers for ``linger_s`` waiting for the next push
+(:meth:`OutboxWriter.kick` wakes it), then ends; the next push starts a new one. So a busy
+connection costs one wake-up per write rather than a task and a cancel scope per write, and
+an idle one still holds no writer task. The connection's own frames wait here for room in the
+outbox (:meth:`OutboxWriter.enqueue`); other actors' pushes never wait (see the router).
 
 The task runs in the node's nursery, not in a nursery of the connection's own (that would cost
 a nursery and a cancel scope per idle connection); :meth:`OutboxWriter.stop` cancels it. It
@@ -15,6 +17,7 @@ contains its failures the way the connection actor does: logged, then close 1011
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 
 import trio
@@ -36,6 +39,8 @@ class OutboxWriter:
     __slots__ = (
         "_conn_id",
         "_handle",
+        "_linger_s",
+        "_more",
         "_request_close",
         "_scope",
         "_session",
@@ -52,16 +57,20 @@ class OutboxWriter:
         session: ServerSession,
         spawn: Spawn,
         request_close: CloseRequest,
+        linger_s: float,
     ) -> None:
         self._conn_id = conn_id
         self._transport = transport
         self._session = session
         self._spawn = spawn
         self._request_close = request_close
+        self._linger_s = linger_s
         #: The handle whose outbox this writes: set while the connection is in the router.
         self._handle: ConnectionHandle | None = None
         self._writing = False
         self._scope: trio.CancelScope | None = None
+        # Set by a push while the writer lingers with an empty outbox.
+        self._more: trio.Event | None = None
         # Set when a full outbox drained (created only when someone waits for it).
         self._space: trio.Event | None = None
 
@@ -73,9 +82,13 @@ class OutboxWriter:
         self._handle = None
 
     def kick(self) -> None:
-        """Start the writer unless it runs (it drains the outbox, then ends)."""
+        """Wake the lingering writer, or start one unless it runs."""
         handle = self._handle
-        if not self._writing and handle is not None and not handle.closed:
+        if handle is None or handle.closed:
+            return
+        if self._more is not None:
+            self._more.set()
+        elif not self._writing:
             self._writing = True
             self._spawn(self._write)
 
@@ -91,8 +104,13 @@ class OutboxWriter:
             self._writing = False
             return
         try:
-            with trio.CancelScope() as self._scope:
-                while handle.outbox and not handle.closed:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                while not handle.closed:
+                    if not handle.outbox:
+                        if not await self._linger(scope):
+                            break
+                        continue
                     frames = handle.take()
                     texts = [self._session.send(frame) for frame in frames]
                     del frames
@@ -112,8 +130,24 @@ class OutboxWriter:
             handle.closed = True
             self._request_close(CloseCode.INTERNAL_ERROR, "internal error")
         finally:
-            self._scope = None
+            self._scope = self._more = None
             self._writing = False
+        if handle.outbox and not handle.closed:
+            self.kick()  # pushed while the linger ran out: a new writer takes it
+
+    async def _linger(self, scope: trio.CancelScope) -> bool:
+        """Wait up to ``linger_s`` for a push; False when the writer should end.
+
+        The writer's one scope carries the linger's deadline (no scope per wait). A deadline
+        that fired after the push woke the writer cancelled the scope all the same: the writer
+        then ends before its next checkpoint, so no write is ever cut by it.
+        """
+        more = self._more = trio.Event()
+        scope.deadline = trio.current_time() + self._linger_s
+        await more.wait()
+        scope.deadline = math.inf
+        self._more = None
+        return not scope.cancel_called
 
     async def _wait(self) -> None:
         if self._space is None:

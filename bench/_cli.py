@@ -15,7 +15,7 @@ from pathlib import Path
 from ._conns import PER_PROC, ConnsConfig, conns_text, run_conns
 from ._load import LoadConfig, run_sweep
 from ._load_plan import PLACEMENTS
-from ._node import BenchSetupError
+from ._node import BenchSetupError, NodesConfig
 from ._report import plot_sweep, sweep_text, to_json
 from ._store import run_store, store_parser
 
@@ -82,6 +82,14 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         help="without --url: start the node as `messenger serve --workers N`",
     )
     target.add_argument(
+        "--heartbeat",
+        type=_positive_int,
+        default=None,
+        metavar="S",
+        help="without --url: our node's `serve --heartbeat` (clients ping every half; "
+        "default serve's 30)",
+    )
+    target.add_argument(
         "--node-log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
     parser.add_argument(
@@ -97,8 +105,22 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
 def _check_target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.url and args.workers is not None:
         parser.error("--workers starts a node of our own; it cannot go with --url")
+    if args.url and args.heartbeat is not None:
+        parser.error("--heartbeat configures a node of our own; it cannot go with --url")
     if not args.url and (args.node_pid or args.store_pid or args.data_dir):
         parser.error("--node-pid, --store-pid and --data-dir describe nodes given by --url")
+
+
+def _nodes(args: argparse.Namespace) -> NodesConfig:
+    return NodesConfig(
+        urls=tuple(args.url),
+        data_dir=args.data_dir,
+        workers=args.workers,
+        node_pids=tuple(args.node_pid),
+        store_pids=tuple(args.store_pid),
+        log_level=args.node_log_level,
+        heartbeat_s=args.heartbeat,
+    )
 
 
 def load_parser() -> argparse.ArgumentParser:
@@ -206,12 +228,7 @@ def load_main(argv: list[str]) -> int:
         placement=args.placement,
         procs=args.procs,
         seed=args.seed,
-        urls=tuple(args.url),
-        data_dir=args.data_dir,
-        node_workers=args.workers,
-        node_pids=tuple(args.node_pid),
-        store_pids=tuple(args.store_pid),
-        node_log_level=args.node_log_level,
+        nodes=_nodes(args),
     )
     sweep = run_sweep(config, "messenger bench load " + " ".join(argv))
     _emit(args.json, to_json(sweep), sweep_text(sweep))
@@ -230,12 +247,7 @@ def conns_main(argv: list[str]) -> int:
         hold_s=args.hold,
         settle_s=args.settle,
         per_proc=args.per_proc,
-        urls=tuple(args.url),
-        data_dir=args.data_dir,
-        node_workers=args.workers,
-        node_pids=tuple(args.node_pid),
-        store_pids=tuple(args.store_pid),
-        node_log_level=args.node_log_level,
+        nodes=_nodes(args),
     )
     result = run_conns(config, "messenger bench conns " + " ".join(argv))
     _emit(args.json, to_json(result), conns_text(result))

@@ -16,17 +16,14 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import attrs
 
 from ._conns_worker import Closed, Command, Connected, ConnsPlan, Idle, Progress, conns_worker
 from ._node import (
-    ServerProcesses,
+    NodesConfig,
     mint_tokens,
-    own_node,
+    nodes_under_test,
     raise_fd_limit,
     ws_host_port,
 )
@@ -36,6 +33,15 @@ from ._stats import Latency, LatencyHistogram
 
 #: Connections per load-generator process by default (under the 20,000 fd limit).
 PER_PROC = 10_000
+#: The connect phase fails after this long, or after a second per this many connections
+#: when that is longer (50,000 took ~20 minutes on the shared 2-core box).
+CONNECT_LIMIT_S = 900.0
+CONNECT_LIMIT_PER_S = 20
+
+
+def connect_limit_s(count: int) -> float:
+    """Seconds the connect phase of ``count`` connections may take before the run fails."""
+    return max(CONNECT_LIMIT_S, count / CONNECT_LIMIT_PER_S)
 
 
 @attrs.frozen(kw_only=True)
@@ -44,12 +50,7 @@ class ConnsConfig:
     hold_s: float = 10.0
     settle_s: float = 3.0
     per_proc: int = PER_PROC
-    urls: tuple[str, ...] = ()
-    data_dir: Path | None = None
-    node_workers: int | None = None
-    node_pids: tuple[int, ...] = ()
-    store_pids: tuple[int, ...] = ()
-    node_log_level: str = "warning"
+    nodes: NodesConfig = attrs.Factory(NodesConfig)
 
 
 @attrs.frozen(kw_only=True)
@@ -87,25 +88,11 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-@contextmanager
-def _servers(config: ConnsConfig) -> Iterator[tuple[tuple[str, ...], Path | None, ServerProcesses]]:
-    if config.urls:
-        for url in config.urls:
-            ws_host_port(url)
-        servers = ServerProcesses(node_pids=config.node_pids, store_pids=config.store_pids)
-        yield config.urls, config.data_dir, servers
-        return
-    workers = "" if config.node_workers is None else f" with {config.node_workers} workers"
-    _progress(f"starting a node{workers} (embedded store, fresh data directory)...")
-    with own_node(log_level=config.node_log_level, workers=config.node_workers) as node:
-        _progress(f"node pid {node.pid} listening on {node.url}")
-        yield (node.url,), node.data_dir, ServerProcesses(root=node.pid)
-
-
 def run_conns(config: ConnsConfig, command: str) -> ConnsResult:
     raise_fd_limit()
     load_average = os.getloadavg()
-    with _servers(config) as (urls, data_dir, servers):
+    with nodes_under_test(config.nodes, _progress) as target:
+        urls, data_dir, servers = target.urls, target.data_dir, target.servers
         run = secrets.token_hex(3)
         users = [f"c{run}-{i}" for i in range(config.count)]
         _progress(f"minting {len(users):,} tokens...")
@@ -143,7 +130,7 @@ def run_conns(config: ConnsConfig, command: str) -> ConnsResult:
 
             began = time.monotonic()
             pool.broadcast(Command(name="connect"))
-            connected = pool.collect(Connected, 900.0, on_progress, report)
+            connected = pool.collect(Connected, connect_limit_s(config.count), on_progress, report)
             connect_s = time.monotonic() - began
             opened = sum(c.opened for c in connected)
             _progress(

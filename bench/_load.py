@@ -25,9 +25,7 @@ import platform
 import secrets
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 
 import attrs
 
@@ -46,10 +44,12 @@ from ._load_worker import load_worker
 from ._node import (
     BenchSetupError,
     CpuSeconds,
+    Nodes,
+    NodesConfig,
     ServerProcesses,
     cpu_count,
     mint_tokens,
-    own_node,
+    nodes_under_test,
     scrape_metrics,
     ws_host_port,
 )
@@ -82,12 +82,7 @@ class LoadConfig:
     placement: str = "mixed"
     procs: int | None = None
     seed: int | None = None
-    urls: tuple[str, ...] = ()
-    data_dir: Path | None = None
-    node_workers: int | None = None
-    node_pids: tuple[int, ...] = ()
-    store_pids: tuple[int, ...] = ()
-    node_log_level: str = "warning"
+    nodes: NodesConfig = attrs.Factory(NodesConfig)
 
 
 @attrs.frozen(kw_only=True)
@@ -197,32 +192,7 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-@attrs.frozen(kw_only=True)
-class _Target:
-    urls: tuple[str, ...]
-    data_dir: Path | None
-    servers: ServerProcesses
-
-
-@contextmanager
-def _target(config: LoadConfig) -> Iterator[_Target]:
-    """The nodes under test for one rate: the given URLs, or a fresh node of our own."""
-    if config.urls:
-        for url in config.urls:
-            ws_host_port(url)
-        servers = ServerProcesses(node_pids=config.node_pids, store_pids=config.store_pids)
-        yield _Target(urls=config.urls, data_dir=config.data_dir, servers=servers)
-        return
-    workers = "" if config.node_workers is None else f", {config.node_workers} workers"
-    _progress(f"starting a node (embedded store, fresh data directory{workers})...")
-    with own_node(log_level=config.node_log_level, workers=config.node_workers) as node:
-        _progress(f"node pid {node.pid} listening on {node.url}")
-        yield _Target(
-            urls=(node.url,), data_dir=node.data_dir, servers=ServerProcesses(root=node.pid)
-        )
-
-
-def _plans(config: LoadConfig, rate: float, seed: int, target: _Target) -> list[LoadPlan]:
+def _plans(config: LoadConfig, rate: float, seed: int, target: Nodes) -> list[LoadPlan]:
     run = secrets.token_hex(3)
     users = [f"b{run}-{i}" for i in range(config.clients)]
     _progress(f"minting {len(users):,} tokens...")
@@ -261,7 +231,7 @@ def _plans(config: LoadConfig, rate: float, seed: int, target: _Target) -> list[
                 seed=seed + worker,
                 recv_delay_s=config.recv_delay_s,
                 placement=config.placement,
-                arrange=len(target.urls) == 1 and (config.node_workers or 1) > 1,
+                arrange=len(target.urls) == 1 and (config.nodes.workers or 1) > 1,
             )
         )
     return plans
@@ -270,7 +240,7 @@ def _plans(config: LoadConfig, rate: float, seed: int, target: _Target) -> list[
 def run_rate(config: LoadConfig, rate: float, seed: int) -> RateResult:
     """One rate: nodes, generators, load, drain, verdict."""
     load_average = os.getloadavg()
-    with _target(config) as target:
+    with nodes_under_test(config.nodes, _progress) as target:
         plans = _plans(config, rate, seed, target)
         _progress(
             f"[{rate:,.0f} msgs/s] {len(plans)} load-generator processes connecting "

@@ -20,7 +20,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import attrs
@@ -140,6 +140,52 @@ def _rss_sum(processes: Sequence[psutil.Process]) -> int:
     return total
 
 
+@attrs.frozen(kw_only=True)
+class NodesConfig:
+    """Which nodes a benchmark runs against: ``urls`` of running nodes (with the directory of
+    their secret and the pids to read CPU and memory of), or none: a node of its own,
+    ``serve --workers`` when ``workers`` is given."""
+
+    urls: tuple[str, ...] = ()
+    data_dir: Path | None = None
+    workers: int | None = None
+    node_pids: tuple[int, ...] = ()
+    store_pids: tuple[int, ...] = ()
+    log_level: str = "warning"
+    #: Our own node's ``serve --heartbeat`` (None: serve's default); clients ping every half.
+    heartbeat_s: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Nodes:
+    """The nodes under test, up: their URLs, the directory of their secret, their processes."""
+
+    urls: tuple[str, ...]
+    data_dir: Path | None
+    servers: ServerProcesses
+
+
+@contextlib.contextmanager
+def nodes_under_test(config: NodesConfig, progress: Callable[[str], None]) -> Iterator[Nodes]:
+    """The given nodes, or a fresh node of our own (embedded store, fresh data directory)
+    for the length of the block."""
+    if config.urls:
+        for url in config.urls:
+            ws_host_port(url)
+        servers = ServerProcesses(node_pids=config.node_pids, store_pids=config.store_pids)
+        yield Nodes(urls=config.urls, data_dir=config.data_dir, servers=servers)
+        return
+    workers = "" if config.workers is None else f", {config.workers} workers"
+    progress(f"starting a node (embedded store, fresh data directory{workers})...")
+    with own_node(
+        log_level=config.log_level, workers=config.workers, heartbeat_s=config.heartbeat_s
+    ) as node:
+        progress(f"node pid {node.pid} listening on {node.url}")
+        yield Nodes(
+            urls=(node.url,), data_dir=node.data_dir, servers=ServerProcesses(root=node.pid)
+        )
+
+
 @attrs.define(eq=False)
 class NodeProcess:
     """A node this benchmark started: its URL, process and data directory."""
@@ -160,6 +206,7 @@ def own_node(
     workers: int | None = None,
     mongo_uri: str | None = None,
     data_dir: Path | None = None,
+    heartbeat_s: int | None = None,
 ) -> Iterator[NodeProcess]:
     """Start a node on 127.0.0.1, a free port and (unless given) a fresh data directory, with
     the embedded store unless ``mongo_uri``; ``workers`` is passed on as ``serve --workers``.
@@ -168,7 +215,13 @@ def own_node(
     made = data_dir is None
     directory = Path(tempfile.mkdtemp(prefix="messenger-bench-")) if made else data_dir
     assert directory is not None
-    command = serve_command(directory, log_level=log_level, workers=workers, mongo_uri=mongo_uri)
+    command = serve_command(
+        directory,
+        log_level=log_level,
+        workers=workers,
+        mongo_uri=mongo_uri,
+        heartbeat_s=heartbeat_s,
+    )
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=None, text=True, start_new_session=True
     )
@@ -182,7 +235,12 @@ def own_node(
 
 
 def serve_command(
-    data_dir: Path, *, log_level: str, workers: int | None, mongo_uri: str | None
+    data_dir: Path,
+    *,
+    log_level: str,
+    workers: int | None,
+    mongo_uri: str | None,
+    heartbeat_s: int | None = None,
 ) -> list[str]:
     """The ``messenger serve`` command line of a node started by the benchmark."""
     command = [sys.executable, "-m", "messenger", "serve", "--host", "127.0.0.1", "--port", "0"]
@@ -191,6 +249,8 @@ def serve_command(
         command += ["--workers", str(workers)]
     if mongo_uri is not None:
         command += ["--mongo-uri", mongo_uri]
+    if heartbeat_s is not None:
+        command += ["--heartbeat", str(heartbeat_s)]
     return command
 
 

@@ -22,7 +22,6 @@ from ._feed import FeedNodeDown as FeedNodeDown
 from ._feed import FeedSession as FeedSession
 from ._feed import FeedTyping as FeedTyping
 from ._memory import MemoryStore as MemoryStore
-from ._memory import StoreFaults as StoreFaults
 from ._mongo import MongoStore as MongoStore
 from ._types import BacklogRange as BacklogRange
 from ._types import Conversation as Conversation

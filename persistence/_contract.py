@@ -291,7 +291,8 @@ class Store(abc.ABC):
     async def open_session(self, session: DeviceSession) -> None:
         """Record that ``session`` now serves its (user, device), replacing any earlier one
         on any node (the node holding that one sees a :class:`FeedSession` and closes it with
-        4409)."""
+        4409). A session older (``since``) than the recorded one changes nothing: it was
+        written late, and the newer one stands."""
 
     @abc.abstractmethod
     async def close_session(self, user: str, device: str, session: str, ts: int) -> bool:

@@ -2,8 +2,8 @@
 
 No threads, no wall clock, no global random, no iteration over unsorted sets: the same
 operations in the same order give the same results byte for byte. One instance may be shared
-by several simulated nodes. Faults come from a separate :class:`StoreFaults` object the store
-consults at the start of every operation, so production code carries no test hooks.
+by several simulated nodes. It has no fault hooks: the simulator injects faults from outside,
+through a wrapper (``sim._store.FaultyStore``), so production code carries no test hooks.
 """
 
 from __future__ import annotations
@@ -12,22 +12,12 @@ import random
 from collections.abc import Iterable, Sequence
 
 import attrs
-import trio
 
 from protocol import MemberEvent
 
 from ._contract import Store
-from ._errors import StoreError, Unavailable
-from ._feed import (
-    ChangeFeed,
-    DeviceSession,
-    Ephemeral,
-    FeedEvent,
-    FeedLost,
-    FeedMessages,
-    FeedNodeDown,
-    FeedSession,
-)
+from ._errors import StoreError
+from ._memory_cluster import MemoryCluster
 from ._rules import (
     GROUP_ID_HEX,
     apply_member_change,
@@ -64,37 +54,6 @@ from ._types import (
 )
 
 
-@attrs.define
-class StoreFaults:
-    """Fault plan a MemoryStore consults; the simulator owns and mutates it.
-
-    ``fail_next(n)``: the next ``n`` operations raise :class:`Unavailable` without effect.
-    ``ambiguous_next(n)``: the next ``n`` writes take effect, then raise :class:`Unavailable`.
-    ``latency``: seconds every operation sleeps first (``trio.sleep``: virtual under MockClock).
-    ``lose_feed_history()``: the change feed's retained history is dropped at the next feed
-    read, so every open feed gets :class:`FeedLost` (MongoDB's error 286).
-    ``fired`` counts the faults that actually happened, for the simulator's report.
-    """
-
-    latency: float = 0.0
-    failing: int = 0
-    ambiguous: int = 0
-    feed_lost: bool = False
-    fired: dict[str, int] = attrs.field(factory=dict)
-
-    def fail_next(self, n: int = 1) -> None:
-        self.failing += n
-
-    def ambiguous_next(self, n: int = 1) -> None:
-        self.ambiguous += n
-
-    def lose_feed_history(self) -> None:
-        self.feed_lost = True
-
-    def _count(self, kind: str) -> None:
-        self.fired[kind] = self.fired.get(kind, 0) + 1
-
-
 @attrs.define(eq=False)
 class _Job:
     id: str
@@ -123,130 +82,31 @@ class _Job:
         )
 
 
-@attrs.define(eq=False)
-class _Lease:
-    expires: int
-    swept: bool = False
-
-
-class _MemoryFeed(ChangeFeed):
-    """A cursor into the MemoryStore's feed log (see :meth:`MemoryStore.watch`).
-
-    Its token is ``(epoch, position)``: a lost history (the fault) starts a new epoch, so
-    every feed and token of the old one is refused with :class:`FeedLost`.
-    """
-
-    def __init__(self, store: MemoryStore, node: str, epoch: int, position: int) -> None:
-        self._store = store
-        self._node = node
-        self._epoch = epoch
-        self._position = position
-        self._closed = False
-
-    @property
-    def token(self) -> object:
-        return (self._epoch, self._position)
-
-    async def next(self) -> list[FeedEvent]:
-        store = self._store
-        await store._enter()
-        while not self._closed:
-            store._trim_lost_feed()
-            if self._epoch != store._feed_epoch or self._position < store._feed_base:
-                raise FeedLost(f"feed position {self.token} is no longer retained")
-            end = store._feed_base + len(store._feed)
-            if self._position < end:
-                entries = store._feed[self._position - store._feed_base :]
-                self._position = end
-                found = [event for origin, event in entries if origin != self._node]
-                if found:
-                    return found
-                continue
-            await store._feed_grew.wait()
-        raise trio.ClosedResourceError("the feed was closed")
-
-    async def aclose(self) -> None:
-        self._closed = True
-
-
-class MemoryStore(Store):
+class MemoryStore(MemoryCluster, Store):
     """In-memory Store; deterministic given ``rng`` (group ids and message ids come from it).
 
-    Its change feed is a log of ``(origin node, event)`` in the order the operations took
-    effect; each :class:`ChangeFeed` is an index into it, woken by a trio event (no threads).
-    Only the last ``feed_retention`` events are kept: an older position raises
-    :class:`FeedLost`, as MongoDB does when the oplog rolled past a resume token.
+    Leases, sessions and the change feed are its base :class:`MemoryCluster`
+    (:mod:`persistence._memory_cluster`).
     """
 
     def __init__(
         self,
         *,
         rng: random.Random | None = None,
-        faults: StoreFaults | None = None,
         feed_retention: int = 100_000,
     ):
+        super().__init__(feed_retention=feed_retention)
         self._rng = rng if rng is not None else random.Random(0)
-        self.faults = faults if faults is not None else StoreFaults()
         self._convs: dict[str, Conversation] = {}
         self._messages: dict[str, list[StoredMessage]] = {}
         self._keys: dict[tuple[str, str, str], StoredMessage] = {}
         self._recv: dict[tuple[str, str, str], int] = {}
         self._read: dict[tuple[str, str], int] = {}
-        self._last_seen: dict[str, int] = {}
         self._jobs: dict[str, _Job] = {}
         self._open_job: dict[str, str] = {}
         self._jobs_created = 0
-        self._leases: dict[str, _Lease] = {}
-        self._sessions: dict[tuple[str, str], DeviceSession] = {}
-        self._feed_retention = feed_retention
-        self._feed: list[tuple[str | None, FeedEvent]] = []
-        self._feed_base = 0
-        self._feed_epoch = 0
-        self._feed_grew = trio.Event()
 
-    # -- the change feed -------------------------------------------------------------------
-
-    def _emit(self, event: FeedEvent, origin: str | None = None) -> None:
-        """Append ``event`` to the feed (``origin``: the node whose own feed skips it)."""
-        self._feed.append((origin, event))
-        if len(self._feed) > self._feed_retention:
-            drop = len(self._feed) - self._feed_retention
-            del self._feed[:drop]
-            self._feed_base += drop
-        self._feed_grew.set()
-        self._feed_grew = trio.Event()
-
-    def _trim_lost_feed(self) -> None:
-        if self.faults.feed_lost:
-            self.faults.feed_lost = False
-            self.faults._count("feed_lost")
-            self._feed_base += len(self._feed)
-            self._feed.clear()
-            self._feed_epoch += 1
-            self._feed_grew.set()
-            self._feed_grew = trio.Event()
-
-    def _emit_messages(self, conv: str, messages: Sequence[StoredMessage]) -> None:
-        if messages:
-            self._emit(FeedMessages(conv=conv, messages=tuple(messages)))
-
-    # -- fault plumbing ------------------------------------------------------------------
-
-    async def _enter(self) -> None:
-        if self.faults.latency > 0:
-            await trio.sleep(self.faults.latency)
-        if self.faults.failing > 0:
-            self.faults.failing -= 1
-            self.faults._count("fail")
-            raise Unavailable("store unavailable (injected fault)")
-        # A checkpoint even without latency, so the simulator can interleave store calls.
-        await trio.lowlevel.checkpoint()
-
-    def _after_write(self) -> None:
-        if self.faults.ambiguous > 0:
-            self.faults.ambiguous -= 1
-            self.faults._count("ambiguous")
-            raise Unavailable("store unavailable after the write (injected ambiguous fault)")
+    # -- plumbing ------------------------------------------------------------------------
 
     def _new_id(self) -> str:
         return f"{self._rng.getrandbits(4 * GROUP_ID_HEX):0{GROUP_ID_HEX}x}"
@@ -287,7 +147,6 @@ class MemoryStore(Store):
         event = self._store(member_message(conv.id, 1, self._new_id(), creation, ts))
         self._record_jobs(conv, notify, event)
         self._emit_messages(conv.id, [event])
-        self._after_write()
         return conv, event
 
     async def get_conversation(self, conv: str) -> Conversation:
@@ -315,7 +174,6 @@ class MemoryStore(Store):
         self._convs[conv_id] = apply_member_change(conv, kind, target, seq)
         self._record_jobs(self._convs[conv_id], notify, event)
         self._emit_messages(conv_id, [event])
-        self._after_write()
         return event
 
     def _record_jobs(self, conv: Conversation, notify: Iterable[str], event: StoredMessage) -> None:
@@ -425,7 +283,6 @@ class MemoryStore(Store):
                 if current.is_member(user):
                     self._record_job(user, conv, new[0].seq, max(m.ts for m in new), len(new))
         self._emit_messages(conv, new)
-        self._after_write()
         return results
 
     async def history(
@@ -472,7 +329,6 @@ class MemoryStore(Store):
             if seq is not None:
                 key = (mark.user, mark.device, mark.conv)
                 self._recv[key] = max(self._recv.get(key, 0), seq)
-        self._after_write()
 
     async def merge_read(self, marks: Sequence[ReadMark]) -> None:
         await self._enter()
@@ -481,7 +337,6 @@ class MemoryStore(Store):
             if seq is not None:
                 key = (mark.user, mark.conv)
                 self._read[key] = max(self._read.get(key, 0), seq)
-        self._after_write()
 
     def _marks(self, conv: Conversation) -> dict[str, MemberMarks]:
         users = sorted([*conv.members, *conv.departed])
@@ -527,99 +382,11 @@ class MemoryStore(Store):
         await self._enter()
         return {u: self._last_seen.get(u) for u in users}
 
-    # -- several nodes ---------------------------------------------------------------------
-
-    async def renew_lease(self, node: str, now_ms: int, ttl_ms: int) -> bool:
-        await self._enter()
-        lease = self._leases.get(node)
-        if lease is None or lease.swept:
-            self._leases[node] = _Lease(now_ms + ttl_ms)
-            return lease is None
-        lease.expires = max(lease.expires, now_ms + ttl_ms)
-        return True
-
-    async def drop_lease(self, node: str) -> None:
-        await self._enter()
-        self._leases.pop(node, None)
-
-    async def sweep_expired(self, now_ms: int, dead: Sequence[str] = ()) -> list[str]:
-        await self._enter()
-        known = set(dead)
-        swept = sorted(
-            n
-            for n, lease in self._leases.items()
-            if not lease.swept and (lease.expires < now_ms or n in known)
-        )
-        for node in swept:
-            lease = self._leases[node]
-            lease.swept = True
-            lease.expires = min(lease.expires, now_ms)
-            for key in sorted(k for k, s in self._sessions.items() if s.node == node):
-                user = key[0]
-                del self._sessions[key]
-                self._last_seen[user] = max(self._last_seen.get(user, lease.expires), lease.expires)
-            self._emit(FeedNodeDown(node=node, ts=lease.expires))
-        return swept
-
-    async def open_session(self, session: DeviceSession) -> None:
-        check_id("user id", session.user)
-        check_id("device id", session.device)
-        await self._enter()
-        self._sessions[(session.user, session.device)] = session
-        self._emit(
-            FeedSession(
-                user=session.user,
-                device=session.device,
-                session=session.session,
-                node=session.node,
-                ts=session.since,
-            ),
-            origin=session.node,
-        )
-        self._after_write()
-
-    async def close_session(self, user: str, device: str, session: str, ts: int) -> bool:
-        await self._enter()
-        current = self._sessions.get((user, device))
-        if current is None or current.session != session:
-            return False
-        del self._sessions[(user, device)]
-        self._emit(
-            FeedSession(user=user, device=device, session=None, node=current.node, ts=ts),
-            origin=current.node,
-        )
-        self._after_write()
-        return True
-
-    async def sessions(self) -> list[DeviceSession]:
-        await self._enter()
-        return [self._sessions[k] for k in sorted(self._sessions)]
-
-    async def publish(self, events: Sequence[Ephemeral]) -> None:
-        await self._enter()
-        for event in events:
-            self._emit(event, origin=event.node)
-        self._after_write()
-
-    async def watch(self, node: str, after: object | None = None) -> ChangeFeed:
-        await self._enter()
-        self._trim_lost_feed()
-        end = self._feed_base + len(self._feed)
-        if after is None:
-            return _MemoryFeed(self, node, self._feed_epoch, end)
-        match after:
-            case (int(epoch), int(position)) if (
-                epoch == self._feed_epoch and self._feed_base <= position <= end
-            ):
-                return _MemoryFeed(self, node, epoch, position)
-        raise FeedLost(f"feed position {after!r} is no longer retained")
-
     # -- notification outbox -------------------------------------------------------------
 
     async def notify_offline(self, user: str, conv: str, seq: int, ts: int) -> None:
         await self._enter()
         self._record_job(user, conv, seq, ts, 1)
-        self._after_write()
 
     def _record_job(self, user: str, conv: str, seq: int, ts: int, count: int) -> None:
         """Open ``user``'s job of this offline period, or coalesce into the open one."""
@@ -654,7 +421,6 @@ class MemoryStore(Store):
                 continue
             job.owner, job.lease_until = owner, now_ms + lease_ms
             claimed.append(job.freeze())
-        self._after_write()
         return claimed
 
     async def complete_notification(self, job_id: str) -> None:

@@ -8,6 +8,7 @@ from ._cli import main as main
 from ._determinism import derive_rng as derive_rng
 from ._determinism import derive_seed as derive_seed
 from ._determinism import run_deterministic as run_deterministic
+from ._faults import CLUSTER_FAULTS as CLUSTER_FAULTS
 from ._faults import FAULT_KINDS as FAULT_KINDS
 from ._faults import FaultPlan as FaultPlan
 from ._mutants import MUTANTS as MUTANTS

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 
 from ._determinism import derive_rng
-from ._faults import FAULT_KINDS, FaultPlan
+from ._faults import CLUSTER_FAULTS, FAULT_KINDS, FaultPlan
 from ._mutants import MUTANTS
 from ._runner import run_many
 from ._workload import Workload
@@ -41,21 +41,30 @@ def build_config(
     mutant: str | None,
     keep_going: bool = False,
     without: frozenset[str] = frozenset(),
+    nodes: int = 1,
 ) -> RunConfig:
     """The run of ``seed``: a swarm-chosen traffic mix and fault plan (both from the seed).
 
     ``without`` removes fault kinds from the plan after the swarm drew it, so the rest of
-    the run (workload, rates of the other kinds) is the same as without the option.
+    the run (workload, rates of the other kinds) is the same as without the option. With
+    one node the cluster fault kinds are left out the same way.
     """
     workload = Workload.swarm(
         derive_rng(seed, "workload-mix"), users=users, devices=devices, steps=steps
     )
     plan = FaultPlan.swarm(derive_rng(seed, "fault-plan"))
+    if nodes == 1:
+        without = without | CLUSTER_FAULTS
     if without:
         plan = FaultPlan(rates=tuple((k, r) for k, r in plan.rates if k not in without))
     mutants = frozenset({mutant}) if mutant else frozenset()
     return RunConfig(
-        seed=seed, workload=workload, plan=plan, mutants=mutants, stop_on_failure=not keep_going
+        seed=seed,
+        workload=workload,
+        plan=plan,
+        mutants=mutants,
+        nodes=nodes,
+        stop_on_failure=not keep_going,
     )
 
 
@@ -68,6 +77,8 @@ def replay_command(config: RunConfig, args: argparse.Namespace) -> str:
         parts.append(f"--devices {args.devices}")
     if args.steps != DEFAULT_STEPS:
         parts.append(f"--steps {args.steps}")
+    if config.nodes != 1:
+        parts.append(f"--nodes {config.nodes}")
     if args.mutant:
         parts.append(f"--mutant {args.mutant}")
     if args.keep_going:
@@ -81,6 +92,7 @@ def _add_shape(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="simulated users")
     parser.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help="devices per user")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="chaos-phase steps")
+    _add_nodes(parser)
     parser.add_argument(
         "--mutant", choices=sorted(MUTANTS), default=None, help="switch on one broken variant"
     )
@@ -95,6 +107,17 @@ def _add_shape(parser: argparse.ArgumentParser) -> None:
         "--keep-going",
         action="store_true",
         help="do not stop a run at its first violated step (report every finding)",
+    )
+
+
+def _add_nodes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        choices=(1, 2, 3),
+        default=1,
+        help="chat nodes sharing the Store (several: clients reconnect to any node, and the "
+        "cluster faults are on)",
     )
 
 
@@ -135,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--users", type=int, default=DEFAULT_USERS, help="simulated users")
     score.add_argument("--devices", type=int, default=DEFAULT_DEVICES, help="devices per user")
     score.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="chaos-phase steps")
+    _add_nodes(score)
     return parser
 
 
@@ -154,6 +178,7 @@ def _run(args: argparse.Namespace) -> int:
         mutant=args.mutant,
         keep_going=args.keep_going,
         without=args.without,
+        nodes=args.nodes,
     )
     print(config.describe())
     result = simulate(config)
@@ -184,6 +209,7 @@ def _explore(args: argparse.Namespace) -> int:
             mutant=args.mutant,
             keep_going=args.keep_going,
             without=args.without,
+            nodes=args.nodes,
         )
         for seed in range(args.start, args.start + args.seeds)
     )
@@ -203,6 +229,7 @@ def _explore(args: argparse.Namespace) -> int:
                 mutant=args.mutant,
                 keep_going=args.keep_going,
                 without=args.without,
+                nodes=args.nodes,
             )
             print(f"\nseed {outcome.seed} FAILED ({index}/{args.seeds} seeds run)")
             print(config.describe())
@@ -236,9 +263,15 @@ def _score(args: argparse.Namespace) -> int:
     rows: list[tuple[str, str, str, str]] = []
     caught = 0
     for name, mutant in MUTANTS.items():
+        nodes = max(args.nodes, mutant.nodes)
         configs = (
             build_config(
-                seed, users=args.users, devices=args.devices, steps=args.steps, mutant=name
+                seed,
+                users=args.users,
+                devices=args.devices,
+                steps=args.steps,
+                mutant=name,
+                nodes=nodes,
             )
             for seed in range(args.start, args.start + args.seeds)
         )

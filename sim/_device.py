@@ -45,7 +45,7 @@ from protocol import (
 from . import _history as h
 from ._network import Link
 
-#: Opens a link to the node for a device (by name), or raises ``OSError`` when it cannot.
+#: Opens a link to a node for a device (by name), or raises ``OSError`` when it cannot.
 Dialer = Callable[[str], Link]
 
 #: Bound on closing one WebSocket from our side (the SDK's own default is the same).
@@ -65,7 +65,7 @@ class _Tap:
 
     async def get_message(self) -> str | bytes:
         message = await self._ws.get_message()
-        self._device._record_in(message, self._session, self._link.sent_at())
+        self._device._record_in(message, self._session, self._link.sent_at(), self._link.node)
         return message
 
     async def send_message(self, message: str | bytes) -> None:
@@ -366,7 +366,11 @@ class SimDevice:
                     self.sessions_opened += 1
                     self._record(
                         h.SessionOpened(
-                            at=now, user=self.user, device=self.device, session=self.session_no
+                            at=now,
+                            user=self.user,
+                            device=self.device,
+                            session=self.session_no,
+                            node=self.link.node if self.link is not None else "",
                         )
                     )
                 case _:
@@ -402,7 +406,7 @@ class SimDevice:
             )
         )
 
-    def _record_in(self, text: str | bytes, number: int, sent_at: float) -> None:
+    def _record_in(self, text: str | bytes, number: int, sent_at: float, node: str) -> None:
         """Record one server message as seen on the wire (before the SDK handles it)."""
         now = trio.current_time()
         common: dict[str, Any] = {
@@ -452,6 +456,7 @@ class SimDevice:
                         of_user=frame.user,
                         delivered=frame.delivered,
                         read=frame.read,
+                        node=node,
                     )
                 )
             case TypingNotice():
@@ -464,6 +469,7 @@ class SimDevice:
                         status=frame.status,
                         last_seen=frame.last_seen,
                         sent_at=sent_at,
+                        node=node,
                     )
                 )
             case Error():

@@ -31,7 +31,19 @@ FAULT_KINDS: dict[str, str] = {
     "slow_store": "every Store operation takes 10-300 ms for a while",
     "stalled_client": "a device stops reading for 0.5-25 s (the node's writes pile up)",
     "slow_link": "a device's connection takes 20-500 ms per write",
+    # With several nodes only (appended, so one-node plans draw what they always drew):
+    "store_cutoff": "a node is cut off from the store for 0.5-12 s (its calls hang or fail) "
+    "while its clients stay connected",
+    "feed_stall": "a node's change feed delivers nothing for 0.5-8 s",
+    "feed_cursor_lost": "a node's change-feed cursor dies (it resumes from its token)",
+    "feed_history_lost": "the Store forgets its feed history (every node resyncs from the Store)",
+    "lease_lost": "a node's lease renewals fail for longer than the lease: it is declared dead "
+    "while it still serves its clients",
 }
+#: Kinds that need several nodes (a one-node run skips them without an RNG draw).
+CLUSTER_FAULTS = frozenset(
+    {"store_cutoff", "feed_stall", "feed_cursor_lost", "feed_history_lost", "lease_lost"}
+)
 
 #: The rate range a swarm-chosen kind gets (probability per step).
 _RATE_RANGE = (0.01, 0.12)

@@ -128,6 +128,9 @@ class ReceiptSeen:
     of_user: str
     delivered: int | None
     read: int | None
+    #: The node that sent it (each node's receipts must never go back; another node's
+    #: change feed may lag behind).
+    node: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -155,6 +158,8 @@ class PresenceSeen:
     last_seen: int | None
     #: When the node wrote the frame (``at`` is when the device read it).
     sent_at: float = 0.0
+    #: The node that wrote it.
+    node: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -192,6 +197,8 @@ class SessionOpened:
     user: str
     device: str
     session: int
+    #: The node serving it (``welcome.node``).
+    node: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -207,12 +214,15 @@ class SessionClosed:
 
 @attrs.frozen(kw_only=True)
 class NodeEvent:
-    """The node started (``started``), was crashed by the world (``crashed``) or died."""
+    """A node started (``started``), was crashed by the world (``crashed``), died, was
+    declared dead by a survivor's sweep of its expired lease (``swept``), or stopped
+    (``lagging``) and resumed (``caught up``) learning from its change feed and the store."""
 
     at: float
     what: str
     incarnation: int
     detail: str = ""
+    node: str = ""
 
 
 @attrs.frozen(kw_only=True)
@@ -252,8 +262,8 @@ def _short(value: object, limit: int = 60) -> str:
 def _describe(event: Event) -> tuple[str, str]:
     """(actor, text) for the trace: compact, stable, one line."""
     match event:
-        case NodeEvent(what=what, incarnation=inc, detail=detail):
-            return "node", f"{what} #{inc}" + (f" {detail}" if detail else "")
+        case NodeEvent(what=what, incarnation=inc, detail=detail, node=node):
+            return node or "node", f"{what} #{inc}" + (f" {detail}" if detail else "")
         case FaultFired(kind=kind, detail=detail):
             return "fault", f"{kind} {detail}"
     actor = f"{event.user}/{event.device}"  # every other event belongs to a device
@@ -286,8 +296,8 @@ def _describe(event: Event) -> tuple[str, str]:
             return actor, f"s{s} << history {conv} seqs={[seq for seq, _ in msgs]}"
         case ErrorSeen(session=s, code=code, message=message):
             return actor, f"s{s} << error {code} {message!r}"
-        case SessionOpened(session=s):
-            return actor, f"s{s} open"
+        case SessionOpened(session=s, node=node):
+            return actor, f"s{s} open @{node}"
         case SessionClosed(session=s, how=how):
             return actor, f"s{s} closed {how}"
     raise AssertionError(f"no trace text for {event!r}")

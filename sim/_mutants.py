@@ -28,12 +28,20 @@ class Mutant:
     #: Report categories one of which must appear for the mutant to count as caught.
     caught_as: frozenset[str]
     switch: Literal["node", "config", "store"] = "node"
+    #: Nodes a run needs for the slip to matter (``score`` runs it with at least these).
+    nodes: int = 1
 
 
 def _m(
-    name: str, breaks: str, *caught_as: str, switch: Literal["node", "config", "store"] = "node"
+    name: str,
+    breaks: str,
+    *caught_as: str,
+    switch: Literal["node", "config", "store"] = "node",
+    nodes: int = 1,
 ) -> Mutant:
-    return Mutant(name=name, breaks=breaks, caught_as=frozenset(caught_as), switch=switch)
+    return Mutant(
+        name=name, breaks=breaks, caught_as=frozenset(caught_as), switch=switch, nodes=nodes
+    )
 
 
 #: Every mutant, by name (in the order ``score`` prints them).
@@ -115,6 +123,43 @@ MUTANTS: dict[str, Mutant] = {
             "Visibility: history pages reach below the event that last added the caller",
             "authorization_leaks",
             switch="store",
+        ),
+        # The cluster paths: caught only with several nodes.
+        _m(
+            "presence_local_only",
+            "G6: presence decided from this node's connections only, not the deployment's",
+            "presence_mismatches",
+            nodes=3,
+        ),
+        _m(
+            "push_before_membership",
+            "G7: a follower pushes another node's messages before re-reading the membership "
+            "event before them",
+            "authorization_leaks",
+            "lost",
+            nodes=3,
+        ),
+        _m(
+            "resume_token_not_advanced",
+            "G4/G7: the feed's resume token is never kept, so a reopened feed misses what "
+            "happened while it was down",
+            "lost",
+            "authorization_leaks",
+            nodes=3,
+        ),
+        _m(
+            "notify_per_node",
+            "G8: 'no connected device' decided on this node only: jobs for users connected "
+            "to another node",
+            "notification_misses",
+            nodes=3,
+        ),
+        _m(
+            "claims_after_lease_lost",
+            "Several nodes: a node declared dead while alive keeps its connections (and so "
+            "its claim on those devices) instead of closing them",
+            "presence_mismatches",
+            nodes=3,
         ),
     )
 }

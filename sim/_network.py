@@ -137,6 +137,8 @@ class Link:
 
     name: str
     on_fault: FaultCallback
+    #: The node this connection was dialed to.
+    node: str = ""
     #: Told once, with ``client``, ``server`` or ``cut``, when the connection starts going
     #: down: a close frame or a stream close from either end, or a reset.
     on_down: Callable[[str], None] | None = None

@@ -32,7 +32,7 @@ import trio
 from pymongo import MongoClient, ReplaceOne, UpdateOne
 from pymongo.change_stream import ChangeStream
 from pymongo.database import Database
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo.errors import DuplicateKeyError, OperationFailure, PyMongoError
 
 from .._errors import Unavailable
 from .._feed import (
@@ -53,6 +53,14 @@ Doc = dict[str, Any]
 
 #: How long a getMore of the feed waits for new changes before returning empty.
 FEED_AWAIT_MS = 500
+#: Least time between the starts of two getMores of one feed. SecantusDB ends an awaiting
+#: getMore at any write to the oplog, matched by the ``$match`` or not (a watermark, a job,
+#: a lease), often with an empty batch: without a floor each node issues one getMore (a
+#: thread hop and a round trip, and a drain in the store) per write anywhere in the
+#: deployment. With it a feed polls at most 100 times a second, and a change waits at most
+#: this long more. On MongoDB, whose getMore returns only with changes or at its await time,
+#: the floor only batches a busy stream.
+FEED_MIN_GAP_S = 0.01
 #: Ephemeral documents are deleted by the TTL monitor after this long.
 EPHEMERAL_TTL_S = 60
 #: MongoDB's "the resume token's history is gone" codes (ChangeStreamHistoryLost and
@@ -141,6 +149,7 @@ class MongoFeed(ChangeFeed):
         self._stream: ChangeStream[Doc] | None = None
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
+        self._last_poll = -FEED_MIN_GAP_S
 
     @property
     def token(self) -> object:
@@ -199,6 +208,8 @@ class MongoFeed(ChangeFeed):
 
     async def next(self) -> list[FeedEvent]:
         while not self._closed:
+            await trio.sleep_until(self._last_poll + FEED_MIN_GAP_S)
+            self._last_poll = trio.current_time()
             # Not abandoned on cancel: the getMore returns within FEED_AWAIT_MS, and what it
             # read advances the token only together with the events handed back.
             events = await trio.to_thread.run_sync(self._poll_sync, limiter=self._limiter)
@@ -304,7 +315,12 @@ class Cluster:
 
     def open_session(self, s: DeviceSession) -> None:
         doc = {**_session_doc(s), "n": s.node, "since": s.since}
-        self._light.sessions.replace_one({"_id": doc["_id"]}, doc, upsert=True)
+        # An older session recorded late (sessions are written in the background) leaves a
+        # newer one standing: no match, and the upsert's insert then hits the _id.
+        with contextlib.suppress(DuplicateKeyError):
+            self._light.sessions.replace_one(
+                {"_id": doc["_id"], "since": {"$not": {"$gt": s.since}}}, doc, upsert=True
+            )
 
     def close_session(self, user: str, device: str, session: str, ts: int) -> bool:
         sessions = self._light.sessions

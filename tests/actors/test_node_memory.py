@@ -23,6 +23,7 @@ from actors import (
     TransportClosed,
 )
 from persistence import MemoryStore
+from sim._store import FaultyStore, StoreFaults
 
 ISSUER = TokenIssuer(b"memory-transport-test-secret-0123456789")
 
@@ -102,13 +103,14 @@ async def test_shutdown_closes_every_connection_with_1001(
 async def test_store_down_during_sync_errors_then_closes_1013(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    store = MemoryStore()
+    faults = StoreFaults()
+    store = FaultyStore(MemoryStore(), faults).as_store()
     async with trio.open_nursery() as nursery:
         node = await nursery.start(make_node(store).run)
         transport, peer = memory_transport_pair()
         node.attach(transport)
         token = ISSUER.mint("ann", 3600, virtual_ms() / 1000)
-        store.faults.fail_next(1)  # the backlog read of the hello
+        faults.fail_next(1)  # the backlog read of the hello
         await peer.send(orjson.dumps({"type": "hello", "token": token, "device": "d"}).decode())
         assert (await recv(peer))["type"] == "welcome"
         error = await recv(peer)

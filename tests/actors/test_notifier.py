@@ -20,8 +20,9 @@ import trio.testing
 
 from actors._http import HttpError, parse_http_url, request
 from actors._notifier import LogSink, Notifier, WebhookError, WebhookSink
-from persistence import NotificationJob
+from persistence import NotificationJob, Store
 from persistence._memory import MemoryStore
+from sim._store import FaultyStore, StoreFaults
 
 EPOCH_MS = 1_700_000_000_000
 
@@ -31,7 +32,7 @@ def wall_clock_ms() -> int:
     return EPOCH_MS + int(trio.current_time() * 1000)
 
 
-def make_notifier(store: MemoryStore, sink: object, **kwargs: object) -> Notifier:
+def make_notifier(store: Store, sink: object, **kwargs: object) -> Notifier:
     options: dict[str, object] = {
         "owner": "node-1",
         "wall_clock_ms": wall_clock_ms,
@@ -205,10 +206,11 @@ async def test_a_crashed_notifier_loses_nothing(autojump_clock: trio.testing.Moc
 async def test_store_outage_is_waited_out(autojump_clock: trio.testing.MockClock) -> None:
     store = WatchedStore()
     await store.notify_offline("bob", "d:a:bob", 1, EPOCH_MS)
-    store.faults.fail_next(3)  # the first claims fail
+    faults = StoreFaults()
+    faults.fail_next(3)  # the first claims fail
     sink = RecordingSink()
     async with trio.open_nursery() as nursery:
-        await nursery.start(make_notifier(store, sink).run)
+        await nursery.start(make_notifier(FaultyStore(store, faults).as_store(), sink).run)
         await store.wait_completed(1)
         nursery.cancel_scope.cancel()
     assert trio.current_time() == pytest.approx(3.0)

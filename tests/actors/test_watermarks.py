@@ -12,6 +12,7 @@ import trio.testing
 from actors._watermarks import MarkWriter, ReceiptOut, Watermarks
 from persistence import Draft, MemberMarks, MemoryStore, ReadMark, RecvMark
 from protocol import Receipt
+from sim._store import FaultyStore, StoreFaults
 
 CONV = "d:alice:bob"
 
@@ -96,11 +97,12 @@ async def test_the_writer_merges_submissions_and_calls_back_after_the_write(
 async def test_a_failed_write_is_retried_and_announced_only_once_written(
     store: MemoryStore, autojump_clock: trio.testing.MockClock
 ) -> None:
-    writer = MarkWriter(store, retry_s=1.0, timed=untimed)
+    faults = StoreFaults()
+    writer = MarkWriter(FaultyStore(store, faults).as_store(), retry_s=1.0, timed=untimed)
     called: list[float] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(writer.run)
-        store.faults.fail_next(1)
+        faults.fail_next(1)
         started = trio.current_time()
         writer.submit(
             [RecvMark(user="bob", device="phone", conv=CONV, seq=1)],

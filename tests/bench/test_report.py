@@ -20,6 +20,7 @@ from bench import (
     SweepResult,
     knee,
 )
+from bench._conns import connect_limit_s
 from bench._load_plan import arrange, conversations, place
 from bench._node import serve_command
 from bench._procs import source_address, split
@@ -208,6 +209,11 @@ def test_arrange_places_clients_by_the_node_they_landed_on() -> None:
     assert [len(s) for s in on(arrange([3, 3], nodes[:6], "cross"), nodes[:6])] == [2, 2]
 
 
+def test_conns_connect_limit_grows_with_the_count() -> None:
+    assert connect_limit_s(2_000) == 900.0
+    assert connect_limit_s(50_000) == 2_500.0  # 50,000 at 20/s: the shared box's worst
+
+
 def test_missing_bench_extra_is_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -260,3 +266,6 @@ def test_own_node_passes_workers_and_store_on_to_serve(tmp_path: Path) -> None:
     single = serve_command(tmp_path, log_level="info", workers=None, mongo_uri="mongodb://x")
     assert "--workers" not in single
     assert single[single.index("--mongo-uri") + 1] == "mongodb://x"
+    assert "--heartbeat" not in single
+    slow = serve_command(tmp_path, log_level="info", workers=3, mongo_uri=None, heartbeat_s=60)
+    assert slow[slow.index("--heartbeat") + 1] == "60"

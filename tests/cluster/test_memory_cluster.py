@@ -141,7 +141,7 @@ async def test_direct_delivery_and_receipts_cross_nodes(
         alice = await connect(a, "alice")
         bob = await connect(b, "bob")
         if lose_history:
-            store.faults.lose_feed_history()  # B resyncs from the Store instead
+            store.drop_feed_history()  # B resyncs from the Store instead
         await alice.send({"type": "send", "cmid": "c1", "to": "bob", "body": "hi"})
         ack = await alice.wait_for("ack", cmid="c1")
         assert (await bob.wait_for("msg", conv=ack["conv"]))["seq"] == 1

@@ -23,6 +23,7 @@ from persistence import (
     Unavailable,
 )
 from protocol import ErrorCode
+from sim._store import FaultyStore, StoreFaults
 
 
 def draft(sender: str, cmid: str, body: str = "hi", device: str = "d1", ts: int = 1000) -> Draft:
@@ -404,10 +405,11 @@ async def test_append_replay_with_notify_records_no_job(store: Store) -> None:
 
 
 async def test_ambiguous_append_writes_its_jobs_with_the_messages() -> None:
-    # MemoryStore's ambiguous fault: the write (messages and jobs) happened, then Unavailable.
-    store = MemoryStore(rng=random.Random(7))
+    # The simulator's ambiguous fault: the write (messages and jobs) happened, then Unavailable.
+    faults = StoreFaults()
+    store = FaultyStore(MemoryStore(rng=random.Random(7)), faults).as_store()
     conv = await store.direct_conversation("alice", "bob")
-    store.faults.ambiguous_next()
+    faults.ambiguous_next()
     with pytest.raises(Unavailable):
         await store.append(conv.id, [draft("alice", "c1")], notify=["bob"])
     assert await store.pending_notifications() == 1
@@ -415,7 +417,7 @@ async def test_ambiguous_append_writes_its_jobs_with_the_messages() -> None:
     [job] = await store.claim_notifications("n", 1_000, 500, 10)
     assert (job.seq, job.count) == (1, 1)
     # A failure before the write stores neither the message nor the job.
-    store.faults.fail_next()
+    faults.fail_next()
     with pytest.raises(Unavailable):
         await store.append(conv.id, [draft("alice", "c2")], notify=["bob"])
     assert await store.last_seq(conv.id) == 1

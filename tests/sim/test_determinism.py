@@ -26,9 +26,9 @@ def test_derived_seeds_are_stable_and_distinct() -> None:
     )
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_a_seed_run_twice_gives_the_same_trace(seed: int) -> None:
-    config = build_config(seed, users=3, devices=2, steps=40, mutant=None)
+@pytest.mark.parametrize(("seed", "nodes"), [(0, 1), (1, 1), (2, 1), (0, 3), (1, 2)])
+def test_a_seed_run_twice_gives_the_same_trace(seed: int, nodes: int) -> None:
+    config = build_config(seed, users=3, devices=2, steps=40, mutant=None, nodes=nodes)
     first = simulate(config)
     second = simulate(config)
     assert len(first.trace) > 50
@@ -44,10 +44,11 @@ def test_different_seeds_give_different_traces() -> None:
     assert len(hashes) == 2
 
 
-def _hash_in_subprocess(seed: int, hash_seed: str) -> str:
+def _hash_in_subprocess(seed: int, hash_seed: str, nodes: int) -> str:
     env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+    command = ["sim", "run", "--seed", str(seed), "--steps", "30", "--nodes", str(nodes)]
     out = subprocess.run(
-        [sys.executable, "-m", "messenger", "sim", "run", "--seed", str(seed), "--steps", "30"],
+        [sys.executable, "-m", "messenger", *command],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -60,13 +61,16 @@ def _hash_in_subprocess(seed: int, hash_seed: str) -> str:
     return found.group(1)
 
 
-@pytest.mark.parametrize("seed", [3, 4])
-def test_trace_hash_is_the_same_across_processes_and_hash_seeds(seed: int) -> None:
-    assert _hash_in_subprocess(seed, "1") == _hash_in_subprocess(seed, "12345")
+@pytest.mark.parametrize(("seed", "nodes"), [(3, 1), (4, 3)])
+def test_trace_hash_is_the_same_across_processes_and_hash_seeds(seed: int, nodes: int) -> None:
+    assert _hash_in_subprocess(seed, "1", nodes) == _hash_in_subprocess(seed, "12345", nodes)
 
 
 def test_seeds_run_in_worker_processes_give_the_same_outcomes_in_order() -> None:
-    configs = [build_config(seed, users=3, devices=1, steps=15, mutant=None) for seed in (5, 6, 7)]
+    configs = [
+        build_config(seed, users=3, devices=1, steps=15, mutant=None, nodes=1 + seed % 3)
+        for seed in (5, 6, 7)
+    ]
     here = [(o.seed, o.trace_hash) for o in run_many(configs, jobs=1)]
     there = [(o.seed, o.trace_hash) for o in run_many(configs, jobs=2)]
     assert here == there
