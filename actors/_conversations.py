@@ -324,7 +324,8 @@ class ConversationManager:
         conversations of every device connected here with something above its recv mark get
         an actor that pushes it (from that mark)."""
         self._viewers.clear()
-        for conv in sorted(self._actors):
+        running = sorted(self._actors)
+        for conv in running:
             await self.remote(conv, Resync())
         for handle in self._ctx.router.all():
             cursor: str | None = None
@@ -337,11 +338,24 @@ class ConversationManager:
                     log.warning("cannot resync the conversations of %s: %s", handle.user, exc)
                     break
                 for row in page.rows:
-                    if row.last_seq > row.delivered and row.conv not in self._actors:
+                    if row.last_seq > row.delivered and row.conv in running:
+                        await self._catch_up(row.conv, int(row.delivered), int(row.last_seq))
+                    elif row.last_seq > row.delivered and row.conv not in self._actors:
                         await self._resync_from(row.conv, int(row.delivered))
                 if page.cursor is None:
                     break
                 cursor = page.cursor
+
+    async def _catch_up(self, conv: str, delivered: int, last_seq: int) -> None:
+        """A running actor may have started while the lost history still held messages for
+        a device here (above its recv mark): hand it those as the feed would have."""
+        try:
+            missing = await self._ctx.store.range(conv, delivered + 1, last_seq)
+        except StoreError as exc:
+            log.warning("cannot catch %s up: %s", conv, exc)
+            return
+        if missing:
+            await self.remote(conv, RemoteMessages(messages=tuple(missing)))
 
     async def _resync_from(self, conv: str, delivered: int) -> None:
         try:
