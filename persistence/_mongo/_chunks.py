@@ -17,7 +17,7 @@ and an evicted entry only costs a read.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import attrs
 from pymongo import UpdateOne
@@ -255,43 +255,63 @@ class ChunkLog:
         self, conv: str, lo: int, hi: int, session: ClientSession | None = None
     ) -> list[StoredMessage]:
         """The messages of ``conv`` with ``lo <= seq <= hi``, in seq order."""
-        chunks = self._covering(conv, lo, hi, session)
-        if chunks:
-            self.note_end(conv, int(chunks[-1]["last"]))
-        return [
-            decode_message(conv, m) for chunk in chunks for m in chunk["msgs"] if lo <= m["s"] <= hi
-        ]
+        return self.fetch_many([(conv, lo, hi)], session)
+
+    def fetch_many(
+        self, spans: Sequence[tuple[str, int, int]], session: ClientSession | None = None
+    ) -> list[StoredMessage]:
+        """The messages of each (conv, lo, hi) of ``spans``, span after span in seq order;
+        the probes of all the spans share their ``$in`` queries (a hello backlog of many
+        conversations is a few queries, not one per conversation)."""
+        messages: list[StoredMessage] = []
+        for (conv, lo, hi), chunks in zip(spans, self._covering(spans, session), strict=True):
+            if chunks:
+                self.note_end(conv, int(chunks[-1]["last"]))
+            messages += [
+                decode_message(conv, m)
+                for chunk in chunks
+                for m in chunk["msgs"]
+                if lo <= m["s"] <= hi
+            ]
+        return messages
 
     def _covering(
         self,
-        conv: str,
-        lo: int,
-        hi: int,
+        spans: Sequence[tuple[str, int, int]],
         session: ClientSession | None = None,
         projection: dict[str, int] | None = None,
-    ) -> list[Doc]:
-        """The chunks of ``conv`` holding seqs ``lo..hi``, by first seq (``projection``:
-        which fields, which must then include ``first`` and ``last``)."""
-        lo = max(lo, 1)
-        if hi < lo:
-            return []
-        # Pages of _id probes: the chunk holding lo starts in lo's block, at most at lo, and
-        # the others follow. Chunks are contiguous, so a page whose chunks end before the
-        # page does is the conversation's end (hi may lie far beyond it).
-        chunks: list[Doc] = []
-        start = block_start(lo)
-        while start <= hi:
-            stop = min(start + PROBES_PER_QUERY - 1, hi)
-            page = self._probe(
-                [chunk_id(conv, s) for s in range(start, stop + 1)], projection, session
-            )
-            chunks += [c for c in page if c["last"] >= lo]
-            end = max((int(c["last"]) for c in page), default=0)
-            if end < stop:
-                break
-            start = end + 1
-        chunks.sort(key=lambda c: int(c["first"]))
-        return chunks
+    ) -> list[list[Doc]]:
+        """For each (conv, lo, hi) of ``spans``, the chunks holding seqs ``lo..hi``, by first
+        seq (``projection``: which fields, which must then include ``first`` and ``last``).
+
+        Pages of ``_id`` probes: the chunk holding lo starts in lo's block, at most at lo,
+        and the others follow. Chunks are contiguous, so a page whose chunks end before the
+        page does is the conversation's end (hi may lie far beyond it). The pages of all the
+        spans go to the same queries.
+        """
+        covering: list[list[Doc]] = [[] for _ in spans]
+        pages: dict[int, tuple[int, int]] = {}
+        for i, (_conv, lo, hi) in enumerate(spans):
+            start = block_start(max(lo, 1))
+            if hi >= max(lo, 1):
+                pages[i] = (start, min(start + PROBES_PER_QUERY - 1, hi))
+        while pages:
+            wanted = {
+                chunk_id(spans[i][0], s) for i, (a, b) in pages.items() for s in range(a, b + 1)
+            }
+            found = {doc["_id"]: doc for doc in self._probe(sorted(wanted), projection, session)}
+            later: dict[int, tuple[int, int]] = {}
+            for i, (start, stop) in pages.items():
+                conv, lo, hi = spans[i]
+                page = [d for s in range(start, stop + 1) if (d := found.get(chunk_id(conv, s)))]
+                covering[i] += [c for c in page if c["last"] >= lo]
+                end = max((int(c["last"]) for c in page), default=0)
+                if end >= stop and end < hi:
+                    later[i] = (end + 1, min(end + PROBES_PER_QUERY, hi))
+            pages = later
+        for chunks in covering:
+            chunks.sort(key=lambda c: int(c["first"]))
+        return covering
 
     def headers(self, conv: str, lo: int, hi: int) -> list[tuple[int, str, str, int]]:
         """(seq, sender, kind, ts) of the messages of ``conv`` with ``lo <= seq <= hi``,
@@ -299,7 +319,7 @@ class ChunkLog:
         fields = {"first": 1, "last": 1, "msgs.s": 1, "msgs.u": 1, "msgs.k": 1, "msgs.t": 1}
         return [
             (int(m["s"]), m["u"], m["k"], int(m["t"]))
-            for chunk in self._covering(conv, lo, hi, projection=fields)
+            for chunk in self._covering([(conv, lo, hi)], projection=fields)[0]
             for m in chunk["msgs"]
             if lo <= m["s"] <= hi
         ]

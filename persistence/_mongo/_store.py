@@ -267,9 +267,9 @@ class MongoStore(Store):
         return self._chunks.fetch(conv, lo, hi)
 
     async def read_ranges(self, spans: Sequence[BacklogRange]) -> list[StoredMessage]:
-        # One thread hop for all of them; each range is a page or a few of _id probes.
+        # One thread hop for all of them, their _id probes sharing queries.
         return await self._runner.call(
-            lambda: [m for s in spans for m in self._chunks.fetch(s.conv, s.lo, s.hi)]
+            self._chunks.fetch_many, [(s.conv, s.lo, s.hi) for s in spans]
         )
 
     async def last_seq(self, conv: str) -> int:

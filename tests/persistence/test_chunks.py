@@ -7,7 +7,7 @@ from __future__ import annotations
 import pymongo
 import pytest
 
-from persistence import BadInput, Draft, Forbidden, MongoStore, StoredMessage
+from persistence import BacklogRange, BadInput, Draft, Forbidden, MongoStore, StoredMessage
 from persistence._mongo._schema import BLOCK, block_start
 
 
@@ -83,3 +83,28 @@ async def test_a_database_of_the_earlier_layout_is_refused(
             await MongoStore.connect(mongo_uri, mongo_db_name)
     finally:
         client.close()
+
+
+async def test_many_ranges_read_at_once(mongo_uri: str, mongo_db_name: str) -> None:
+    """read_ranges: the spans' probes share queries; each span still reads exactly its seqs
+    (two spans of one conversation, a span past the end, an empty conversation)."""
+    store = await MongoStore.connect(mongo_uri, mongo_db_name)
+    try:
+        convs = [(await store.direct_conversation("alice", f"u{i}")).id for i in range(4)]
+        for n, conv in enumerate(convs[:3]):
+            await store.append(conv, drafts("alice", f"r{n}", 5 + n * BLOCK))
+        spans = [
+            BacklogRange(conv=convs[0], lo=2, hi=4),
+            BacklogRange(conv=convs[1], lo=BLOCK, hi=10_000),
+            BacklogRange(conv=convs[0], lo=5, hi=5),
+            BacklogRange(conv=convs[2], lo=2 * BLOCK + 6, hi=2 * BLOCK + 9),
+            BacklogRange(conv=convs[3], lo=1, hi=3),
+        ]
+        got = [(m.conv, m.seq) for m in await store.read_ranges(spans)]
+        assert got == [
+            *((convs[0], s) for s in (2, 3, 4)),
+            *((convs[1], s) for s in range(BLOCK, BLOCK + 6)),
+            (convs[0], 5),
+        ]
+    finally:
+        await store.aclose()
