@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import trio
 
 from persistence import StoredMessage, StoreError
-from protocol import MemberEvent, RemoteProtocolError
+from protocol import MAX_HISTORY_LIMIT, MemberEvent, RemoteProtocolError
 
 from ._config import DELIVER_TO_REMOVED, PUSH_BEFORE_MEMBERSHIP, PUSH_OUT_OF_ORDER
 from ._context import msg_frame
@@ -55,6 +55,8 @@ class ConversationFanOut(ConversationState):
         changed = any(m.seq > self._membership_seq for m in events)
         if changed and not self._ctx.mutant(PUSH_BEFORE_MEMBERSHIP) and not await self._reload(top):
             return
+        if self._published == self._loaded_seq > self._late_seq:
+            await self._push_loaded()
         self.last_seq = max(self.last_seq, top)
         for seq in sorted(by_seq, reverse=self._ctx.mutant(PUSH_OUT_OF_ORDER)):
             self._fan_out(by_seq[seq], origins.get(seq))
@@ -113,6 +115,42 @@ class ConversationFanOut(ConversationState):
             if self._late_seq < message.seq <= self._loaded_seq:
                 self._late_seq = message.seq
                 self._fan_out(message, router.get(message.sender, message.device))
+
+    async def _push_loaded(self) -> None:
+        """Before the first push above what this actor found stored at its start, push those
+        stored messages to the connections here that were pushed nothing up to them.
+
+        Whether an earlier actor here fanned them out is unknown: one started by a request
+        while this node's feed lagged behind them takes them as pushed, and ``_push_late``
+        stops once something later is pushed. A device connected here before they were stored
+        would see the gap, and one whose user departed meanwhile cannot fill it with
+        ``history`` (G4; PROTOCOL.md "Visibility"). Each connection gets only seqs above what
+        it was pushed (so none breaks seq order), and not its own messages (their ack stands);
+        at most ``MAX_HISTORY_LIMIT`` of them (an older gap is filled with ``history``).
+        """
+        top, low = self._loaded_seq, self._late_seq
+        self._late_seq = top
+        conv, router = self.conversation, self._ctx.router
+        here = [h for u in sorted({*conv.members, *conv.departed}) for h in router.devices(u)]
+        reached = min((h.pushed_up_to(self.conv) for h in here), default=top)
+        floor = max(low, top - MAX_HISTORY_LIMIT, reached)
+        if floor >= top:
+            return
+        try:
+            with self._ctx.timed("range"):
+                found = await self._ctx.store.range(self.conv, floor + 1, top)
+        except StoreError as exc:
+            log.warning("conversation %s could not read its loaded seqs: %s", self.conv, exc)
+            return
+        for message in found:
+            sender = router.get(message.sender, message.device) if message.kind == "text" else None
+            frame = msg_frame(message)
+            for user in self._viewers(message.seq):
+                for handle in router.devices(user):
+                    if handle is sender or handle.pushed_up_to(self.conv) >= message.seq:
+                        continue
+                    if handle.push(frame):
+                        self._ctx.metrics.messages_out.inc()
 
     def _push_replay(
         self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]

@@ -70,6 +70,9 @@ class ConversationManager:
         # Group id → everyone who may see some of it (members and former members), for the
         # change feed's "is this conversation seen on this node?"; dropped at member events.
         self._viewers: dict[str, frozenset[str]] = {}
+        # Feed messages of conversations that could not be read when they came (the Store
+        # failed): handed over again later, or with the conversation's next feed event.
+        self._skipped: dict[str, dict[int, StoredMessage]] = {}
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -85,6 +88,7 @@ class ConversationManager:
         self._running = {}
         self._starting = {}
         self._unannounced = {}
+        self._skipped = {}
         async with trio.open_nursery() as outer:
             await outer.start(self.mark_writer.run)
             outer.start_soon(self._sweep_idle)
@@ -278,9 +282,37 @@ class ConversationManager:
 
         With no actor running, one is started only if a device connected here may see the
         conversation (for messages: pushing from the first of them). Waits while the actor's
-        mailbox is full (backpressure on the feed). A conversation that cannot be read now is
-        skipped: its devices here get what they missed at their next hello.
+        mailbox is full (backpressure on the feed). Messages of a conversation that cannot be
+        read now are handed over again later (see :meth:`_retry_skipped`): a device here
+        connected all along has no other way to get them live (G4).
         """
+        if isinstance(request, RemoteMessages) and conv in self._skipped:
+            request = _merged(self._skipped.pop(conv), request.messages)
+        if not await self._hand_over(conv, request) and isinstance(request, RemoteMessages):
+            if conv not in self._skipped and self._nursery is not None:
+                self._nursery.start_soon(self._retry_skipped, conv)
+            self._skipped.setdefault(conv, {}).update((m.seq, m) for m in request.messages)
+
+    async def _retry_skipped(self, conv: str) -> None:
+        """Hand the skipped feed messages of ``conv`` over again, with growing pauses, until
+        the Store answers (or a later feed event of ``conv`` took them along)."""
+        pauses = iter(ANNOUNCE_BACKOFF_S)
+        while not self._stopping.is_set():
+            await trio.sleep(next(pauses, ANNOUNCE_BACKOFF_S[-1]))
+            skipped = self._skipped.pop(conv, None)
+            if skipped is None:
+                return
+            request = _merged(skipped, ())
+            if await self._hand_over(conv, request):
+                return
+            again = {m.seq: m for m in request.messages}
+            if conv in self._skipped:  # skipped again meanwhile: that retry takes them along
+                self._skipped[conv].update(again)
+                return
+            self._skipped[conv] = again
+
+    async def _hand_over(self, conv: str, request: RemoteRequest) -> bool:
+        """:meth:`remote`'s hand-over; False if the Store failed (nothing was handed over)."""
         first = request.messages[0].seq if isinstance(request, RemoteMessages) else None
         if isinstance(request, RemoteMessages) and any(
             m.kind == "member" for m in request.messages
@@ -291,18 +323,19 @@ class ConversationManager:
             try:
                 if mailbox is None:
                     if not await self._seen_here(conv):
-                        return
+                        return True
                     mailbox = await self._mailbox(
                         conv, published_from=None if first is None else first - 1
                     )
                 await mailbox.send(request)
-                return
+                return True
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 if mailbox is not None:
                     self._forget(conv, mailbox)
             except StoreError as exc:
-                log.warning("feed event for %s skipped: %s", conv, exc)
-                return
+                log.warning("feed event for %s skipped for now: %s", conv, exc)
+                return False
+        return True
 
     async def _seen_here(self, conv: str) -> bool:
         """True if a user with a device connected to this node may see ``conv``."""
@@ -396,3 +429,10 @@ async def _all_conversations(store: Store, user: str, device: str) -> list[ConvR
 def _is_creation(message: StoredMessage, creator: str, ts: int, founders: list[str]) -> bool:
     event = member_event_of(message, by=creator, ts=ts)
     return event is not None and event.op == "create" and list(event.users) == founders
+
+
+def _merged(skipped: dict[int, StoredMessage], messages: Sequence[StoredMessage]) -> RemoteMessages:
+    """Skipped feed messages and newer ones, in seq order, as one hand-over."""
+    by_seq = dict(skipped)
+    by_seq.update((m.seq, m) for m in messages)
+    return RemoteMessages(messages=tuple(by_seq[seq] for seq in sorted(by_seq)))

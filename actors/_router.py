@@ -86,6 +86,13 @@ class ConnectionHandle:
     #: change-feed history starts from the device's stored recv mark, which may lag) it
     #: would break seq order (G4): such pushes are dropped.
     backlog_up_to: dict[str, int] = attrs.field(factory=dict)
+    #: Per conversation, the highest seq pushed live (or parked) to this connection.
+    _live_up_to: dict[str, int] = attrs.field(factory=dict)
+
+    def pushed_up_to(self, conv: str) -> int:
+        """The highest seq of ``conv`` this connection was pushed (backlog or live): an
+        actor unsure whether older seqs were pushed here pushes only those above it (G4)."""
+        return max(self.backlog_up_to.get(conv, 0), self._live_up_to.get(conv, 0))
 
     @property
     def unsent(self) -> int:
@@ -104,6 +111,7 @@ class ConnectionHandle:
                 return False
             self._parked.append(frame)
             self._parked_bytes += size
+            self._note_pushed(frame)
             return True
         if self.closed:
             return False
@@ -117,8 +125,13 @@ class ConnectionHandle:
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: outbox full")
             return False
         self.queue(frame, size)
+        self._note_pushed(frame)
         self._kick()
         return True
+
+    def _note_pushed(self, frame: ServerFrame) -> None:
+        if isinstance(frame, Msg) and frame.seq > self._live_up_to.get(frame.conv, 0):
+            self._live_up_to[frame.conv] = frame.seq
 
     def queue(self, frame: ServerFrame, size: int) -> None:
         """Append ``frame`` (of ``size`` estimated bytes) to the outbox; no checks, no kick

@@ -107,8 +107,13 @@ def test_the_real_node_passes_seeds_that_once_failed(seed: int) -> None:
 #: carried its leave, from an actor whose node's feed had not brought the leave yet), 69
 #: (checker: a node whose feed lagged could not know a member had gone, G8), 8 (an actor
 #: started from a feed that lagged past the idle timeout of the one that had pushed later
-#: seqs pushed the sending device its own acked message below them).
-CLUSTER_REGRESSION_SEEDS = (2, 7, 8, 11, 15, 22, 25, 43, 59, 66, 69)
+#: seqs pushed the sending device its own acked message below them), 49 (an actor started by
+#: a request while its node's feed lagged behind a new group's creation took it as pushed,
+#: then pushed a founder's leave: that founder's devices, connected all along, never got the
+#: creation event and, departed, could not fill the gap with history), 20 (a feed event
+#: skipped because the Store failed as its actor started: a founder's device connected all
+#: along never got the creation event).
+CLUSTER_REGRESSION_SEEDS = (2, 7, 8, 11, 15, 20, 22, 25, 43, 49, 59, 66, 69)
 
 
 @pytest.mark.parametrize("seed", CLUSTER_REGRESSION_SEEDS)
