@@ -108,7 +108,9 @@ class ConversationActor(ConversationFanOut, ConversationMarks):
         with self._ctx.timed("load_conversation"):
             # The last seq first: the membership read after it covers every event up to it.
             self.last_seq = await store.last_seq(self.conv)
+            read_at = self._ctx.wall_ms()
             self._conversation = await store.get_conversation(self.conv)
+            self._membership_ms = read_at
             self._marks.load_users(await store.marks(self.conv))
         self._membership_seq = self.last_seq
         self._published = self._loaded_seq = self.last_seq
@@ -434,12 +436,14 @@ class ConversationActor(ConversationFanOut, ConversationMarks):
             with self._ctx.timed("load_conversation"):
                 # The last seq first: the membership read after it covers it (G7).
                 last_seq = await store.last_seq(self.conv)
+                read_at.append(self._ctx.wall_ms())
                 conversation = await store.get_conversation(self.conv)
                 if last_seq <= self._published:
                     return last_seq, conversation, []
                 missing = await store.range(self.conv, self._published + 1, last_seq)
                 return last_seq, conversation, missing
 
+        read_at: list[int] = []
         try:
             last_seq, self._conversation, missing = await retry_store(load, RESYNC_BACKOFF_S)
         except StoreError as exc:
@@ -447,6 +451,7 @@ class ConversationActor(ConversationFanOut, ConversationMarks):
             self._resync_at = trio.current_time() + RESYNC_RETRY_S
             return None
         self._membership_seq = max(self._membership_seq, last_seq)
+        self._membership_ms = read_at[-1]
         self._resync_at = math.inf
         by_key = {(r.origin.user, r.origin.device, r.cmid): r.origin for r in senders}
         origins = {

@@ -69,7 +69,9 @@ class ConversationFanOut(ConversationState):
         (the actor then resyncs before pushing anything more)."""
         try:
             with self._ctx.timed("load_conversation"):
+                read_at = self._ctx.wall_ms()
                 self._conversation = await self._ctx.store.get_conversation(self.conv)
+                self._membership_ms = read_at
         except StoreError as exc:
             log.warning("conversation %s could not reload its membership: %s", self.conv, exc)
             self._resync_at = trio.current_time()
@@ -107,14 +109,15 @@ class ConversationFanOut(ConversationState):
         brings only now (it lagged): nobody here pushed it (the feed brings each message
         once), and a device connected before it was stored has no other way to get it live.
         Not once something later was pushed (G4 order: the gap shows, the client fills it),
-        and not to the sending device (its ack stands for it, G4)."""
+        nor to a connection pushed it or a later seq already (an actor started from the feed
+        pushes the loaded seqs above where it started), and not to the sending device (its ack
+        stands for it, G4)."""
         if self._published != self._loaded_seq:
             return
-        router = self._ctx.router
         for message in sorted(messages, key=lambda m: m.seq):
             if self._late_seq < message.seq <= self._loaded_seq:
                 self._late_seq = message.seq
-                self._fan_out(message, router.get(message.sender, message.device))
+                self._push_unseen(message)
 
     async def _push_loaded(self) -> None:
         """Before the first push above what this actor found stored at its start, push those
@@ -143,14 +146,20 @@ class ConversationFanOut(ConversationState):
             log.warning("conversation %s could not read its loaded seqs: %s", self.conv, exc)
             return
         for message in found:
-            sender = router.get(message.sender, message.device) if message.kind == "text" else None
-            frame = msg_frame(message)
-            for user in self._viewers(message.seq):
-                for handle in router.devices(user):
-                    if handle is sender or handle.pushed_up_to(self.conv) >= message.seq:
-                        continue
-                    if handle.push(frame):
-                        self._ctx.metrics.messages_out.inc()
+            self._push_unseen(message)
+
+    def _push_unseen(self, message: StoredMessage) -> None:
+        """Push ``message`` to its viewers' connections here that were pushed nothing up to
+        it (so it breaks no connection's seq order), except its sender's (its ack stands)."""
+        router = self._ctx.router
+        sender = router.get(message.sender, message.device) if message.kind == "text" else None
+        frame = msg_frame(message)
+        for user in self._viewers(message.seq):
+            for handle in router.devices(user):
+                if handle is sender or handle.pushed_up_to(self.conv) >= message.seq:
+                    continue
+                if handle.push(frame):
+                    self._ctx.metrics.messages_out.inc()
 
     def _push_replay(
         self, stored: Sequence[StoredMessage], origins: dict[int, ConnectionHandle]

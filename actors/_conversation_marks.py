@@ -103,10 +103,12 @@ class ConversationMarks(ConversationState):
         """
         if self._changing or self._resync_at < math.inf or not self._held_receipts:
             return
-        outs, self._held_receipts = self._held_receipts, []
         router = self._ctx.router
         ctx = self._ctx
         members = sorted(self.conversation.members)
+        if any(self._unsure_of(h) for m in members for h in router.devices(m)):
+            return  # after the re-read of the membership (see _unsure_of)
+        outs, self._held_receipts = self._held_receipts, []
         recipients = members
         if ctx.mutant(RECEIPTS_TO_REMOVED):
             recipients = sorted({*members, *self.conversation.departed})
@@ -177,4 +179,5 @@ class ConversationMarks(ConversationState):
             for handle in self._ctx.router.devices(member):
                 if member == event.user and handle.device in event.sources:
                     continue
-                handle.push(receipt)
+                if not self._unsure_of(handle):
+                    handle.push(receipt)

@@ -84,11 +84,26 @@ class ConversationState:
         self._changing = False
         # user → when their last typing notice was relayed (the v1.1 throttle); members only.
         self._typing_at: dict[str, float] = {}
+        # When the membership snapshot was read (epoch ms; see _unsure_of).
+        self._membership_ms = 0
 
     @property
     def conversation(self) -> Conversation:
         assert self._conversation is not None, "used before _load()"
         return self._conversation
+
+    def _unsure_of(self, handle: ConnectionHandle) -> bool:
+        """True if ``handle`` opened after the membership was read: its device may have been
+        told on another node that its user left, by a write this node's feed has not brought
+        yet; no receipt or typing of the group goes to it before a re-read (G7), which this
+        schedules."""
+        if handle.since <= self._membership_ms:
+            return False
+        if self._resync_at == math.inf:
+            self._resync_at = trio.current_time()
+            if self._waiting is not None:
+                self._waiting.deadline = self._resync_at
+        return True
 
     def _nack(
         self,

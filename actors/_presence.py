@@ -157,6 +157,17 @@ class PresenceRegistry:
         if not was_online:
             self._publish(user)
 
+    def _grace_of_late(self, user: str) -> None:
+        """A user with no device connected anywhere whose last one disconnected less than a
+        grace period ago (on another node, before this one tracked them) is still in that
+        grace here: nobody is told ``offline`` before it ends (G6)."""
+        last_seen = self._last_seen.get(user)
+        if last_seen is None or self._is_online(user):
+            return
+        left_s = self._grace_s() - (self._ctx.wall_ms() - last_seen) / 1000
+        if left_s > 0:
+            self._grace_until[user] = trio.current_time() + left_s
+
     def _went_away(self, user: str, ts: int) -> None:
         """``user``'s last device anywhere disconnected at ``ts``: start the grace."""
         previous = self._last_seen.get(user)
@@ -272,6 +283,7 @@ class PresenceRegistry:
                 return
         undecided = trio.current_time() < self._undecided_until
         for user in request.allowed:
+            self._grace_of_late(user)
             self._subscribers.setdefault(user, {})[request.origin.conn_id] = request.origin
             self._subscribed.setdefault(request.origin.conn_id, (request.origin, set()))[1].add(
                 user
