@@ -160,9 +160,15 @@ class PresenceRegistry:
     def _grace_of_late(self, user: str) -> None:
         """A user with no device connected anywhere whose last one disconnected less than a
         grace period ago (on another node, before this one tracked them) is still in that
-        grace here: nobody is told ``offline`` before it ends (G6)."""
+        grace here: nobody is told ``offline`` before it ends (G6). Not during this node's
+        start grace: that defers the answer for a whole grace after the start, which covers
+        every disconnect before it (and ``last_seen`` of a crash may be older still)."""
         last_seen = self._last_seen.get(user)
-        if last_seen is None or self._is_online(user):
+        if (
+            last_seen is None
+            or self._is_online(user)
+            or trio.current_time() < self._undecided_until
+        ):
             return
         left_s = self._grace_s() - (self._ctx.wall_ms() - last_seen) / 1000
         if left_s > 0:
